@@ -1,0 +1,38 @@
+// Command vmcred-guest is vmcred's guest agent: the boot service that reads
+// the credentials the host passed through firmware or the channel, verifies
+// them, and exposes them as systemd credentials; and the debug command an
+// operator runs inside the VM (list, show, verify, status).
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/coreos/go-systemd/v22/journal"
+	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/logging"
+	"go.uber.org/zap/zapcore"
+)
+
+// version is stamped by the Makefile with -X main.version=….
+var version = "dev"
+
+func main() {
+	journald, _ := journal.StderrIsJournalStream()
+	log := logging.New(os.Stderr, logging.Config{Journald: journald, Level: zapcore.InfoLevel, Name: "vmcred-guest"})
+	env := &cli.Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Log: log, Version: version}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := cli.Main(ctx, "vmcred-guest", commands(), os.Args[1:], env)
+	stop()
+	_ = log.Sync() // EINVAL on a pipe or TTY is expected
+	os.Exit(code)
+}
+
+func commands() []cli.Command {
+	return []cli.Command{
+		{Name: "load", Summary: "read, verify and expose this boot's credentials (the boot service)", Run: runLoad},
+		{Name: "list", Summary: "list credentials: name, source, size, digest, verification", Run: runList},
+	}
+}

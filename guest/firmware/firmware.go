@@ -1,0 +1,279 @@
+// Package firmware reads the credentials a hypervisor handed the guest
+// through firmware: SMBIOS type-11 OEM strings (the whole DMI table, or the
+// per-structure sysfs entries) and QEMU fw_cfg files. It parses them with
+// systemd's rules (shared/oemstring) in systemd's precedence order, fw_cfg
+// before SMBIOS, so the agent and `systemd-creds --system list` agree.
+//
+// Everything is read through an fs.FS rooted at "/", so tests use table
+// files and folders. Guest packages only.
+package firmware
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/vmcred/vmcred/shared/credential"
+	"github.com/vmcred/vmcred/shared/oemstring"
+	"github.com/vmcred/vmcred/shared/smbios"
+)
+
+// Default locations, relative to the root of the FS (i.e. "/").
+const (
+	DefaultDMITable   = "sys/firmware/dmi/tables/DMI"
+	DefaultDMIEntries = "sys/firmware/dmi/entries"
+	DefaultFwCfg      = "sys/firmware/qemu_fw_cfg/by_name/opt/io.systemd.credentials"
+	fwCfgRoot         = "sys/firmware/qemu_fw_cfg"
+	dmiRoot           = "sys/firmware/dmi"
+)
+
+// Source kinds, as they appear in reports and `list --json`.
+const (
+	SourceSMBIOS = "smbios"
+	SourceFwCfg  = "fw_cfg"
+)
+
+// Options names what to read. Paths are relative to the FS root. When all
+// are empty, the defaults are read: the DMI table (falling back to the
+// entries), and fw_cfg if present. When any is set, only those are read.
+type Options struct {
+	DMITable   string
+	DMIEntries string
+	FwCfg      string
+	// Prefixes are the OEM string prefixes to accept (default: all three,
+	// systemd's and vmcred's).
+	Prefixes []string
+	// MaxTableSize caps the DMI table read (default 1 MiB + 64 KiB).
+	MaxTableSize int64
+}
+
+// Status describes one source that was consulted.
+type Status struct {
+	Kind       string   `json:"kind"`            // SourceSMBIOS or SourceFwCfg
+	Path       string   `json:"path"`            // absolute path read
+	Found      bool     `json:"found"`           // it existed
+	Structures int      `json:"structures"`      // type-11 structures (SMBIOS) or entries (fw_cfg)
+	Strings    int      `json:"strings"`         // OEM strings or fw_cfg files read
+	Notes      []string `json:"notes,omitempty"` // warnings that are not faults
+	Fault      string   `json:"fault,omitempty"` // a fault; what was read before it is still used
+}
+
+// Report is everything read, parsed with systemd's rules.
+type Report struct {
+	Sources []Status
+	Parsed  oemstring.Result
+}
+
+// Faulted reports whether any source had a fault (a damaged table, an
+// unreadable file): its credentials may be incomplete.
+func (r Report) Faulted() bool {
+	for _, s := range r.Sources {
+		if s.Fault != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrNoSource means no firmware credential source exists at all.
+var ErrNoSource = errors.New("no firmware credential source found")
+
+// Read reads the configured sources from fsys. It returns an error only when
+// nothing could be read at all; faults in one source are reported in its
+// Status and the credentials read before the fault are kept.
+func Read(fsys fs.FS, opt Options) (Report, error) {
+	if opt.MaxTableSize == 0 {
+		opt.MaxTableSize = credential.MaxTotalSize + 64<<10
+	}
+	prefixes := opt.Prefixes
+	if len(prefixes) == 0 {
+		prefixes = oemstring.AllPrefixes
+	}
+	p := oemstring.NewParser(prefixes...)
+	var rep Report
+	explicit := opt.DMITable != "" || opt.DMIEntries != "" || opt.FwCfg != ""
+
+	fwDir := opt.FwCfg
+	if !explicit {
+		fwDir = DefaultFwCfg
+	}
+	if fwDir != "" {
+		st := readFwCfg(fsys, fwDir, p)
+		if !explicit && !st.Found {
+			if _, err := fs.Stat(fsys, fwCfgRoot); err != nil {
+				st.Notes = append(st.Notes, "/"+fwCfgRoot+" is missing: load the qemu_fw_cfg kernel module (modprobe qemu_fw_cfg) if the hypervisor passes credentials by fw_cfg")
+			} else {
+				st.Notes = append(st.Notes, "no fw_cfg credentials (normal unless the host used -fw_cfg)")
+			}
+		}
+		rep.Sources = append(rep.Sources, st)
+	}
+
+	switch {
+	case explicit:
+		if opt.DMITable != "" {
+			rep.Sources = append(rep.Sources, readTable(fsys, opt.DMITable, opt.MaxTableSize, p))
+		}
+		if opt.DMIEntries != "" {
+			rep.Sources = append(rep.Sources, readEntries(fsys, opt.DMIEntries, p))
+		}
+	default:
+		st := readTable(fsys, DefaultDMITable, opt.MaxTableSize, p)
+		if !st.Found {
+			st2 := readEntries(fsys, DefaultDMIEntries, p)
+			if !st2.Found {
+				hint := "/" + dmiRoot + " is missing: load the dmi-sysfs kernel module (modprobe dmi-sysfs; CONFIG_DMI_SYSFS) or, on QEMU's microvm machine and Firecracker, which have no SMBIOS, deliver by fw_cfg or the channel"
+				st2.Notes = append(st2.Notes, hint)
+			}
+			rep.Sources = append(rep.Sources, st, st2)
+		} else {
+			rep.Sources = append(rep.Sources, st)
+		}
+	}
+
+	rep.Parsed = p.Result()
+	found := false
+	for _, s := range rep.Sources {
+		found = found || s.Found
+	}
+	if !found {
+		var where []string
+		for _, s := range rep.Sources {
+			where = append(where, s.Path)
+		}
+		msg := strings.Join(where, ", ")
+		for _, s := range rep.Sources {
+			for _, n := range s.Notes {
+				if strings.Contains(n, "module") {
+					msg += "; " + n
+				}
+			}
+		}
+		return rep, fmt.Errorf("%w: none of %s", ErrNoSource, msg)
+	}
+	return rep, nil
+}
+
+func abs(p string) string { return "/" + strings.TrimPrefix(p, "/") }
+
+func readTable(fsys fs.FS, name string, maxSize int64, p *oemstring.Parser) Status {
+	st := Status{Kind: SourceSMBIOS, Path: abs(name)}
+	data, err := readFileCapped(fsys, name, maxSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return st
+	}
+	st.Found = true
+	if err != nil {
+		st.Fault = err.Error()
+		return st
+	}
+	structs, err := smbios.ReadTable(data)
+	for _, o := range smbios.OEMStructures(structs) {
+		// systemd's read_smbios11_field requires header length 5 (one count
+		// byte); it refuses the structure otherwise, and so do we.
+		if o.Count < 0 || len(structs[o.Structure].Formatted) != 1 {
+			st.Fault = fmt.Sprintf("%s: type 11 structure %d at offset %d: header length is not 5", st.Path, o.Structure, o.Offset)
+			break
+		}
+		if o.Count != len(o.Strings) {
+			st.Notes = append(st.Notes, o.CountMismatch().Error())
+		}
+		st.Structures++
+		st.Strings += len(o.Strings)
+		p.AddStrings(SourceSMBIOS, o.Strings)
+	}
+	switch {
+	case st.Fault != "":
+	case errors.Is(err, smbios.ErrNoEndOfTable):
+		st.Notes = append(st.Notes, st.Path+": table ends without a type-127 structure (newer kernels may cut it)")
+	case err != nil:
+		st.Fault = fmt.Sprintf("%s: %v", st.Path, err)
+	}
+	return st
+}
+
+func readEntries(fsys fs.FS, dir string, p *oemstring.Parser) Status {
+	st := Status{Kind: SourceSMBIOS, Path: abs(dir)}
+	sub, err := fs.Sub(fsys, dir)
+	if err != nil {
+		st.Fault = err.Error()
+		return st
+	}
+	if _, err := fs.Stat(fsys, dir); err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			st.Found = true
+			st.Fault = err.Error()
+		}
+		return st
+	}
+	st.Found = true
+	strs, err := smbios.ReadEntriesOEMStrings(sub)
+	for _, set := range strs {
+		st.Structures++
+		st.Strings += len(set)
+		p.AddStrings(SourceSMBIOS, set)
+	}
+	if err != nil {
+		st.Fault = fmt.Sprintf("%s: %v", st.Path, err)
+	}
+	return st
+}
+
+// readFwCfg reads each entry's raw file, as systemd's import_credentials_qemu
+// does: the entry's name is the credential's name, its bytes the value.
+func readFwCfg(fsys fs.FS, dir string, p *oemstring.Parser) Status {
+	st := Status{Kind: SourceFwCfg, Path: abs(dir)}
+	ents, err := fs.ReadDir(fsys, dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return st
+	}
+	st.Found = true
+	if err != nil {
+		st.Fault = fmt.Sprintf("%s: %v", st.Path, err)
+		return st
+	}
+	sort.Slice(ents, func(i, j int) bool { return ents[i].Name() < ents[j].Name() })
+	for _, e := range ents {
+		st.Structures++
+		raw := path.Join(dir, e.Name(), "raw")
+		data, err := readFileCapped(fsys, raw, credential.MaxSize+1)
+		if err != nil {
+			st.Fault = fmt.Sprintf("fw_cfg credential %q: %v", e.Name(), err)
+			continue
+		}
+		st.Strings++
+		p.AddRaw(SourceFwCfg, e.Name(), data)
+	}
+	return st
+}
+
+// readFileCapped reads a whole file, refusing one larger than max. sysfs
+// attributes report size 0 or a maximum, so it reads to EOF in a loop
+// rather than trusting Stat (and never stops at one 4 KiB page, the bug in
+// systemd ≤ 256).
+func readFileCapped(fsys fs.FS, name string, max int64) ([]byte, error) {
+	f, err := fsys.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var buf []byte
+	chunk := make([]byte, 64<<10)
+	for {
+		n, err := f.Read(chunk)
+		buf = append(buf, chunk[:n]...)
+		if int64(len(buf)) > max {
+			return nil, fmt.Errorf("read %s: over %d bytes", abs(name), max)
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return buf, nil
+			}
+			return nil, fmt.Errorf("read %s: %w", abs(name), err)
+		}
+	}
+}

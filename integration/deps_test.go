@@ -1,0 +1,104 @@
+package integration
+
+import (
+	"encoding/json"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/vmcred/vmcred"
+
+type listedPackage struct {
+	ImportPath string
+	Imports    []string
+	Deps       []string
+}
+
+func listPackages(t *testing.T) []listedPackage {
+	t.Helper()
+	cmd := exec.Command("go", "list", "-deps=false", "-json", module+"/...")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Dir = ".."
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	var pkgs []listedPackage
+	dec := json.NewDecoder(out)
+	for {
+		var p listedPackage
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatalf("decode go list output: %v", err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	if len(pkgs) < 5 {
+		t.Fatalf("go list found only %d packages", len(pkgs))
+	}
+	return pkgs
+}
+
+func under(pkg, dir string) bool {
+	p := module + "/" + dir
+	return pkg == p || strings.HasPrefix(pkg, p+"/")
+}
+
+// TestDependencyRules enforces DESIGN §2 and style.md habit 10: the guest
+// never imports host code or os/exec, the host never imports guest code, and
+// shared packages stay free of OS and network access.
+func TestDependencyRules(t *testing.T) {
+	osImports := map[string]bool{
+		"os": true, "os/exec": true, "os/signal": true, "os/user": true, "syscall": true,
+		"net": true, "net/http": true, "golang.org/x/sys/unix": true,
+		"github.com/mdlayher/vsock": true, "github.com/coreos/go-systemd/v22/daemon": true,
+		"github.com/coreos/go-systemd/v22/journal": true, "github.com/coreos/go-systemd/v22/activation": true,
+	}
+	checked := map[string]int{}
+	for _, p := range listPackages(t) {
+		switch {
+		case under(p.ImportPath, "guest"):
+			checked["guest"]++
+			for _, d := range p.Deps {
+				if under(d, "host") {
+					t.Errorf("%s depends on %s: the guest must not import host code", p.ImportPath, d)
+				}
+				if d == "os/exec" {
+					t.Errorf("%s depends on os/exec: the guest agent runs no programs", p.ImportPath)
+				}
+			}
+		case under(p.ImportPath, "host"):
+			checked["host"]++
+			for _, d := range p.Deps {
+				if under(d, "guest") {
+					t.Errorf("%s depends on %s: the host must not import guest code", p.ImportPath, d)
+				}
+			}
+		case under(p.ImportPath, "shared"):
+			checked["shared"]++
+			for _, i := range p.Imports {
+				if osImports[i] || strings.HasPrefix(i, "net/") {
+					t.Errorf("%s imports %s: shared packages are OS-free", p.ImportPath, i)
+				}
+			}
+			for _, d := range p.Deps {
+				if under(d, "host") || under(d, "guest") || d == "os/exec" || d == "github.com/mdlayher/vsock" {
+					t.Errorf("%s depends on %s", p.ImportPath, d)
+				}
+			}
+		}
+	}
+	for _, dir := range []string{"guest", "host", "shared"} {
+		if checked[dir] == 0 {
+			t.Errorf("no packages found under %s/: the rule checked nothing", dir)
+		}
+	}
+}
