@@ -22,18 +22,27 @@ func (s *sourceFlags) register(fs interface {
 	fs.StringVar(&s.fwCfg, "fw-cfg", "", "read fw_cfg credentials from this folder (format of /sys/firmware/qemu_fw_cfg/by_name/opt/io.systemd.credentials)")
 }
 
-// read reads the chosen sources, resolving paths against the working
-// directory and reading through the root file system.
-func (s *sourceFlags) read() (firmware.Report, error) {
-	opt := firmware.Options{}
+// options resolves the flags' paths against the working directory, for
+// reading through the root file system.
+func (s *sourceFlags) options() (firmware.Options, error) {
+	var opt firmware.Options
 	var err error
 	if opt.DMITable, err = rootRelative(s.dmiTable); err != nil {
-		return firmware.Report{}, err
+		return opt, cli.Usagef("--dmi-table: %v", err)
 	}
 	if opt.DMIEntries, err = rootRelative(s.dmiEntries); err != nil {
-		return firmware.Report{}, err
+		return opt, cli.Usagef("--dmi-entries: %v", err)
 	}
 	if opt.FwCfg, err = rootRelative(s.fwCfg); err != nil {
+		return opt, cli.Usagef("--fw-cfg: %v", err)
+	}
+	return opt, nil
+}
+
+// read reads the chosen sources.
+func (s *sourceFlags) read() (firmware.Report, error) {
+	opt, err := s.options()
+	if err != nil {
 		return firmware.Report{}, err
 	}
 	rep, err := firmware.Read(os.DirFS("/"), opt)

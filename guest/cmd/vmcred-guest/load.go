@@ -2,10 +2,166 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
 
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/vmcred/vmcred/guest/agent"
 	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/manifest"
+	"go.uber.org/zap"
 )
 
+// DefaultSystemCredentials is where systemd's PID 1 imports credentials.
+const DefaultSystemCredentials = "/run/credentials/@system"
+
+// policyFlags are the verification flags load and verify share.
+type policyFlags struct {
+	trustKeys         []string
+	vm                string
+	allowUnverified   bool
+	systemCredentials string
+}
+
+func (p *policyFlags) register(fs interface {
+	StringArrayVar(p *[]string, name string, value []string, usage string)
+	StringVar(p *string, name, value, usage string)
+	BoolVar(p *bool, name string, value bool, usage string)
+}) {
+	fs.StringArrayVar(&p.trustKeys, "trust-key", nil, "require a manifest signed by this public key (a PREFIX.pub file from vmcred-host keygen, or a folder of them); repeatable")
+	fs.StringVar(&p.vm, "vm", "", "require the manifest to be issued for this VM name")
+	fs.BoolVar(&p.allowUnverified, "allow-unverified", false, "accept credentials without a manifest to verify them against")
+	fs.StringVar(&p.systemCredentials, "system-credentials", DefaultSystemCredentials, "compare with what systemd imported here (\"\" to skip)")
+}
+
+// keys reads the trusted public keys: each flag names a key file or a
+// folder whose *.pub files are all trusted.
+func (p *policyFlags) keys() ([]ed25519.PublicKey, error) {
+	var files []string
+	for _, k := range p.trustKeys {
+		st, err := os.Stat(k)
+		if err != nil {
+			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("trust key: %w", err))
+		}
+		if !st.IsDir() {
+			files = append(files, k)
+			continue
+		}
+		ents, err := os.ReadDir(k)
+		if err != nil {
+			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("trust key folder: %w", err))
+		}
+		n := 0
+		for _, e := range ents {
+			if e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".pub") {
+				files = append(files, filepath.Join(k, e.Name()))
+				n++
+			}
+		}
+		if n == 0 {
+			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("trust key folder %s holds no *.pub file", k))
+		}
+	}
+	sort.Strings(files)
+	var keys []ed25519.PublicKey
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("trust key: %w", err))
+		}
+		k, err := manifest.ParsePublicKey(b)
+		if err != nil {
+			return nil, cli.WithCode(cli.ExitUsage, fmt.Errorf("trust key %s: %w", f, err))
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
 func runLoad(ctx context.Context, env *cli.Env, args []string) error {
-	return cli.Usagef("load: not built yet")
+	fs := cli.NewFlagSet("load")
+	var src sourceFlags
+	src.register(fs)
+	var pol policyFlags
+	pol.register(fs)
+	credstore := fs.String("credstore", agent.DefaultCredstore, "expose credentials in this folder (must be on tmpfs or ramfs)")
+	statusDir := fs.String("status-dir", agent.DefaultStatusDir, "write the report (no values) to this folder")
+	allowPersistent := fs.Bool("allow-persistent", false, "accept a credstore that is not on tmpfs or ramfs")
+	if err := cli.Parse(env, fs, "vmcred-guest load [flags]", args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return cli.Usagef("load takes no arguments")
+	}
+	opt, err := src.options()
+	if err != nil {
+		return err
+	}
+	keys, err := pol.keys()
+	if err != nil {
+		return err
+	}
+	rep, err := agent.Load(agent.Config{
+		Root:              os.DirFS("/"),
+		Firmware:          opt,
+		Credstore:         *credstore,
+		StatusDir:         *statusDir,
+		AllowPersistent:   *allowPersistent,
+		AllowUnverified:   pol.allowUnverified,
+		TrustKeys:         keys,
+		VM:                pol.vm,
+		SystemCredentials: pol.systemCredentials,
+		Version:           env.Version,
+	})
+	logReport(env.Log, rep)
+	if err != nil {
+		// Tell systemd why, so `systemctl status` shows it; the unit then
+		// fails and units that Require= it do not start.
+		_, _ = daemon.SdNotify(false, "STATUS="+oneLine("failed: "+err.Error()))
+		return err
+	}
+	env.Log.Info(rep.Summary, zap.String("credstore", rep.Credstore))
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS="+oneLine(rep.Summary))
+	return nil
+}
+
+// logReport logs what a person should see about a load: notes, skipped
+// strings and the systemd cross-check. Never a value.
+func logReport(log *zap.Logger, rep agent.Report) {
+	for _, s := range rep.Sources {
+		for _, n := range s.Notes {
+			log.Warn(n)
+		}
+	}
+	for _, s := range rep.Skipped {
+		log.Warn("skipped OEM string", zap.Int("index", s.Index), zap.String("source", s.Source), zap.String("name", s.Name), zap.String("reason", s.Reason))
+	}
+	for _, c := range rep.Credentials {
+		if c.Problem != "" && c.Verification == "not-in-manifest" {
+			log.Warn("credential not in the manifest, not exposed", zap.String("credential", c.Name))
+		}
+	}
+	for _, n := range rep.SystemCheck {
+		if n.Status == "match" {
+			continue
+		}
+		l := log.Warn
+		if n.Fatal {
+			l = log.Error
+		}
+		l("systemd cross-check: "+n.Advice, zap.String("credential", n.Name), zap.String("status", n.Status))
+	}
+}
+
+// oneLine keeps a STATUS= value on one line, as sd_notify requires.
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > 1000 {
+		s = s[:999] + "…"
+	}
+	return s
 }

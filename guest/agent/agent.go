@@ -1,0 +1,330 @@
+// Package agent is the guest boot service behind `vmcred-guest load`: it
+// reads the credentials the host passed (firmware.Read), checks them against
+// the policy, writes what passed to the credstore in one all-or-nothing
+// step, and records a report with no values in the status folder.
+//
+// The steps are plain functions over injected resources (an fs.FS for the
+// firmware, directories for the stores) so tests need no root and no VM.
+// Guest packages only.
+package agent
+
+import (
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/vmcred/vmcred/guest/credstore"
+	"github.com/vmcred/vmcred/guest/firmware"
+	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/oemstring"
+)
+
+// ManifestName is the credential that carries vmcred's manifest. It is never
+// exposed in the credstore: it describes the others.
+const ManifestName = "vmcred.manifest"
+
+// Defaults for the production paths.
+const (
+	DefaultCredstore = "/run/credstore"
+	DefaultStatusDir = "/run/vmcred"
+	StatusFile       = "status.json"
+	stateFile        = "credstore.state"
+)
+
+// Config is what one load does.
+type Config struct {
+	// Root is the file system firmware is read from ("/" in production).
+	Root fs.FS
+	// Firmware says which firmware sources to read.
+	Firmware firmware.Options
+	// Credstore is the folder credentials are exposed in.
+	Credstore string
+	// StatusDir holds the status file and the credstore's state file.
+	StatusDir string
+	// AllowPersistent accepts a credstore that is not on tmpfs or ramfs.
+	AllowPersistent bool
+	// AllowUnverified accepts credentials with no manifest to check them
+	// against (guests fed by other tools).
+	AllowUnverified bool
+	// TrustKeys, when any are given, make a valid signature by one of them
+	// required.
+	TrustKeys []ed25519.PublicKey
+	// VM, when set, must match the manifest's VM name.
+	VM string
+	// SystemCredentials is the folder systemd imported credentials into
+	// (/run/credentials/@system), for the cross-check; "" skips it.
+	SystemCredentials string
+	// Version is the agent's version, recorded in the report.
+	Version string
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+}
+
+// Outcomes of a load.
+const (
+	OutcomeReady  = "ready"
+	OutcomeFailed = "failed"
+)
+
+// CredentialResult is what happened to one credential. It has no value.
+type CredentialResult struct {
+	Name         string `json:"name"`
+	Size         int    `json:"size"`
+	SHA256       string `json:"sha256"`
+	Source       string `json:"source"`
+	Prefix       string `json:"prefix,omitempty"`
+	Verification string `json:"verification"`      // "signature", "digest", "unverified", or what was wrong
+	Exposed      string `json:"exposed,omitempty"` // the credstore file written
+	// Served is the file a service's LoadCredential=NAME gets: systemd
+	// searches /run/credentials/@system before /run/credstore, so a copy
+	// systemd imported itself wins.
+	Served   string `json:"served,omitempty"`
+	Delivery string `json:"delivery,omitempty"` // as the manifest says
+	Problem  string `json:"problem,omitempty"`
+}
+
+// Skipped is an OEM string or entry that was not taken as a credential.
+type Skipped struct {
+	Index  int    `json:"index"`
+	Source string `json:"source"`
+	Name   string `json:"name,omitempty"`
+	Reason string `json:"reason"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// Report is the outcome of one load: what the status file holds, what the
+// debug command shows and (later) what the host is told. Never a value.
+type Report struct {
+	Outcome     string             `json:"outcome"`
+	Summary     string             `json:"summary"`
+	Problems    []string           `json:"problems,omitempty"`
+	Policy      string             `json:"policy"` // PolicySignature, PolicyDigest or PolicyUnverified
+	KeyID       string             `json:"key_id,omitempty"`
+	VM          string             `json:"vm,omitempty"`
+	Channel     string             `json:"channel,omitempty"`
+	NotAfter    *time.Time         `json:"not_after,omitempty"`
+	SystemCheck []SystemNote       `json:"systemd_check,omitempty"`
+	Credstore   string             `json:"credstore"`
+	Credentials []CredentialResult `json:"credentials"`
+	Skipped     []Skipped          `json:"skipped"`
+	Sources     []firmware.Status  `json:"sources"`
+	Store       *credstore.Result  `json:"store,omitempty"`
+	Version     string             `json:"agent_version"`
+	StartedAt   time.Time          `json:"started_at"`
+	Timings     Timings            `json:"timings_ms"`
+}
+
+// Timings are the durations of the load's steps, in milliseconds.
+type Timings struct {
+	Read   float64 `json:"read"`
+	Verify float64 `json:"verify"`
+	Fetch  float64 `json:"fetch"`
+	Write  float64 `json:"write"`
+	Total  float64 `json:"total"`
+}
+
+// Failure is a load that ended in a policy or verification failure (exit 1)
+// rather than an I/O error. Its text names every credential involved.
+type Failure struct{ Problems []string }
+
+func (f *Failure) Error() string {
+	if len(f.Problems) == 1 {
+		return f.Problems[0]
+	}
+	return fmt.Sprintf("%d problems: %s", len(f.Problems), joinProblems(f.Problems))
+}
+
+func joinProblems(p []string) string {
+	s := ""
+	for i, x := range p {
+		if i > 0 {
+			s += "; "
+		}
+		s += x
+	}
+	return s
+}
+
+// Load runs one load. The report is returned (and written to the status
+// folder, when one is set) whether the load succeeded or not; the error's
+// exit code follows DESIGN §7: 1 for a policy or verification failure, 3
+// when a source or the store could not be read or written.
+func Load(cfg Config) (Report, error) {
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	start := now()
+	rep := Report{Outcome: OutcomeFailed, Policy: PolicyUnverified, Credstore: cfg.Credstore, Version: cfg.Version, StartedAt: start.UTC(), Credentials: []CredentialResult{}, Skipped: []Skipped{}}
+	err := load(cfg, now, &rep)
+	rep.Timings.Total = ms(now().Sub(start))
+	if err != nil {
+		var f *Failure
+		if errors.As(err, &f) {
+			rep.Problems = f.Problems
+		} else {
+			rep.Problems = append(rep.Problems, err.Error())
+		}
+		rep.Outcome = OutcomeFailed
+		rep.Summary = "load failed: " + err.Error()
+	}
+	if cfg.StatusDir != "" {
+		if werr := WriteStatus(cfg.StatusDir, rep); werr != nil && err == nil {
+			err = cli.WithCode(cli.ExitIO, werr)
+		}
+	}
+	return rep, err
+}
+
+func load(cfg Config, now func() time.Time, rep *Report) error {
+	t0 := now()
+	fw, err := firmware.Read(cfg.Root, cfg.Firmware)
+	rep.Sources = fw.Sources
+	rep.Timings.Read = ms(now().Sub(t0))
+	if err != nil {
+		return cli.WithCode(cli.ExitIO, err)
+	}
+	for _, s := range fw.Parsed.Skipped {
+		rep.Skipped = append(rep.Skipped, Skipped{Index: s.Index, Source: s.Source, Name: s.Name, Reason: string(s.Reason), Detail: s.Detail})
+	}
+	var problems []string
+	for _, s := range fw.Sources {
+		if s.Fault != "" {
+			problems = append(problems, "source damaged: "+s.Fault)
+		}
+	}
+
+	// The delivered credentials, by name; the manifest is kept apart.
+	var manifestEntry *oemstring.Entry
+	delivered := make([]oemstring.Entry, 0, len(fw.Parsed.Entries))
+	for i, e := range fw.Parsed.Entries {
+		if e.Name == ManifestName {
+			manifestEntry = &fw.Parsed.Entries[i]
+			continue
+		}
+		delivered = append(delivered, e)
+	}
+
+	t1 := now()
+	v, err := verify(cfg, now(), manifestEntry, delivered, rep)
+	rep.Timings.Verify = ms(now().Sub(t1))
+	if err != nil {
+		return err
+	}
+	problems = append(problems, v.problems...)
+	if len(problems) > 0 {
+		return cli.WithCode(cli.ExitFailure, &Failure{Problems: problems})
+	}
+
+	t2 := now()
+	store, err := credstore.Open(cfg.Credstore, credstore.Options{AllowPersistent: cfg.AllowPersistent, StatePath: filepath.Join(cfg.StatusDir, stateFile)})
+	if err != nil {
+		if errors.Is(err, credstore.ErrNotInMemory) {
+			return cli.WithCode(cli.ExitFailure, err)
+		}
+		return cli.WithCode(cli.ExitIO, err)
+	}
+	defer store.Close()
+	res, err := store.Replace(v.expose)
+	rep.Timings.Write = ms(now().Sub(t2))
+	if err != nil {
+		return cli.WithCode(cli.ExitIO, err)
+	}
+	rep.Store = &res
+	for i := range rep.Credentials {
+		c := &rep.Credentials[i]
+		if c.Problem != "" {
+			continue
+		}
+		c.Exposed = filepath.Join(cfg.Credstore, c.Name)
+		if c.Served == "" {
+			c.Served = c.Exposed
+		}
+	}
+	rep.Outcome = OutcomeReady
+	rep.Summary = summary(len(v.expose), rep)
+	return nil
+}
+
+// summary is the one line for STATUS= and the log, e.g.
+// "3 credentials verified (ed25519 key 3f2a…)".
+func summary(n int, rep *Report) string {
+	noun := "credentials"
+	if n == 1 {
+		noun = "credential"
+	}
+	switch rep.Policy {
+	case PolicySignature:
+		return fmt.Sprintf("%d %s verified (ed25519 key %s)", n, noun, rep.KeyID)
+	case PolicyDigest:
+		return fmt.Sprintf("%d %s verified (digests, unsigned manifest)", n, noun)
+	}
+	return fmt.Sprintf("%d %s loaded unverified", n, noun)
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// WriteStatus writes the report to dir/status.json atomically, mode 0600:
+// it holds no value, but names and digests are root's business.
+func WriteStatus(dir string, rep Report) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create status folder: %w", err)
+	}
+	sort.SliceStable(rep.Credentials, func(i, j int) bool { return rep.Credentials[i].Name < rep.Credentials[j].Name })
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode status: %w", err)
+	}
+	return writeFileAtomic(filepath.Join(dir, StatusFile), append(b, '\n'), 0o600)
+}
+
+// ReadStatus reads the report the last load wrote.
+func ReadStatus(dir string) (Report, error) {
+	var rep Report
+	b, err := os.ReadFile(filepath.Join(dir, StatusFile))
+	if err != nil {
+		return rep, fmt.Errorf("read status: %w", err)
+	}
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return rep, fmt.Errorf("decode %s: %w", filepath.Join(dir, StatusFile), err)
+	}
+	return rep, nil
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			_ = f.Close()
+			_ = os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(mode); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	ok = true
+	return nil
+}
