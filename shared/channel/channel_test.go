@@ -1,0 +1,965 @@
+package channel
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/vmcred/vmcred/shared/credential"
+	"github.com/vmcred/vmcred/shared/notify"
+)
+
+func TestSniff(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want Kind
+	}{
+		{"magic", Magic, Vmcred},
+		{"magic and a frame", Magic + "\x01\x00\x00", Vmcred},
+		{"pid1 ready", "READY=1\nSTATUS=Ready.", Notify},
+		{"ready cut to magic length", "READY=1\nST", Notify},
+		{"short ready", "READY=1", Notify},
+		{"unit active", "X_SYSTEMD_UNIT_ACTIVE=multi-user.target", Notify},
+		{"unit active, first 10 bytes", "X_SYSTEMD_", Notify},
+		{"exit status", "EXIT_STATUS=0\nX_SYSTEMD_SHUTDOWN=poweroff", Notify},
+		{"one key byte", "R", Notify},
+		{"empty", "", Unknown},
+		{"part of magic", Magic[:4], Unknown},
+		{"magic less its last byte", Magic[:len(Magic)-1], Unknown},
+		{"magic without NUL", "VMCRED/1\n", Unknown},
+		{"other version", "\x00VMCRED/2\n", Unknown},
+		{"empty key", "=1", Unknown},
+		{"lower-case key", "ready=1", Unknown},
+		{"leading newline", "\nREADY=1", Unknown},
+		{"NUL in value", "READY=1\x00", Unknown},
+		{"http", "GET / HTTP/1.1", Unknown},
+		{"tls", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03", Unknown},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Sniff([]byte(tt.in)); got != tt.want {
+				t.Errorf("Sniff(%q) = %v, want %v", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestSniffRandom checks Sniff's promises on random input: only the magic
+// is Vmcred, and nothing starting with NUL (as Magic does) is Notify.
+func TestSniffRandom(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 100000; i++ {
+		b := make([]byte, rng.IntN(len(Magic)+1))
+		for j := range b {
+			b[j] = byte(rng.UintN(256))
+		}
+		if i%4 == 0 && len(b) > 0 {
+			b[0] = 0
+		}
+		switch Sniff(b) {
+		case Vmcred:
+			if string(b) != Magic {
+				t.Fatalf("Sniff(%q) = vmcred", b)
+			}
+		case Notify:
+			if b[0] == 0 || bytes.IndexByte(b, 0) >= 0 {
+				t.Fatalf("Sniff(%q) = notify, but it holds NUL", b)
+			}
+		}
+	}
+	for n := 0; n <= len(Magic); n++ {
+		if Sniff([]byte(Magic[:n])) == Notify {
+			t.Errorf("Sniff(Magic[:%d]) = notify", n)
+		}
+	}
+}
+
+func TestSniffStream(t *testing.T) {
+	tests := []struct {
+		name      string
+		in        string
+		want      Kind
+		wantFirst string
+	}{
+		{"vmcred", Magic + "\x01rest", Vmcred, Magic},
+		{"short notify", "READY=1", Notify, "READY=1"},
+		{"long notify", "READY=1\nSTATUS=Ready.", Notify, "READY=1\nST"},
+		{"empty", "", Unknown, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := strings.NewReader(tt.in)
+			kind, first, err := SniffStream(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kind != tt.want || string(first) != tt.wantFirst {
+				t.Fatalf("SniffStream = %v, %q; want %v, %q", kind, first, tt.want, tt.wantFirst)
+			}
+			if kind == Notify {
+				m, err := notify.ReadMessage(io.MultiReader(bytes.NewReader(first), r))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !m.Ready() {
+					t.Errorf("notify message %+v is not ready", m)
+				}
+			}
+		})
+	}
+	boom := errors.New("boom")
+	if _, _, err := SniffStream(io.MultiReader(strings.NewReader("RE"), errReader{boom})); !errors.Is(err, boom) {
+		t.Errorf("SniffStream(failing reader) error = %v, want it to wrap the cause", err)
+	}
+}
+
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+func TestReadMagic(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want error
+	}{
+		{"ok", Magic, nil},
+		{"ok with more", Magic + "\x01", nil},
+		{"wrong", "VMCRED/1\n\x00", ErrBadMagic},
+		{"notify", "READY=1\nSTATUS=Ready.", ErrBadMagic},
+		{"short", Magic[:3], io.ErrUnexpectedEOF},
+		{"empty", "", io.EOF},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := ReadMagic(strings.NewReader(tt.in))
+			if !errors.Is(err, tt.want) || (tt.want == nil) != (err == nil) {
+				t.Fatalf("ReadMagic = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestClientWritesMagicOnce(t *testing.T) {
+	var buf bytes.Buffer
+	c := NewClient(rw{nil, &buf})
+	if err := c.WriteHello(sampleHello()); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteReport(sampleReport()); err != nil {
+		t.Fatal(err)
+	}
+	b := buf.Bytes()
+	if !bytes.HasPrefix(b, []byte(Magic)) || bytes.Count(b, []byte(Magic)) != 1 {
+		t.Fatalf("client stream does not start with exactly one Magic")
+	}
+	s := NewServer(reader(b[len(Magic):]))
+	if _, err := s.ReadHello(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ReadReport(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.ReadFrame(); !errors.Is(err, io.EOF) {
+		t.Fatalf("ReadFrame at the end = %v, want io.EOF", err)
+	}
+}
+
+func TestFrameLimits(t *testing.T) {
+	tests := []struct {
+		name   string
+		header []byte
+		want   []Type
+		err    error
+		msg    string
+	}{
+		{"4 GiB credentials", []byte{byte(TypeCredentials), 0xff, 0xff, 0xff, 0xff}, nil, ErrFrameTooLarge, "length 4294967295, over the 67108864-byte limit"},
+		{"credentials one over", []byte{byte(TypeCredentials), 0x04, 0x00, 0x00, 0x01}, nil, ErrFrameTooLarge, "over the"},
+		{"hello of 1 MiB", []byte{byte(TypeHello), 0x00, 0x10, 0x00, 0x00}, nil, ErrFrameTooLarge, "read hello frame"},
+		{"hello one over", []byte{byte(TypeHello), 0x00, 0x00, 0x10, 0x01}, nil, ErrFrameTooLarge, "4097"},
+		{"ack of 4 GiB", []byte{byte(TypeAck), 0xff, 0xff, 0xff, 0xff}, nil, ErrFrameTooLarge, "ack"},
+		{"report of 4 GiB", []byte{byte(TypeReport), 0xff, 0xff, 0xff, 0xff}, nil, ErrFrameTooLarge, "report"},
+		{"error of 4 GiB", []byte{byte(TypeError), 0xff, 0xff, 0xff, 0xff}, nil, ErrFrameTooLarge, "error"},
+		{"type 0", []byte{0, 0, 0, 0, 0}, nil, ErrUnknownType, "type 0x00"},
+		{"type 6", []byte{6, 0, 0, 0, 0}, nil, ErrUnknownType, "type 0x06"},
+		{"type 0xff", []byte{0xff, 0xff, 0xff, 0xff, 0xff}, nil, ErrUnknownType, "type 0xff"},
+		{"credentials for the server", []byte{byte(TypeCredentials), 0xff, 0xff, 0xff, 0xff}, []Type{TypeHello}, ErrUnexpectedType, "got credentials, want hello"},
+		{"report where ack is due", []byte{byte(TypeReport), 0, 0, 0, 0}, []Type{TypeAck, TypeError}, ErrUnexpectedType, "got report, want ack or error"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := NewServer(reader(tt.header))
+			var ms0, ms1 runtime.MemStats
+			runtime.ReadMemStats(&ms0)
+			_, p, err := c.ReadFrame(tt.want...)
+			runtime.ReadMemStats(&ms1)
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("ReadFrame error = %v, want %v", err, tt.err)
+			}
+			if !strings.Contains(err.Error(), tt.msg) {
+				t.Errorf("error %q does not say %q", err, tt.msg)
+			}
+			if p != nil {
+				t.Errorf("ReadFrame returned a payload with its error")
+			}
+			if got := ms1.TotalAlloc - ms0.TotalAlloc; got > 1<<20 {
+				t.Errorf("refusing the frame allocated %d bytes", got)
+			}
+		})
+	}
+}
+
+// TestLargeClaimSmallAllocation: a frame that claims the full 64 MiB but
+// carries a few bytes costs memory in step with those bytes.
+func TestLargeClaimSmallAllocation(t *testing.T) {
+	in := append([]byte{byte(TypeCredentials), 0x04, 0x00, 0x00, 0x00}, "only a few bytes"...)
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	_, _, err := NewServer(reader(in)).ReadFrame()
+	runtime.ReadMemStats(&ms1)
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("ReadFrame error = %v, want io.ErrUnexpectedEOF", err)
+	}
+	if got := ms1.TotalAlloc - ms0.TotalAlloc; got > 1<<20 {
+		t.Errorf("a 64 MiB claim with 16 bytes allocated %d bytes", got)
+	}
+}
+
+func TestWriteFrameLimits(t *testing.T) {
+	var buf bytes.Buffer
+	c := NewServer(rw{nil, &buf})
+	if err := c.WriteFrame(TypeHello, make([]byte, MaxHelloSize+1)); !errors.Is(err, ErrFrameTooLarge) {
+		t.Errorf("WriteFrame(oversized hello) = %v, want ErrFrameTooLarge", err)
+	}
+	if err := c.WriteFrame(Type(9), nil); !errors.Is(err, ErrUnknownType) {
+		t.Errorf("WriteFrame(type 9) = %v, want ErrUnknownType", err)
+	}
+	if buf.Len() != 0 {
+		t.Errorf("refused frames wrote %d bytes", buf.Len())
+	}
+	if err := c.WriteFrame(TypeHello, make([]byte, MaxHelloSize)); err != nil {
+		t.Errorf("WriteFrame(hello at the limit) = %v", err)
+	}
+	boom := errors.New("boom")
+	if err := NewServer(rw{nil, errWriter{boom}}).WriteFrame(TypeAck, nil); !errors.Is(err, boom) {
+		t.Errorf("WriteFrame to a failing writer = %v, want it to wrap the cause", err)
+	}
+	if err := NewServer(rw{nil, errWriter{boom}}).WriteCredentials(sampleCredentials()); !errors.Is(err, boom) {
+		t.Errorf("WriteCredentials to a failing writer = %v, want it to wrap the cause", err)
+	}
+}
+
+type errWriter struct{ err error }
+
+func (e errWriter) Write([]byte) (int, error) { return 0, e.err }
+
+func TestTypeStrings(t *testing.T) {
+	got := []string{TypeHello.String(), TypeCredentials.String(), TypeError.String(), TypeReport.String(), TypeAck.String(), Type(0).String(), Type(200).String()}
+	want := []string{"hello", "credentials", "error", "report", "ack", "type 0x00", "type 0xc8"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Type.String (-want +got):\n%s", diff)
+	}
+	if Type(0).Limit() != 0 || TypeCredentials.Limit() != MaxFrame {
+		t.Errorf("Limit: unknown %d, credentials %d", Type(0).Limit(), TypeCredentials.Limit())
+	}
+	kinds := []string{Unknown.String(), Vmcred.String(), Notify.String()}
+	if diff := cmp.Diff([]string{"unknown", "vmcred", "notify"}, kinds); diff != "" {
+		t.Errorf("Kind.String (-want +got):\n%s", diff)
+	}
+}
+
+func TestHelloRoundTrip(t *testing.T) {
+	tests := []struct {
+		name string
+		in   Hello
+		want Hello
+	}{
+		{"full", sampleHello(), sampleHello()},
+		{"zero version means current", func() Hello { h := sampleHello(); h.Version = 0; return h }(), sampleHello()},
+		{"empty strings", Hello{Token: secret(canaryToken)}, Hello{Version: ProtocolVersion, Token: secret(canaryToken)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := must(t)(EncodeHello(tt.in))
+			got, err := DecodeHello(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got, secretCmp()); diff != "" {
+				t.Errorf("DecodeHello(EncodeHello()) (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestHelloNeverPrintsToken(t *testing.T) {
+	h := sampleHello()
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%x", "%q"} {
+		noCanary(t, "fmt "+verb, fmt.Sprintf(verb, h))
+	}
+	p := must(t)(EncodeHello(h))
+	for _, bad := range [][]byte{append(p, 0), p[:len(p)-1], append(append([]byte{}, p[:2]...), p[2:20]...)} {
+		if _, err := DecodeHello(bad); err == nil {
+			t.Fatal("DecodeHello accepted a damaged hello")
+		} else {
+			noCanary(t, "DecodeHello error", err.Error())
+		}
+	}
+}
+
+func TestDecodeHelloErrors(t *testing.T) {
+	good := must(t)(EncodeHello(sampleHello()))
+	with := func(f func(b []byte) []byte) []byte { return f(append([]byte{}, good...)) }
+	tests := []struct {
+		name string
+		in   []byte
+		err  error
+		msg  string
+	}{
+		{"empty", nil, ErrMalformed, "version"},
+		{"version 2", with(func(b []byte) []byte { b[1] = 2; return b }), ErrUnsupportedVersion, "version 2, want 1"},
+		{"version 0", with(func(b []byte) []byte { b[1] = 0; return b }), ErrUnsupportedVersion, "version 0"},
+		{"short token", good[:2+TokenSize-1], ErrMalformed, "token"},
+		{"short nonce", good[:2+TokenSize+3], ErrMalformed, "boot nonce"},
+		{"trailing byte", append(append([]byte{}, good...), 'x'), ErrMalformed, "1 trailing bytes"},
+		{"boot ID length past end", with(func(b []byte) []byte { b[2+TokenSize+NonceSize] = 200; return b }), ErrMalformed, "boot ID"},
+		{"boot ID over limit", with(func(b []byte) []byte {
+			b = b[:2+TokenSize+NonceSize]
+			b = append(b, 65)
+			b = append(b, bytes.Repeat([]byte{'a'}, 65)...)
+			return append(b, 0)
+		}), ErrMalformed, "65 bytes, over the 64-byte limit"},
+		{"boot ID with newline", with(func(b []byte) []byte { b[2+TokenSize+NonceSize+1] = '\n'; return b }), ErrMalformed, "not printable ASCII"},
+		{"agent version not printable", with(func(b []byte) []byte { b[len(b)-1] = 0xff; return b }), ErrMalformed, "agent version"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := DecodeHello(tt.in)
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("DecodeHello error = %v, want %v", err, tt.err)
+			}
+			if !strings.Contains(err.Error(), tt.msg) {
+				t.Errorf("error %q does not say %q", err, tt.msg)
+			}
+			noCanary(t, "error", err.Error())
+		})
+	}
+	h, err := DecodeHello(with(func(b []byte) []byte { b[0], b[1] = 0x12, 0x34; return b }))
+	if !errors.Is(err, ErrUnsupportedVersion) || h.Version != 0x1234 {
+		t.Errorf("DecodeHello(version 0x1234) = version %#x, %v; want the version reported", h.Version, err)
+	}
+}
+
+func TestEncodeErrors(t *testing.T) {
+	hello := func(f func(h *Hello)) Hello { h := sampleHello(); f(&h); return h }
+	report := func(f func(r *Report)) Report { r := sampleReport(); f(&r); return r }
+	entry := func(f func(c *CredentialReport)) Report {
+		return report(func(r *Report) { f(&r.Credentials[0]) })
+	}
+	many := make([]Credential, MaxCredentials+1)
+	for i := range many {
+		many[i] = Credential{Name: fmt.Sprintf("c%d", i)}
+	}
+	big := credential.NewSecret(make([]byte, MaxFrame/2+1))
+	manyEntries := make([]CredentialReport, MaxReportEntries+1)
+	for i := range manyEntries {
+		manyEntries[i] = CredentialReport{Name: "n"}
+	}
+	tests := []struct {
+		name string
+		err  error
+		msg  string
+		f    func() error
+	}{
+		{"token too short", ErrMalformed, "token is 31 bytes, want 32", func() error {
+			_, err := EncodeHello(hello(func(h *Hello) { h.Token = secret(canaryToken[:31]) }))
+			return err
+		}},
+		{"no token", ErrMalformed, "token is 0 bytes", func() error {
+			_, err := EncodeHello(hello(func(h *Hello) { h.Token = credential.Secret{} }))
+			return err
+		}},
+		{"boot ID with newline", ErrMalformed, "boot ID: byte 36 is 0x0a", func() error {
+			_, err := EncodeHello(hello(func(h *Hello) { h.BootID += "\n" }))
+			return err
+		}},
+		{"agent version too long", ErrMalformed, "agent version: 129 bytes", func() error {
+			_, err := EncodeHello(hello(func(h *Hello) { h.AgentVersion = strings.Repeat("v", 129) }))
+			return err
+		}},
+		{"invalid name", credential.ErrInvalidName, `credential 1: credential name "a/b"`, func() error {
+			_, err := EncodeCredentials([]Credential{{Name: "ok"}, {Name: "a/b"}})
+			return err
+		}},
+		{"duplicate name", ErrMalformed, `credential 1 "dup": name given twice`, func() error {
+			_, err := EncodeCredentials([]Credential{{Name: "dup"}, {Name: "dup"}})
+			return err
+		}},
+		{"too many credentials", ErrMalformed, "4097 credentials, over the limit of 4096", func() error {
+			_, err := EncodeCredentials(many)
+			return err
+		}},
+		{"credentials over 64 MiB", ErrFrameTooLarge, `at credential "b"`, func() error {
+			return NewClient(rw{nil, io.Discard}).WriteCredentials([]Credential{{Name: "a", Value: big}, {Name: "b", Value: big}})
+		}},
+		{"outcome 0", ErrMalformed, "outcome: 0 is neither", func() error {
+			_, err := EncodeReport(report(func(r *Report) { r.Outcome = 0 }))
+			return err
+		}},
+		{"report agent version", ErrMalformed, "agent version", func() error {
+			_, err := EncodeReport(report(func(r *Report) { r.AgentVersion = "v1\n" }))
+			return err
+		}},
+		{"report name", credential.ErrInvalidName, "credential 0", func() error {
+			_, err := EncodeReport(entry(func(c *CredentialReport) { c.Name = ".." }))
+			return err
+		}},
+		{"upper-case digest", ErrMalformed, "not a lower-case hex digit", func() error {
+			_, err := EncodeReport(entry(func(c *CredentialReport) { c.SHA256Prefix = "ABCD" }))
+			return err
+		}},
+		{"odd digest", ErrMalformed, "3 hex digits", func() error {
+			_, err := EncodeReport(entry(func(c *CredentialReport) { c.SHA256Prefix = "abc" }))
+			return err
+		}},
+		{"digest too long", ErrMalformed, "66 hex digits", func() error {
+			_, err := EncodeReport(entry(func(c *CredentialReport) { c.SHA256Prefix = strings.Repeat("a", 66) }))
+			return err
+		}},
+		{"delivery", ErrMalformed, "delivery: byte 0 is 0x53", func() error {
+			_, err := EncodeReport(entry(func(c *CredentialReport) { c.Delivery = "SMBIOS" }))
+			return err
+		}},
+		{"verification", ErrMalformed, "verification: 33 bytes", func() error {
+			_, err := EncodeReport(entry(func(c *CredentialReport) { c.Verification = Verification(strings.Repeat("v", 33)) }))
+			return err
+		}},
+		{"too many entries", ErrMalformed, "4097, over the limit of 4096", func() error {
+			_, err := EncodeReport(report(func(r *Report) { r.Credentials = manyEntries }))
+			return err
+		}},
+		{"error code 0", ErrMalformed, "code 0", func() error {
+			_, err := EncodeError(0, "x")
+			return err
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.f()
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("error = %v, want %v", err, tt.err)
+			}
+			if !strings.Contains(err.Error(), tt.msg) {
+				t.Errorf("error %q does not say %q", err, tt.msg)
+			}
+			noCanary(t, "error", err.Error())
+		})
+	}
+}
+
+func TestCredentialsRoundTrip(t *testing.T) {
+	tests := []struct {
+		name  string
+		creds []Credential
+	}{
+		{"none", []Credential{}},
+		{"sample", sampleCredentials()},
+		{"longest name", []Credential{{Name: strings.Repeat("n", credential.MaxNameLen), Value: secret("v")}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := must(t)(EncodeCredentials(tt.creds))
+			got, err := DecodeCredentials(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(view(tt.creds), view(got)); diff != "" {
+				t.Errorf("round trip (-want +got):\n%s", diff)
+			}
+			// The streaming writer produces the same payload.
+			var buf bytes.Buffer
+			if err := NewServer(rw{nil, &buf}).WriteCredentials(tt.creds); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(buf.Bytes(), frameBytes(TypeCredentials, p)) {
+				t.Errorf("WriteCredentials and EncodeCredentials disagree")
+			}
+		})
+	}
+}
+
+func TestDecodeCredentialsErrors(t *testing.T) {
+	one := func(name string, declared uint32, value string) []byte {
+		b := []byte{0, 0, 0, 1, byte(len(name))}
+		b = append(b, name...)
+		b = append(b, byte(declared>>24), byte(declared>>16), byte(declared>>8), byte(declared))
+		return append(b, value...)
+	}
+	tests := []struct {
+		name string
+		in   []byte
+		err  error
+		msg  string
+	}{
+		{"empty", nil, ErrMalformed, "count"},
+		{"count over limit", []byte{0, 0, 0x10, 0x01}, ErrMalformed, "4097, over the limit of 4096"},
+		{"count cannot fit", []byte{0, 0, 0x10, 0x00, 1, 'a', 0, 0, 0, 0}, ErrMalformed, "4096 credentials cannot fit in 6 bytes"},
+		{"count 2 with 1", append(one("a", 0, "")[:3:3], append([]byte{2}, one("a", 0, "")[4:]...)...), ErrMalformed, "cannot fit"},
+		{"empty name", one("", 0, "xxxxx"), credential.ErrInvalidName, "credential 0"},
+		{"bad name", one("a:b", 0, ""), credential.ErrInvalidName, `"a:b"`},
+		{"value past end", one("a", 10, "short"), ErrMalformed, `credential "a" value: needs 10 bytes, 5 left`},
+		{"value length 4 GiB", one("a", 0xffffffff, "short"), ErrMalformed, "needs 4294967295 bytes"},
+		{"trailing", one("a", 1, "vx"), ErrMalformed, "1 trailing bytes"},
+		{"duplicate", func() []byte {
+			b := must(t)(EncodeCredentials([]Credential{{Name: "a"}, {Name: "b"}}))
+			b[len(b)-5] = 'a'
+			return b
+		}(), ErrMalformed, `credential 1 "a": name given twice`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := DecodeCredentials(tt.in)
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("DecodeCredentials error = %v, want %v", err, tt.err)
+			}
+			if !errors.Is(err, ErrMalformed) {
+				t.Errorf("error %v does not wrap ErrMalformed", err)
+			}
+			if !strings.Contains(err.Error(), tt.msg) {
+				t.Errorf("error %q does not say %q", err, tt.msg)
+			}
+		})
+	}
+}
+
+func TestReportRoundTrip(t *testing.T) {
+	r := sampleReport()
+	tests := []struct {
+		name string
+		in   Report
+		want Report
+	}{
+		{"sample", r, r},
+		{"empty", Report{Outcome: OutcomeReady}, Report{Outcome: OutcomeReady}},
+		{"timings cut to ms", Report{Outcome: OutcomeReady, Timings: Timings{
+			Read: 1500*time.Microsecond + 999, Verify: -time.Second, Fetch: time.Duration(math.MaxInt64), Write: 999 * time.Microsecond, Total: 49 * 24 * time.Hour,
+		}}, Report{Outcome: OutcomeReady, Timings: Timings{
+			Read: time.Millisecond, Verify: 0, Fetch: math.MaxUint32 * time.Millisecond, Write: 0, Total: 49 * 24 * time.Hour,
+		}}},
+		{"text made valid", Report{Outcome: OutcomeFailed, Summary: "\x1b[31mred\nnext\tline\xff\u009b", Credentials: []CredentialReport{
+			{Name: "a", Error: "bad\x00byte\r\n"},
+		}}, Report{Outcome: OutcomeFailed, Summary: "\uFFFD[31mred next line\uFFFD\uFFFD", Credentials: []CredentialReport{
+			{Name: "a", Error: "bad\uFFFDbyte  "},
+		}}},
+		{"non-ASCII text kept", Report{Outcome: OutcomeReady, Summary: "prêt ✓ 準備完了"}, Report{Outcome: OutcomeReady, Summary: "prêt ✓ 準備完了"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := must(t)(EncodeReport(tt.in))
+			got, err := DecodeReport(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("round trip (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestReportTextCut(t *testing.T) {
+	r := Report{Outcome: OutcomeFailed, Summary: strings.Repeat("é", 1000), Credentials: []CredentialReport{{Name: "a", Error: strings.Repeat("x", 300)}}}
+	got, err := DecodeReport(must(t)(EncodeReport(r)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := got.Summary; len(s) > MaxTextLen || !utf8.ValidString(s) || !strings.HasSuffix(s, "…") || len(s) < MaxTextLen-4 {
+		t.Errorf("summary cut to %d bytes (valid %v), want ≤ %d ending in …", len(s), utf8.ValidString(s), MaxTextLen)
+	}
+	if e := got.Credentials[0].Error; len(e) != MaxErrorTextLen || !strings.HasSuffix(e, "…") {
+		t.Errorf("error cut to %d bytes, want %d ending in …", len(e), MaxErrorTextLen)
+	}
+}
+
+// TestLargestReportFits: every report EncodeReport accepts fits the frame
+// limit, so the agent can always send one.
+func TestLargestReportFits(t *testing.T) {
+	r := Report{Outcome: OutcomeFailed, Summary: strings.Repeat("s", MaxTextLen), AgentVersion: strings.Repeat("v", MaxVersionLen)}
+	for i := 0; i < MaxReportEntries; i++ {
+		r.Credentials = append(r.Credentials, CredentialReport{
+			Name: strings.Repeat("n", credential.MaxNameLen), Size: math.MaxUint64, SHA256Prefix: strings.Repeat("f", 64),
+			Delivery: Delivery(strings.Repeat("d", MaxTokenLen)), Verification: Verification(strings.Repeat("v", MaxTokenLen)),
+			Error: strings.Repeat("e", MaxErrorTextLen),
+		})
+	}
+	var buf bytes.Buffer
+	if err := NewClient(rw{nil, &buf}).WriteReport(r); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("largest report: %d bytes of %d", buf.Len(), MaxReportSize)
+	if err := ReadMagic(&buf); err != nil {
+		t.Fatal(err)
+	}
+	got, err := NewServer(rw{&buf, nil}).ReadReport()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Credentials) != MaxReportEntries {
+		t.Errorf("decoded %d entries", len(got.Credentials))
+	}
+}
+
+func TestDecodeReportErrors(t *testing.T) {
+	good := must(t)(EncodeReport(Report{Outcome: OutcomeReady, Summary: "ok", Credentials: []CredentialReport{{Name: "a", SHA256Prefix: "aa", Delivery: "smbios", Verification: "digest", Error: "e"}}}))
+	// Offsets in good: outcome 0, summary 1–4, agent version 5, timings
+	// 6–25, count 26–29, name 30–31, size 32–39, digest 40–41, delivery
+	// 42–48, verification 49–55, error 56–58.
+	with := func(f func(b []byte) []byte) []byte { return f(append([]byte{}, good...)) }
+	tests := []struct {
+		name string
+		in   []byte
+		msg  string
+	}{
+		{"empty", nil, "outcome"},
+		{"outcome 0", with(func(b []byte) []byte { b[0] = 0; return b }), "outcome: 0 is neither"},
+		{"outcome 3", with(func(b []byte) []byte { b[0] = 3; return b }), "outcome: 3 is neither"},
+		{"summary bad utf-8", with(func(b []byte) []byte { b[3] = 0xff; return b }), "summary: byte 0 is not valid UTF-8"},
+		{"summary control", with(func(b []byte) []byte { b[4] = 0x1b; return b }), "summary: byte 1 is control character U+001B"},
+		{"summary over limit", with(func(b []byte) []byte { b[1], b[2] = 0x04, 0x01; return b }), "summary: 1025 bytes, over the 1024-byte limit"},
+		{"count over limit", with(func(b []byte) []byte { b[28] = 0x10; b[29] = 0x01; return b }), "count: 4097"},
+		{"count cannot fit", with(func(b []byte) []byte { b[29] = 2; return b }), "2 credentials cannot fit"},
+		{"digest over 32", with(func(b []byte) []byte { b[40] = 33; return b }), "digest prefix: 33 bytes, over 32"},
+		{"delivery upper case", with(func(b []byte) []byte { b[43] = 'S'; return b }), `credential "a" delivery: byte 0 is 0x53`},
+		{"verification over 32", with(func(b []byte) []byte { b[49] = 33; return b }), "verification: 33 bytes"},
+		{"error control", with(func(b []byte) []byte { b[58] = '\n'; return b }), "error: byte 0 is control character U+000A"},
+		{"trailing", append(append([]byte{}, good...), 0), "1 trailing bytes"},
+		{"truncated", good[:len(good)-1], `credential "a" error`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := DecodeReport(tt.in)
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("DecodeReport error = %v, want ErrMalformed", err)
+			}
+			if !strings.Contains(err.Error(), tt.msg) {
+				t.Errorf("error %q does not say %q", err, tt.msg)
+			}
+		})
+	}
+}
+
+func TestErrorAndAck(t *testing.T) {
+	for _, tt := range []struct {
+		code ErrorCode
+		text string
+		want string
+	}{
+		{CodeBadToken, "token does not match", "host refused: bad-token: token does not match"},
+		{CodeAlreadyFetched, "", "host refused: already-fetched"},
+		{ErrorCode(99), "new", "host refused: code 99: new"},
+	} {
+		t.Run(tt.want, func(t *testing.T) {
+			re, err := DecodeError(must(t)(EncodeError(tt.code, tt.text)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(&RemoteError{Code: tt.code, Text: tt.text}, re); diff != "" {
+				t.Errorf("round trip (-want +got):\n%s", diff)
+			}
+			if re.Error() != tt.want || !errors.Is(re, ErrRemote) {
+				t.Errorf("Error() = %q (Is ErrRemote %v), want %q", re.Error(), errors.Is(re, ErrRemote), tt.want)
+			}
+		})
+	}
+	for _, bad := range [][]byte{nil, {0, 0, 0, 0}, {0, 1, 0, 1, 0x07}, {0, 1, 0, 2, 'a'}, {0, 1, 0, 0, 'x'}} {
+		if _, err := DecodeError(bad); !errors.Is(err, ErrMalformed) {
+			t.Errorf("DecodeError(%q) = %v, want ErrMalformed", bad, err)
+		}
+	}
+	if !CodeUnavailable.Retryable() || !CodeInternal.Retryable() || CodeBadToken.Retryable() || CodeAlreadyFetched.Retryable() {
+		t.Errorf("Retryable is wrong")
+	}
+	if s, err := DecodeAck(EncodeAck("recorded\n")); err != nil || s != "recorded " {
+		t.Errorf("ack round trip = %q, %v", s, err)
+	}
+	if _, err := DecodeAck([]byte("a\x07")); !errors.Is(err, ErrMalformed) {
+		t.Errorf("DecodeAck(BEL) = %v, want ErrMalformed", err)
+	}
+	if got := len(EncodeAck(strings.Repeat("a", 5000))); got != MaxTextLen {
+		t.Errorf("EncodeAck(5000 bytes) is %d bytes, want %d", got, MaxTextLen)
+	}
+	if o := []string{OutcomeReady.String(), OutcomeFailed.String(), Outcome(0).String()}; !cmp.Equal(o, []string{"ready", "failed", "outcome 0"}) {
+		t.Errorf("Outcome strings %q", o)
+	}
+}
+
+// clientStream and serverStream are a whole conversation as bytes.
+func clientStream(t *testing.T) []byte {
+	var b bytes.Buffer
+	c := NewClient(rw{nil, &b})
+	if err := c.WriteHello(sampleHello()); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteReport(sampleReport()); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func serverStream(t *testing.T) []byte {
+	var b bytes.Buffer
+	s := NewServer(rw{nil, &b})
+	// Leave out the large value: the test cuts at every offset.
+	var small []Credential
+	for _, c := range sampleCredentials() {
+		if c.Value.Len() < 1000 {
+			small = append(small, c)
+		}
+	}
+	if err := s.WriteCredentials(small); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WriteAck("recorded"); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// TestTruncatedAtEveryOffset cuts each side's stream at every offset: the
+// reader must fail cleanly (io.EOF at a boundary between frames,
+// io.ErrUnexpectedEOF inside one), never panic or succeed.
+func TestTruncatedAtEveryOffset(t *testing.T) {
+	readClient := func(b []byte) error {
+		if err := ReadMagic(bytes.NewReader(b)); err != nil {
+			return err
+		}
+		s := NewServer(reader(b[len(Magic):]))
+		if _, err := s.ReadHello(); err != nil {
+			return err
+		}
+		_, err := s.ReadReport()
+		return err
+	}
+	readServer := func(b []byte) error {
+		c := NewClient(reader(b))
+		if _, err := c.ReadCredentials(); err != nil {
+			return err
+		}
+		_, err := c.ReadAck()
+		return err
+	}
+	for _, side := range []struct {
+		name   string
+		stream []byte
+		read   func([]byte) error
+	}{
+		{"client", clientStream(t), readClient},
+		{"server", serverStream(t), readServer},
+	} {
+		t.Run(side.name, func(t *testing.T) {
+			if err := side.read(side.stream); err != nil {
+				t.Fatalf("whole stream: %v", err)
+			}
+			for i := 0; i < len(side.stream); i++ {
+				err := side.read(side.stream[:i])
+				if err == nil {
+					t.Fatalf("stream cut at %d of %d bytes was accepted", i, len(side.stream))
+				}
+				if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+					t.Fatalf("stream cut at %d: error %v is neither EOF nor unexpected EOF", i, err)
+				}
+				noCanary(t, "error", err.Error())
+			}
+		})
+	}
+}
+
+// transports are the in-memory streams a conversation runs over. net.Pipe
+// opens no socket.
+type transport struct {
+	name string
+	pair func() (io.ReadWriteCloser, io.ReadWriteCloser)
+}
+
+func transports() []transport {
+	return []transport{
+		{"io.Pipe", func() (io.ReadWriteCloser, io.ReadWriteCloser) { a, b := pipePair(); return a, b }},
+		{"net.Pipe", func() (io.ReadWriteCloser, io.ReadWriteCloser) { return net.Pipe() }},
+	}
+}
+
+func TestConversation(t *testing.T) {
+	for _, tr := range transports() {
+		t.Run(tr.name, func(t *testing.T) {
+			guest, host := tr.pair()
+			defer guest.Close()
+			defer host.Close()
+
+			type result struct {
+				creds []Credential
+				ack   string
+				err   error
+			}
+			done := make(chan result, 1)
+			go func() {
+				var r result
+				defer func() { done <- r }()
+				c := NewClient(guest)
+				if r.err = c.WriteHello(sampleHello()); r.err != nil {
+					return
+				}
+				if r.creds, r.err = c.ReadCredentials(); r.err != nil {
+					return
+				}
+				if r.err = c.WriteReport(sampleReport()); r.err != nil {
+					return
+				}
+				r.ack, r.err = c.ReadAck()
+			}()
+
+			kind, first, err := SniffStream(host)
+			if err != nil || kind != Vmcred || string(first) != Magic {
+				t.Fatalf("SniffStream = %v, %q, %v", kind, first, err)
+			}
+			s := NewServer(host)
+			h, err := s.ReadHello()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(sampleHello(), h, secretCmp()); diff != "" {
+				t.Errorf("hello (-want +got):\n%s", diff)
+			}
+			if err := s.WriteCredentials(sampleCredentials()); err != nil {
+				t.Fatal(err)
+			}
+			rep, err := s.ReadReport()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(sampleReport(), rep); diff != "" {
+				t.Errorf("report (-want +got):\n%s", diff)
+			}
+			if err := s.WriteAck("recorded"); err != nil {
+				t.Fatal(err)
+			}
+			r := <-done
+			if r.err != nil {
+				t.Fatalf("client: %v", r.err)
+			}
+			if diff := cmp.Diff(view(sampleCredentials()), view(r.creds)); diff != "" {
+				t.Errorf("credentials (-want +got):\n%s", diff)
+			}
+			if r.ack != "recorded" {
+				t.Errorf("ack = %q", r.ack)
+			}
+		})
+	}
+}
+
+func TestConversationRefused(t *testing.T) {
+	for _, tr := range transports() {
+		t.Run(tr.name, func(t *testing.T) {
+			guest, host := tr.pair()
+			defer guest.Close()
+			defer host.Close()
+			done := make(chan error, 1)
+			go func() {
+				c := NewClient(guest)
+				if err := c.WriteHello(sampleHello()); err != nil {
+					done <- err
+					return
+				}
+				_, err := c.ReadCredentials()
+				done <- err
+			}()
+			if err := ReadMagic(host); err != nil {
+				t.Fatal(err)
+			}
+			s := NewServer(host)
+			if _, err := s.ReadHello(); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.WriteError(CodeBadToken, "token does not match this VM"); err != nil {
+				t.Fatal(err)
+			}
+			err := <-done
+			var re *RemoteError
+			if !errors.As(err, &re) || !errors.Is(err, ErrRemote) {
+				t.Fatalf("ReadCredentials error = %v, want a *RemoteError", err)
+			}
+			if re.Code != CodeBadToken || re.Code.Retryable() {
+				t.Errorf("code = %v", re.Code)
+			}
+			if want := "read credentials: host refused: bad-token: token does not match this VM"; err.Error() != want {
+				t.Errorf("error = %q, want %q", err, want)
+			}
+		})
+	}
+}
+
+// TestWrongOrder: a client that skips HELLO gets a clear error naming both
+// types, before the server reads the (possibly huge) payload.
+func TestWrongOrder(t *testing.T) {
+	var b bytes.Buffer
+	if err := NewClient(rw{nil, &b}).WriteReport(sampleReport()); err != nil {
+		t.Fatal(err)
+	}
+	if err := ReadMagic(&b); err != nil {
+		t.Fatal(err)
+	}
+	_, err := NewServer(rw{&b, nil}).ReadHello()
+	if !errors.Is(err, ErrUnexpectedType) || !strings.Contains(err.Error(), "got report, want hello") {
+		t.Fatalf("ReadHello = %v, want ErrUnexpectedType naming report and hello", err)
+	}
+
+	_, err = NewClient(reader(frameBytes(TypeAck, nil))).ReadCredentials()
+	if !errors.Is(err, ErrUnexpectedType) || !strings.Contains(err.Error(), "got ack, want credentials or error") {
+		t.Fatalf("ReadCredentials = %v, want ErrUnexpectedType naming ack, credentials and error", err)
+	}
+	_, err = NewClient(reader(frameBytes(TypeError, []byte{0, 0, 0, 0}))).ReadAck()
+	if !errors.Is(err, ErrMalformed) {
+		t.Fatalf("ReadAck(malformed error frame) = %v, want ErrMalformed", err)
+	}
+}
+
+func TestCredentials16MiB(t *testing.T) {
+	value := make([]byte, 16<<20)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range value {
+		value[i] = byte(rng.UintN(256))
+	}
+	want := []Credential{{Name: "disk-key", Value: credential.NewSecret(value)}, {Name: "small", Value: secret("x")}}
+	guest, host := pipePair()
+	defer guest.Close()
+	errc := make(chan error, 1)
+	go func() {
+		errc <- NewServer(host).WriteCredentials(want)
+		host.CloseWrite()
+	}()
+	got, err := NewClient(guest).ReadCredentials()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(view(want), view(got)); diff != "" {
+		t.Errorf("credentials (-want +got):\n%s", diff)
+	}
+	if got[0].Value.SHA256() != sha256.Sum256(value) {
+		t.Errorf("16 MiB value differs")
+	}
+}

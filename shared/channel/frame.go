@@ -1,0 +1,374 @@
+// Package channel is vmcred's protocol between the guest agent and the host
+// over one byte stream: a vsock stream (QEMU vhost-vsock), the Unix socket
+// that cloud-hypervisor and Firecracker expose for hybrid vsock, or an
+// in-memory pipe in tests. It carries the credentials that do not fit in
+// SMBIOS, and the agent's readiness report.
+//
+// # Sharing a port with systemd
+//
+// The same port receives PID 1's own vmm.notify_socket messages (package
+// notify). The agent therefore opens with Magic, whose first byte is NUL:
+// PID 1 refuses to send a notify message holding a NUL byte, so no notify
+// text can start like Magic. The server reads the first len(Magic) bytes
+// (SniffStream does this) and hands the connection to NewServer or to
+// notify.ReadMessage.
+//
+// # Wire format
+//
+// After the client's Magic, both sides exchange frames:
+//
+//	type    1 byte     TypeHello … TypeAck
+//	length  4 bytes    big-endian payload length, at most the type's limit
+//	payload length bytes
+//
+// A reader checks the type and the length against the type's limit before
+// allocating anything, so a 4 GiB length costs nothing, and it allocates in
+// step with the bytes that actually arrive, so a large claim backed by a few
+// bytes costs little. Integers are big-endian; str8 and str16 are a 1- or
+// 2-byte length followed by that many bytes. Payloads, in order:
+//
+//	HELLO        u16 version (1) | 32-byte token | 16-byte boot nonce |
+//	(guest→host) str8 boot ID (≤ 64, printable ASCII) | str8 agent version (≤ 128, printable ASCII)
+//	CREDENTIALS  u32 count (≤ 4096), then per credential:
+//	(host→guest)   str8 name (systemd's rules, unique) | u32 value length | value
+//	ERROR        u16 code (≠ 0) | str16 text (≤ 1024, UTF-8, no control characters)
+//	(host→guest)
+//	REPORT       u8 outcome (1 ready, 2 failed) | str16 summary (≤ 1024, text) |
+//	(guest→host) str8 agent version | 5 × u32 milliseconds (read, verify, fetch, write, total) |
+//	             u32 count (≤ 4096), then per credential: str8 name | u64 size |
+//	             u8 n (≤ 32) + n bytes of the value's SHA-256 prefix | str8 delivery |
+//	             str8 verification (both ≤ 32 of [a-z0-9_-]) | str16 error (≤ 256, text)
+//	ACK          the status text itself (≤ 1024, text)
+//	(host→guest)
+//
+// Every message has exactly one encoding: decoders refuse trailing bytes,
+// bad lengths, unknown outcomes, duplicate credential names, and so on, so
+// decoding and re-encoding gives back the same bytes.
+//
+// A conversation: the client sends HELLO; the server answers CREDENTIALS or
+// ERROR; the client sends REPORT; the server answers ACK or ERROR. Deadlines
+// are the caller's job: it holds the net.Conn.
+//
+// It is OS-free: host and guest packages may import it.
+package channel
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	"github.com/vmcred/vmcred/shared/notify"
+)
+
+// Magic is the first thing a client writes. It starts with NUL, which no
+// sd_notify message may contain, and names the protocol and its version.
+const Magic = "\x00VMCRED/1\n"
+
+// Type is a frame's message type.
+type Type uint8
+
+// Message types.
+const (
+	TypeHello       Type = 1 // guest→host: version, token, boot nonce
+	TypeCredentials Type = 2 // host→guest: the channel credentials
+	TypeError       Type = 3 // host→guest: a refusal with a code and text
+	TypeReport      Type = 4 // guest→host: the readiness report
+	TypeAck         Type = 5 // host→guest: the report arrived
+)
+
+// Per-type payload limits. CREDENTIALS is large because channel secrets
+// are not bound by systemd's 1 MiB (a 16 MiB secret must fit); the others
+// are small. MaxReportSize is large enough for the largest valid Report
+// (MaxReportEntries entries with every field at its limit, about 2.6 MB).
+const (
+	MaxFrame           = 64 << 20 // the largest payload of any type
+	MaxHelloSize       = 4 << 10
+	MaxCredentialsSize = MaxFrame
+	MaxErrorSize       = 4 << 10
+	MaxReportSize      = 4 << 20
+	MaxAckSize         = 4 << 10
+)
+
+const headerSize = 5
+
+// String returns the message name in lower case ("hello"), or "type 0xNN"
+// for an unknown type.
+func (t Type) String() string {
+	switch t {
+	case TypeHello:
+		return "hello"
+	case TypeCredentials:
+		return "credentials"
+	case TypeError:
+		return "error"
+	case TypeReport:
+		return "report"
+	case TypeAck:
+		return "ack"
+	}
+	return fmt.Sprintf("type 0x%02x", uint8(t))
+}
+
+func (t Type) known() bool { return t.Limit() > 0 }
+
+// Limit is the largest payload a frame of type t may carry, or 0 for an
+// unknown type.
+func (t Type) Limit() int {
+	switch t {
+	case TypeHello:
+		return MaxHelloSize
+	case TypeCredentials:
+		return MaxCredentialsSize
+	case TypeError:
+		return MaxErrorSize
+	case TypeReport:
+		return MaxReportSize
+	case TypeAck:
+		return MaxAckSize
+	}
+	return 0
+}
+
+// Errors. Each is wrapped with what was being read or written; errors.Is
+// finds them.
+var (
+	// ErrBadMagic: the stream did not start with Magic.
+	ErrBadMagic = errors.New("not a vmcred channel stream")
+	// ErrFrameTooLarge: a frame's length is over its type's limit.
+	ErrFrameTooLarge = errors.New("frame too large")
+	// ErrUnknownType: a frame's type is not one this version knows.
+	ErrUnknownType = errors.New("unknown frame type")
+	// ErrUnexpectedType: a frame of a known type arrived where another was
+	// due.
+	ErrUnexpectedType = errors.New("unexpected frame type")
+	// ErrMalformed: a payload does not decode, or a message to encode
+	// breaks a rule (a bad name, a wrong token length, …).
+	ErrMalformed = errors.New("malformed message")
+	// ErrUnsupportedVersion: a HELLO has a protocol version this side does
+	// not speak. The server answers CodeUnsupportedVersion.
+	ErrUnsupportedVersion = errors.New("unsupported protocol version")
+	// ErrRemote is wrapped by *RemoteError: the peer sent ERROR.
+	ErrRemote = errors.New("peer refused")
+)
+
+// Kind is what Sniff makes of the first bytes of a connection.
+type Kind uint8
+
+// Kinds.
+const (
+	// Unknown: neither protocol (or too few bytes to tell).
+	Unknown Kind = iota
+	// Vmcred: the stream starts with Magic.
+	Vmcred
+	// Notify: the stream looks like sd_notify text (KEY=…).
+	Notify
+)
+
+// String returns "unknown", "vmcred" or "notify".
+func (k Kind) String() string {
+	switch k {
+	case Vmcred:
+		return "vmcred"
+	case Notify:
+		return "notify"
+	}
+	return "unknown"
+}
+
+// Sniff tells vmcred's protocol from sd_notify text by the first bytes of
+// a connection (SniffStream passes up to len(Magic) of them):
+//   - Vmcred if first starts with the whole Magic;
+//   - Notify if first starts with a key of notify.ValidKey's alphabet,
+//     possibly cut short, then optionally '=' and more bytes, none of them
+//     NUL — this is how every message PID 1 sends begins;
+//   - Unknown otherwise, including empty input and a part of Magic (the
+//     agent writes Magic in one piece, and a short read means EOF).
+func Sniff(first []byte) Kind {
+	if len(first) >= len(Magic) && string(first[:len(Magic)]) == Magic {
+		return Vmcred
+	}
+	i := 0
+	for i < len(first) && notify.IsKeyByte(first[i]) {
+		i++
+	}
+	switch {
+	case i == 0:
+		return Unknown
+	case i == len(first):
+		return Notify
+	case first[i] != '=':
+		return Unknown
+	case slices.Contains(first[i:], 0):
+		return Unknown
+	}
+	return Notify
+}
+
+// SniffStream reads up to len(Magic) bytes from r, stopping early only at
+// EOF, and returns Sniff's verdict and the bytes read. A read error other
+// than EOF is returned as is. Then:
+//   - Vmcred: the bytes read are exactly Magic; call NewServer on the
+//     connection.
+//   - Notify: the message is the bytes read followed by the rest of the
+//     stream; read it with notify.ReadMessage(io.MultiReader(
+//     bytes.NewReader(first), conn)). A notify message may be shorter than
+//     Magic ("READY=1"): the guest's half-close ends it.
+//   - Unknown: close the connection.
+func SniffStream(r io.Reader) (Kind, []byte, error) {
+	first := make([]byte, len(Magic))
+	n, err := io.ReadFull(r, first)
+	first = first[:n]
+	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+		return Unknown, first, fmt.Errorf("read first %d bytes: %w", len(Magic), err)
+	}
+	return Sniff(first), first, nil
+}
+
+// ReadMagic reads len(Magic) bytes from r and fails with ErrBadMagic unless
+// they are Magic. Use it on a port that carries only vmcred's protocol; on
+// a shared port, use SniffStream.
+func ReadMagic(r io.Reader) error {
+	var b [len(Magic)]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return fmt.Errorf("read magic: %w", err)
+	}
+	if string(b[:]) != Magic {
+		return fmt.Errorf("read magic: %w", ErrBadMagic)
+	}
+	return nil
+}
+
+// Conn speaks the protocol over a byte stream. It is not safe for
+// concurrent use; a conversation is a strict alternation anyway.
+type Conn struct {
+	r         io.Reader
+	w         io.Writer
+	sendMagic bool
+}
+
+// NewClient returns the agent's end. Magic is written in front of the first
+// frame, in the same Write.
+func NewClient(rw io.ReadWriter) *Conn {
+	return &Conn{r: rw, w: rw, sendMagic: true}
+}
+
+// NewServer returns the host's end of a stream whose Magic has been read
+// already (by SniffStream or ReadMagic). A caller that read more than Magic
+// (with a bufio.Reader, say) passes a ReadWriter that reads from that
+// reader: struct{ io.Reader; io.Writer }{br, conn}.
+func NewServer(rw io.ReadWriter) *Conn {
+	return &Conn{r: rw, w: rw}
+}
+
+// WriteFrame writes one frame. It fails with ErrFrameTooLarge, writing
+// nothing, if payload is over t's limit.
+func (c *Conn) WriteFrame(t Type, payload []byte) error {
+	if err := checkOut(t, len(payload)); err != nil {
+		return err
+	}
+	e := c.frame(t, len(payload))
+	e.bytes(payload)
+	e.flush()
+	if e.err != nil {
+		return fmt.Errorf("write %s frame: %w", t, e.err)
+	}
+	return nil
+}
+
+func checkOut(t Type, n int) error {
+	if !t.known() {
+		return fmt.Errorf("write %s frame: %w", t, ErrUnknownType)
+	}
+	if n > t.Limit() {
+		return fmt.Errorf("write %s frame: payload of %d bytes, over the %d-byte limit: %w", t, n, t.Limit(), ErrFrameTooLarge)
+	}
+	return nil
+}
+
+// frame starts an encoder that writes to c, holding Magic (first time, on
+// the client) and the header of a frame of type t and length n.
+func (c *Conn) frame(t Type, n int) *encoder {
+	e := &encoder{w: c.w, buf: make([]byte, 0, min(len(Magic)+headerSize+n, directWrite+len(Magic)+headerSize))}
+	if c.sendMagic {
+		e.buf = append(e.buf, Magic...)
+		c.sendMagic = false
+	}
+	e.u8(uint8(t))
+	e.u32(uint32(n))
+	return e
+}
+
+// ReadFrame reads one frame and returns its type and payload. With want
+// given, a frame of another type fails with ErrUnexpectedType (naming both)
+// before its payload is read. A frame of an unknown type fails with
+// ErrUnknownType, and one over its type's limit with ErrFrameTooLarge, both
+// before anything is allocated for the payload. A stream that ends cleanly
+// before a frame's first byte gives an error wrapping io.EOF; one that ends
+// inside a frame, io.ErrUnexpectedEOF.
+func (c *Conn) ReadFrame(want ...Type) (Type, []byte, error) {
+	var h [headerSize]byte
+	if _, err := io.ReadFull(c.r, h[:]); err != nil {
+		return 0, nil, fmt.Errorf("read frame header: %w", err)
+	}
+	t, n := Type(h[0]), binary.BigEndian.Uint32(h[1:])
+	if !t.known() {
+		return t, nil, fmt.Errorf("read frame: %s: %w", t, ErrUnknownType)
+	}
+	if len(want) > 0 && !slices.Contains(want, t) {
+		return t, nil, fmt.Errorf("read frame: got %s, want %s: %w", t, typeList(want), ErrUnexpectedType)
+	}
+	if uint64(n) > uint64(t.Limit()) {
+		return t, nil, fmt.Errorf("read %s frame: length %d, over the %d-byte limit: %w", t, n, t.Limit(), ErrFrameTooLarge)
+	}
+	p, err := readPayload(c.r, int(n))
+	if err != nil {
+		return t, nil, fmt.Errorf("read %s frame: payload of %d bytes: %w", t, n, err)
+	}
+	return t, p, nil
+}
+
+func typeList(ts []Type) string {
+	s := make([]string, len(ts))
+	for i, t := range ts {
+		s[i] = t.String()
+	}
+	return strings.Join(s, " or ")
+}
+
+// firstChunk is the most readPayload allocates before any payload byte has
+// arrived. It then doubles the buffer each time it fills, jumping straight
+// to n once n is within four times what has arrived, so memory stays within
+// four times the bytes received, not the length claimed, and a 16 MiB
+// payload costs 32 MiB of allocation in all.
+const firstChunk = 64 << 10
+
+// readPayload reads exactly n bytes. Buffers it outgrows are wiped, since
+// a payload may hold secrets.
+func readPayload(r io.Reader, n int) ([]byte, error) {
+	b := make([]byte, 0, min(n, firstChunk))
+	for len(b) < n {
+		if len(b) == cap(b) {
+			next := 2 * cap(b)
+			if next >= n/2 {
+				next = n
+			}
+			nb := make([]byte, len(b), next)
+			copy(nb, b)
+			clear(b)
+			b = nb
+		}
+		m, err := io.ReadFull(r, b[len(b):cap(b)])
+		b = b[:len(b)+m]
+		if err != nil {
+			clear(b)
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+	return b, nil
+}

@@ -1,0 +1,247 @@
+package manifest
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/vmcred/vmcred/shared/credential"
+)
+
+// Golden encodings of fixture(), written by `go test -tags gentestdata -run
+// TestWriteTestdata ./shared/manifest` (gentestdata_test.go) and checked by
+// TestGolden. Other packages' tests may use them too.
+var (
+	//go:embed testdata/signed.vmce
+	goldenSigned []byte
+	//go:embed testdata/unsigned.vmce
+	goldenUnsigned []byte
+	//go:embed testdata/minimal.vmce
+	goldenMinimal []byte
+	//go:embed testdata/test-only.key
+	goldenKeyFile []byte
+	//go:embed testdata/test-only.pub
+	goldenPubFile []byte
+)
+
+// canaryToken is the fixture's channel token. No error message or test
+// output may contain it in any form.
+const canaryToken = "canary-token:never-print-this!!!"
+
+// testKey returns a deterministic Ed25519 key; n tells keys apart.
+func testKey(n int) ed25519.PrivateKey {
+	seed := sha256.Sum256(fmt.Appendf(nil, "vmcred manifest test key %d", n))
+	return ed25519.NewKeyFromSeed(seed[:])
+}
+
+func testPub(n int) ed25519.PublicKey { return testKey(n).Public().(ed25519.PublicKey) }
+
+var fixtureTime = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func fixtureNonce() (n [NonceSize]byte) {
+	for i := range n {
+		n[i] = byte(i)
+	}
+	return n
+}
+
+func token() credential.Secret { return credential.NewSecret([]byte(canaryToken)) }
+
+// fixtureValues are the fixture's credentials, in an order that is not
+// sorted, with every delivery, a static string and an empty value.
+func fixtureValues() []struct {
+	name   string
+	value  string
+	d      Delivery
+	static bool
+} {
+	return []struct {
+		name   string
+		value  string
+		d      Delivery
+		static bool
+	}{
+		{"tls.key", strings.Repeat("k", 2000), DeliveryFwCfg, false},
+		{"api-key", "s3cr3t-test-vector\n", DeliverySMBIOS, false},
+		{"ENVIRONMENT", "test", DeliverySMBIOS, true},
+		{"db-password", "hunter2", DeliveryChannel, false},
+		{"empty", "", DeliverySMBIOS, false},
+		{"vmm.notify_socket", "vsock-stream:2:8888", DeliverySMBIOS, true},
+	}
+}
+
+// fixture is the manifest the golden files hold.
+func fixture(t testing.TB) *Manifest {
+	t.Helper()
+	b := NewBuilder("web-1", fixtureNonce(), fixtureTime)
+	b.SetNotAfter(fixtureTime.Add(time.Hour))
+	b.SetChannel("vsock-stream:2:1234", token())
+	for _, v := range fixtureValues() {
+		if err := b.Add(v.name, credential.NewSecret([]byte(v.value)), v.d, v.static); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := b.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// minimal is a manifest with no optional field and no entries.
+func minimal() *Manifest {
+	return &Manifest{VM: "m", IssuedAt: time.Unix(1, 0).UTC()}
+}
+
+// manyEntries is a signed-size manifest with n channel entries.
+func manyEntries(t testing.TB, n int) *Manifest {
+	t.Helper()
+	b := NewBuilder("bench-vm", fixtureNonce(), fixtureTime)
+	b.SetChannel("vsock-stream:2:1234", token())
+	for i := range n {
+		if err := b.Add(fmt.Sprintf("credential-%04d", i), credential.NewSecret(fmt.Appendf(nil, "value %d", i)), DeliveryChannel, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := b.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func mustMarshal(t testing.TB, m *Manifest) []byte {
+	t.Helper()
+	b, err := m.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func mustSign(t testing.TB, body []byte, key ed25519.PrivateKey) []byte {
+	t.Helper()
+	b, err := Sign(body, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// cmpOpts compares Secrets by value; cmp prints them as Redacted.
+var cmpOpts = cmp.Options{cmp.Comparer(func(a, b credential.Secret) bool { return a.Equal(b) })}
+
+// leaksToken reports whether s shows the canary token in any usual form.
+func leaksToken(s string) bool {
+	tok := []byte(canaryToken)
+	for _, form := range []string{canaryToken, hex.EncodeToString(tok), base64.StdEncoding.EncodeToString(tok), fmt.Sprintf("%q", tok), "never-print"} {
+		if strings.Contains(s, form) {
+			return true
+		}
+	}
+	return false
+}
+
+// firstDiff describes where two encodings differ without printing them
+// (they may hold a token).
+func firstDiff(got, want []byte) string {
+	n := min(len(got), len(want))
+	i := 0
+	for i < n && got[i] == want[i] {
+		i++
+	}
+	return fmt.Sprintf("got %d bytes, want %d; first difference at byte %d", len(got), len(want), i)
+}
+
+// raw writes a body field by field as doc.go specifies, without any
+// validation, so tests can state the format independently of MarshalBinary
+// and build inputs it would refuse.
+type raw struct {
+	magic    string
+	version  byte
+	flags    byte
+	vm       string
+	nonce    [NonceSize]byte
+	issued   uint64
+	notAfter uint64
+	addr     string
+	token    []byte
+	count    []byte // uvarint bytes; nil: shortest form of len(entries)
+	entries  []rawEntry
+	trailing []byte
+}
+
+type rawEntry struct {
+	name string
+	size []byte // uvarint bytes
+	sum  [32]byte
+	attr byte
+}
+
+func (r raw) encode() []byte {
+	var b bytes.Buffer
+	b.WriteString(r.magic)
+	b.WriteByte(r.version)
+	b.WriteByte(r.flags)
+	b.WriteByte(byte(len(r.vm)))
+	b.WriteString(r.vm)
+	b.Write(r.nonce[:])
+	b.Write(binary.BigEndian.AppendUint64(nil, r.issued))
+	if r.flags&1 != 0 {
+		b.Write(binary.BigEndian.AppendUint64(nil, r.notAfter))
+	}
+	if r.flags&2 != 0 {
+		b.WriteByte(byte(len(r.addr)))
+		b.WriteString(r.addr)
+	}
+	if r.flags&4 != 0 {
+		b.Write(r.token)
+	}
+	if r.count == nil {
+		b.Write(binary.AppendUvarint(nil, uint64(len(r.entries))))
+	} else {
+		b.Write(r.count)
+	}
+	for _, e := range r.entries {
+		b.WriteByte(byte(len(e.name)))
+		b.WriteString(e.name)
+		b.Write(e.size)
+		b.Write(e.sum[:])
+		b.WriteByte(e.attr)
+	}
+	b.Write(r.trailing)
+	return b.Bytes()
+}
+
+// rawFixture is fixture() spelled out by hand.
+func rawFixture() raw {
+	ent := func(name, value string, attr byte) rawEntry {
+		return rawEntry{name: name, size: binary.AppendUvarint(nil, uint64(len(value))), sum: sha256.Sum256([]byte(value)), attr: attr}
+	}
+	return raw{
+		magic: "VMCM", version: 1, flags: 1 | 2 | 4,
+		vm:       "web-1",
+		nonce:    fixtureNonce(),
+		issued:   uint64(fixtureTime.Unix()),
+		notAfter: uint64(fixtureTime.Unix()) + 3600,
+		addr:     "vsock-stream:2:1234",
+		token:    []byte(canaryToken),
+		entries: []rawEntry{ // bytewise order: upper case first
+			ent("ENVIRONMENT", "test", 1|0x10),
+			ent("api-key", "s3cr3t-test-vector\n", 1),
+			ent("db-password", "hunter2", 3),
+			ent("empty", "", 1),
+			ent("tls.key", strings.Repeat("k", 2000), 2),
+			ent("vmm.notify_socket", "vsock-stream:2:8888", 1|0x10),
+		},
+	}
+}
