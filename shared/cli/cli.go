@@ -120,7 +120,8 @@ func mustBool(fs *pflag.FlagSet, name string) bool {
 }
 
 // Main runs the subcommand named by args[0] and returns the exit code.
-// Errors are logged once, at error level, prefixed with the command name.
+// Errors are logged once, at error level, prefixed with the subcommand name
+// (the logger names the program).
 func Main(ctx context.Context, prog string, cmds []Command, args []string, env *Env) int {
 	byName := make(map[string]Command, len(cmds))
 	for _, c := range cmds {
@@ -146,7 +147,7 @@ func Main(ctx context.Context, prog string, cmds []Command, args []string, env *
 	err := c.Run(ctx, env, args[1:])
 	code := CodeOf(err)
 	if err != nil && !errors.Is(err, errHelpShown) {
-		env.Log.Error(prog + " " + c.Name + ": " + err.Error())
+		env.Log.Error(c.Name + ": " + err.Error())
 	}
 	return code
 }

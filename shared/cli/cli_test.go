@@ -47,8 +47,8 @@ func TestMain(t *testing.T) {
 		{args: []string{"echo", "--say", "hi"}, code: 0, flagVal: "hi"},
 		{args: []string{"echo", "--help"}, code: 0, stdout: "Usage: prog echo [--say S]"},
 		{args: []string{"echo", "--bogus"}, code: 2, stderr: "unknown flag: --bogus"},
-		{args: []string{"fail"}, code: 3, stderr: "prog fail: read /x: denied"},
-		{args: []string{"plain"}, code: 1, stderr: "prog plain: bad"},
+		{args: []string{"fail"}, code: 3, stderr: "fail: read /x: denied"},
+		{args: []string{"plain"}, code: 1, stderr: "plain: bad"},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprint(tt.args), func(t *testing.T) {

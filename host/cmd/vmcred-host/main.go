@@ -1,0 +1,68 @@
+// Command vmcred-host is vmcred's host side: it packs a micro-VM's
+// credentials for its hypervisor (pack), checks that the hypervisor's user
+// can read them (check), launches the hypervisor with them (run), and makes
+// manifest signing keys (keygen). See DESIGN.md §7 for the command-line
+// contract.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/journal"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/vmcred/vmcred/host/access"
+	"github.com/vmcred/vmcred/host/source"
+	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/logging"
+)
+
+// version is stamped by the Makefile with -X main.version=….
+var version = "dev"
+
+func main() {
+	journald, _ := journal.StderrIsJournalStream()
+	log := logging.New(os.Stderr, logging.Config{Journald: journald, Level: zapcore.InfoLevel, Name: "vmcred-host"})
+	env := &cli.Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Log: log, Version: version}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := cli.Main(ctx, "vmcred-host", commands(osDeps()), os.Args[1:], env)
+	stop()
+	_ = log.Sync() // EINVAL on a pipe or TTY is expected
+	os.Exit(code)
+}
+
+// deps is what the commands take from the OS beyond cli.Env, injected so
+// tests get stable manifests and fake users.
+type deps struct {
+	// rand supplies manifest nonces and keys.
+	rand io.Reader
+	// now stamps manifests.
+	now func() time.Time
+	// source reads $CREDENTIALS_DIRECTORY and names the current user.
+	source source.Env
+	// lookup finds users and groups for check.
+	lookup access.Lookup
+	// stdin is the child's stdin in run.
+	stdin io.Reader
+	// signals, if set, replaces run's own SIGTERM/SIGINT subscription.
+	signals <-chan os.Signal
+}
+
+func osDeps() deps {
+	return deps{rand: rand.Reader, now: time.Now, source: source.OSEnv(), lookup: access.OSLookup(), stdin: os.Stdin}
+}
+
+func commands(d deps) []cli.Command {
+	return []cli.Command{
+		{Name: "pack", Summary: "plan and write a VM's credentials for its hypervisor; print the arguments to add", Run: d.runPack},
+		{Name: "check", Summary: "check that the hypervisor's user can read every credential source", Run: d.runCheck},
+		{Name: "run", Summary: "pack, then run the hypervisor with the arguments added, forwarding signals", Run: d.runRun},
+		{Name: "keygen", Summary: "make an Ed25519 key pair for signing manifests", Run: d.runKeygen},
+	}
+}

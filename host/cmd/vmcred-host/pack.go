@@ -1,0 +1,432 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+
+	"github.com/vmcred/vmcred/host/emit"
+	"github.com/vmcred/vmcred/host/plan"
+	"github.com/vmcred/vmcred/host/source"
+	"github.com/vmcred/vmcred/shared/address"
+	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/credential"
+	"github.com/vmcred/vmcred/shared/manifest"
+)
+
+// Outputs of pack besides the hypervisor targets.
+const (
+	hvJSON = "json"
+	hvDMI  = "dmi"
+)
+
+// maxKeyFile and maxCHConfig cap what pack reads from --sign-key and
+// --ch-config.
+const (
+	maxKeyFile  = 4096
+	maxCHConfig = emit.MaxCHConfig
+)
+
+// packFlags are the flags of pack, also taken by run.
+type packFlags struct {
+	vm, hypervisor, target        string
+	mode, overflow                string
+	signKey, runtimeDir, out      string
+	channel, chAPI, chConfig      string
+	inline, inlineSecrets, print0 bool
+	smbiosReserve                 int
+	src                           source.Flags
+}
+
+func (f *packFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.vm, "vm", "", "the VM's `NAME` (required)")
+	fs.StringVar(&f.hypervisor, "hypervisor", "", "`TARGET`: qemu (q35/pc), qemu-microvm, cloud-hypervisor, firecracker, json (the plan as JSON) or dmi (a DMI table file) (required)")
+	f.src.Register(fs)
+	fs.StringVar(&f.mode, "mode", string(plan.Verified), "OEM string namespace: verified (only the vmcred agent imports credentials) or systemd (stock systemd imports them too)")
+	fs.StringVar(&f.signKey, "sign-key", "", "sign the manifest with the Ed25519 key in `FILE` (from vmcred-host keygen); without it the manifest has digests only")
+	fs.StringVar(&f.runtimeDir, "runtime-dir", "", "write payload files (mode 0400) in `DIR`, created 0700 if missing; default $RUNTIME_DIRECTORY, else a new private directory under $TMPDIR")
+	fs.StringVar(&f.out, "out", "", "dmi: write the DMI table to `FILE`; json: write the plan to FILE instead of stdout")
+	fs.StringVar(&f.channel, "channel", "", "the channel `ADDR` (vsock-stream:2:PORT or unix:PATH) for credentials that go by channel")
+	fs.StringVar(&f.overflow, "overflow", string(plan.OverflowFail), "what does not fit the firmware limits: fail, or channel (moves the largest first)")
+	fs.BoolVar(&f.inline, "inline", false, "qemu: put non-secret OEM strings on the command line (value=) instead of in files")
+	fs.BoolVar(&f.inlineSecrets, "inline-secrets", false, "qemu: put secret OEM strings on the command line too, where every local user can read them in /proc/PID/cmdline (not recommended)")
+	fs.BoolVar(&f.print0, "print0", false, "end each printed argument with a NUL instead of a newline (for mapfile -d '')")
+	fs.StringVar(&f.chAPI, "ch-api", "", "cloud-hypervisor: pass every OEM string, secrets included, through its REST API on `SOCKET` (vm.create) instead of the command line and the channel")
+	fs.StringVar(&f.chConfig, "ch-config", "", "cloud-hypervisor with --ch-api: the VmConfig JSON `FILE` (kernel, memory, disks) to add the OEM strings to")
+	fs.StringVar(&f.target, "target", string(plan.QEMU), "with --hypervisor json: the `HYPERVISOR` the plan is for")
+	fs.IntVar(&f.smbiosReserve, "smbios-reserve", -1, fmt.Sprintf("`BYTES` of the 65535-byte SMBIOS table left for the hypervisor's own structures (default %d; 0 for dmi)", plan.DefaultSMBIOSReserve))
+}
+
+const packUsage = "vmcred-host pack --vm NAME --hypervisor qemu|qemu-microvm|cloud-hypervisor|firecracker|json|dmi [source flags] [flags]"
+
+// packed is what pack produced.
+type packed struct {
+	plan   *plan.Plan
+	result *emit.Result
+	// output is "args", hvJSON or hvDMI.
+	output string
+	// tempDir is the runtime directory pack made with os.MkdirTemp, if it
+	// did, for run to remove.
+	tempDir string
+}
+
+func (d deps) runPack(_ context.Context, env *cli.Env, args []string) error {
+	var f packFlags
+	fs := cli.NewFlagSet("pack")
+	f.register(fs)
+	if err := cli.Parse(env, fs, packUsage, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return cli.Usagef("pack: unexpected argument %d of %d bytes (flags only; see --help)", 1, len(fs.Arg(0)))
+	}
+	pk, err := d.pack(env, &f)
+	if err != nil {
+		return err
+	}
+	defer pk.result.Wipe()
+	if err := pk.print(env, &f); err != nil {
+		pk.result.Remove()
+		if pk.tempDir != "" {
+			os.Remove(pk.tempDir)
+		}
+		return err
+	}
+	return nil
+}
+
+// print writes pack's output: the arguments, the JSON plan, or (dmi)
+// nothing but a log line.
+func (pk *packed) print(env *cli.Env, f *packFlags) error {
+	switch pk.output {
+	case hvJSON:
+		doc, err := emit.NewDocument(pk.result)
+		if err != nil {
+			return cli.WithCode(cli.ExitUsage, err)
+		}
+		b, err := doc.MarshalIndent()
+		if err != nil {
+			return err
+		}
+		if f.out != "" {
+			if err := emit.WriteFile(f.out, b, 0o644); err != nil {
+				return cli.WithCode(cli.ExitIO, err)
+			}
+			return nil
+		}
+		_, err = env.Stdout.Write(b)
+		return err
+	case hvDMI:
+		env.Log.Info(fmt.Sprintf("wrote DMI table %s: %d bytes, %d OEM strings", f.out, pk.plan.Usage.SMBIOSTable, pk.plan.Usage.SMBIOSStrings))
+		return nil
+	}
+	if err := emit.WriteArgs(env.Stdout, pk.result.Args, f.print0); err != nil {
+		return cli.WithCode(cli.ExitIO, fmt.Errorf("print arguments: %w", err))
+	}
+	return nil
+}
+
+// pack collects, plans, signs and writes; it prints nothing. On error
+// nothing is left on disk.
+func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
+	pk := &packed{output: "args"}
+	opts, err := f.planOptions(pk)
+	if err != nil {
+		return nil, err
+	}
+	specs, err := f.src.Specs()
+	if err != nil {
+		return nil, withCode(err)
+	}
+	creds, warnings, err := source.Collect(specs, d.source)
+	if err != nil {
+		return nil, withCode(err)
+	}
+	defer func() {
+		for _, c := range creds {
+			c.Value.Wipe()
+		}
+	}()
+	for _, w := range warnings {
+		env.Log.Warn(w.String())
+	}
+
+	params := emit.ManifestParams{VM: f.vm, IssuedAt: d.now(), Channel: f.channel}
+	if _, err := io.ReadFull(d.rand, params.Nonce[:]); err != nil {
+		return nil, fmt.Errorf("manifest nonce: %w", err)
+	}
+	if f.signKey != "" {
+		if params.Key, err = loadKey(f.signKey); err != nil {
+			return nil, err
+		}
+		defer clear(params.Key)
+	}
+	var chConfig []byte
+	if f.chConfig != "" {
+		if chConfig, err = readCapped(f.chConfig, maxCHConfig); err != nil {
+			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("--ch-config: %w", err))
+		}
+	}
+
+	vals := emit.Values{}
+	var inputs []plan.Input
+	var mcreds []emit.ManifestCredential
+	for _, c := range creds {
+		vals[c.Name] = c.Value
+		inputs = append(inputs, plan.Input{Name: c.Name, Size: c.Value.Len(), Secret: c.Secret})
+		mcreds = append(mcreds, emit.ManifestCredential{Name: c.Name, Value: c.Value, Secret: c.Secret})
+	}
+	// The manifest's length does not depend on the deliveries, so a draft
+	// tells the planner what to reserve.
+	draft, err := emit.BuildManifest(params, mcreds, nil)
+	if err != nil {
+		return nil, cli.WithCode(cli.ExitUsage, err)
+	}
+	opts.Extra = []plan.Input{{Name: plan.ManifestName, Size: draft.Len(), Secret: params.Token.Len() > 0}}
+	draft.Wipe()
+
+	p, err := plan.New(inputs, opts)
+	if err != nil {
+		return nil, withCode(err)
+	}
+	pk.plan = p
+	final, err := emit.BuildManifest(params, mcreds, emit.Deliveries(p))
+	if err != nil {
+		return nil, cli.WithCode(cli.ExitUsage, err)
+	}
+	defer final.Wipe()
+	if final.Len() != opts.Extra[0].Size {
+		return nil, fmt.Errorf("manifest is %d bytes, planned %d (a bug: its length must not depend on the deliveries)", final.Len(), opts.Extra[0].Size)
+	}
+	vals[plan.ManifestName] = final
+
+	eo := emit.Options{Out: f.out, CHConfig: chConfig}
+	if f.chAPI != "" {
+		if eo.CHAPISocket, err = filepath.Abs(f.chAPI); err != nil {
+			return nil, cli.WithCode(cli.ExitUsage, fmt.Errorf("--ch-api: %w", err))
+		}
+	}
+	if needsDir(p) {
+		if eo.RuntimeDir, pk.tempDir, err = runtimeDir(env, f); err != nil {
+			return nil, err
+		}
+	}
+	res, err := emit.Build(p, vals, eo)
+	if err != nil {
+		pk.removeTemp()
+		return nil, withCode(err)
+	}
+	if err := res.Write(); err != nil {
+		res.Wipe()
+		pk.removeTemp()
+		return nil, withCode(err)
+	}
+	pk.result = res
+	logPlan(env.Log, p, res)
+	return pk, nil
+}
+
+func (pk *packed) removeTemp() {
+	if pk.tempDir != "" {
+		os.Remove(pk.tempDir)
+		pk.tempDir = ""
+	}
+}
+
+// planOptions checks the flags that need no I/O and returns the planner's
+// options; it sets pk.output.
+func (f *packFlags) planOptions(pk *packed) (plan.Options, error) {
+	var o plan.Options
+	if f.vm == "" {
+		return o, cli.Usagef("pack: --vm NAME is required")
+	}
+	if err := credential.ValidateName(f.vm); err != nil {
+		return o, cli.Usagef("--vm: %v", err)
+	}
+	target := f.hypervisor
+	switch f.hypervisor {
+	case "":
+		return o, cli.Usagef("pack: --hypervisor is required (qemu, qemu-microvm, cloud-hypervisor, firecracker, json or dmi)")
+	case hvJSON:
+		pk.output, target = hvJSON, f.target
+		if target == hvJSON || target == hvDMI {
+			return o, cli.Usagef("--target %s: the JSON plan is for a hypervisor (qemu, qemu-microvm, cloud-hypervisor or firecracker)", target)
+		}
+	case hvDMI:
+		pk.output = hvDMI
+	}
+	hv, err := plan.ParseHypervisor(target)
+	if err != nil {
+		return o, cli.WithCode(cli.ExitUsage, err)
+	}
+	mode, err := plan.ParseMode(f.mode)
+	if err != nil {
+		return o, cli.WithCode(cli.ExitUsage, err)
+	}
+	overflow, err := plan.ParseOverflow(f.overflow)
+	if err != nil {
+		return o, cli.WithCode(cli.ExitUsage, err)
+	}
+	switch {
+	case pk.output == hvDMI && f.out == "":
+		return o, cli.Usagef("--hypervisor dmi needs --out FILE for the table")
+	case pk.output == "args" && f.out != "":
+		return o, cli.Usagef("--out applies to --hypervisor dmi and json only")
+	case f.chAPI != "" && hv != plan.CloudHypervisor:
+		return o, cli.Usagef("--ch-api applies to cloud-hypervisor only")
+	case f.chConfig != "" && f.chAPI == "":
+		return o, cli.Usagef("--ch-config needs --ch-api SOCKET")
+	case f.inlineSecrets && pk.output == hvJSON:
+		return o, cli.Usagef("--inline-secrets cannot go with --hypervisor json: the JSON plan never holds values")
+	}
+	if f.channel != "" {
+		if _, err := address.Parse(f.channel); err != nil {
+			return o, cli.Usagef("--channel: %v", err)
+		}
+	}
+	return plan.Options{
+		VM: f.vm, Hypervisor: hv, Mode: mode, Overflow: overflow, Channel: f.channel,
+		CHAPI: f.chAPI != "", Inline: f.inline, InlineSecrets: f.inlineSecrets, SMBIOSReserve: f.smbiosReserve,
+	}, nil
+}
+
+func needsDir(p *plan.Plan) bool {
+	for _, it := range p.Items {
+		if it.Carrier == plan.CarrierFile || it.Carrier == plan.CarrierAPI {
+			return true
+		}
+	}
+	return false
+}
+
+// runtimeDir picks the directory for payload files: --runtime-dir, else
+// the first of $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=, a
+// colon-separated list), else a new private directory. It returns the
+// absolute path, and the path again if it created it.
+func runtimeDir(env *cli.Env, f *packFlags) (dir, created string, err error) {
+	dir = f.runtimeDir
+	if dir == "" && env.Getenv != nil {
+		dir, _, _ = strings.Cut(env.Getenv("RUNTIME_DIRECTORY"), ":")
+	}
+	if dir == "" {
+		d, err := os.MkdirTemp("", "vmcred-"+sanitize(f.vm)+"-")
+		if err != nil {
+			return "", "", cli.WithCode(cli.ExitIO, fmt.Errorf("create a runtime directory: %w", err))
+		}
+		return d, d, nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", "", cli.WithCode(cli.ExitUsage, fmt.Errorf("--runtime-dir: %w", err))
+	}
+	return abs, "", nil
+}
+
+// sanitize keeps a VM name's letters, digits, '-', '_' and '.' for a
+// directory name pattern.
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.' {
+			return r
+		}
+		return '_'
+	}, s)
+}
+
+// loadKey reads a private key file. A key readable by group or others is
+// refused: anyone who can read it can sign manifests.
+func loadKey(path string) (ed25519.PrivateKey, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("--sign-key: %w", err))
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, cli.WithCode(cli.ExitFailure, fmt.Errorf("--sign-key %s: mode %04o lets group or others read the signing key; chmod 0400 it", path, fi.Mode().Perm()))
+	}
+	b, err := readCapped(path, maxKeyFile)
+	if err != nil {
+		return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("--sign-key: %w", err))
+	}
+	defer clear(b)
+	key, err := manifest.ParsePrivateKey(b)
+	if err != nil {
+		return nil, cli.WithCode(cli.ExitUsage, fmt.Errorf("--sign-key %s: %w", path, err))
+	}
+	return key, nil
+}
+
+// readCapped reads a regular file of at most limit bytes.
+func readCapped(path string, limit int64) ([]byte, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	fi, err := fh.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	b, err := io.ReadAll(io.LimitReader(fh, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if int64(len(b)) > limit {
+		clear(b)
+		return nil, fmt.Errorf("%s is over the %d-byte limit", path, limit)
+	}
+	return b, nil
+}
+
+// withCode gives errors from the host packages their exit codes (DESIGN
+// §7): usage 2, a limit or policy 1, anything else (a source or file that
+// could not be read or written) 3.
+func withCode(err error) error {
+	var ee *cli.ExitError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ee):
+		return err
+	case errors.Is(err, source.ErrUsage), errors.Is(err, plan.ErrOption), errors.Is(err, plan.ErrNeedChannel), errors.Is(err, emit.ErrOption):
+		return cli.WithCode(cli.ExitUsage, err)
+	case errors.Is(err, plan.ErrLimit), errors.Is(err, source.ErrTooLarge):
+		return cli.WithCode(cli.ExitFailure, err)
+	}
+	return cli.WithCode(cli.ExitIO, err)
+}
+
+// logPlan logs a summary line and every warning of the plan.
+func logPlan(log *zap.Logger, p *plan.Plan, r *emit.Result) {
+	counts := map[plan.Delivery]int{}
+	for _, it := range p.Items {
+		counts[it.Delivery]++
+	}
+	var parts []string
+	for _, d := range []plan.Delivery{plan.DeliverySMBIOS, plan.DeliveryFwCfg, plan.DeliveryChannel} {
+		if counts[d] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", counts[d], d))
+		}
+	}
+	msg := fmt.Sprintf("vm %s: %d credentials (manifest included) for %s: %s", p.VM, len(p.Items), p.Hypervisor, strings.Join(parts, ", "))
+	if p.Usage.SMBIOSStrings > 0 {
+		msg += fmt.Sprintf("; SMBIOS table %d of %d bytes", p.Usage.SMBIOSTable, p.Usage.SMBIOSTableLimit)
+	}
+	if len(r.Files) > 0 && r.RuntimeDir != "" {
+		msg += "; files in " + r.RuntimeDir
+	}
+	log.Info(msg)
+	for _, w := range p.Warnings {
+		log.Warn(w.Message)
+	}
+}
