@@ -8,7 +8,7 @@ GOFLAGS_BUILD := -trimpath -ldflags '$(LDFLAGS)'
 STATICCHECK_VERSION := v0.8.2
 FUZZTIME  ?= 20s
 
-.PHONY: all build test demo lint fmt vet staticcheck fuzz clean
+.PHONY: all build test demo lint fmt vet staticcheck fuzz vm-setup vm-test clean
 
 all: build
 
@@ -31,14 +31,24 @@ fmt:
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags vmtest ./integration/vm/
 
 staticcheck:
 	@command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
-	PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck ./...
+	PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck -tags vmtest ./...
 
 # Each fuzz target runs for FUZZTIME (go test allows one target per run).
 fuzz:
 	./integration/fuzz.sh $(FUZZTIME)
+
+# Real QEMU guests under TCG: tier 1 (busybox initramfs, seconds each) and
+# tier 2 (a debootstrapped systemd 252 image, cached in integration/.cache).
+# Serial logs of every case stay in integration/logs/.
+vm-setup:
+	./integration/vm/setup.sh
+
+vm-test: vm-setup
+	$(GO) test -tags vmtest -count=1 -timeout 15m -v ./integration/vm/...
 
 clean:
 	rm -rf $(BIN)

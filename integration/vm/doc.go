@@ -1,0 +1,20 @@
+// Package vm is vmcred's QEMU/TCG end-to-end suite: real kernels boot real
+// firmware tables, and the real agent reads them.
+//
+// Tier 1 boots a busybox initramfs whose /init (init.sh) runs
+// `vmcred-guest load` and checks the credstore; tier 2 switches from that
+// initramfs into a debootstrapped Debian bookworm image with systemd 252 and
+// checks what services receive through LoadCredential=. QEMU gets exactly the
+// arguments `vmcred-host pack --print0` printed. Verdicts come from
+// "VMCRED-CASE PASS" / "VMCRED-CASE FAIL reason" lines on the serial console;
+// each case's console is kept in integration/logs/CASE.log.
+//
+// The tests build only with the vmtest tag and need what setup.sh prepares:
+//
+//	integration/vm/setup.sh [--tier1]
+//	go test -tags vmtest -count=1 ./integration/vm/...
+//
+// Without that they skip with a hint, or fail when CI=true. Nothing here
+// opens an AF_VSOCK socket on the machine running the tests: vsock is used
+// only inside the guests, over vsock_loopback (CID 1).
+package vm
