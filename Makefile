@@ -8,7 +8,7 @@ GOFLAGS_BUILD := -trimpath -ldflags '$(LDFLAGS)'
 STATICCHECK_VERSION := v0.8.2
 FUZZTIME  ?= 20s
 
-.PHONY: all build test demo lint fmt vet staticcheck fuzz vm-setup vm-test clean
+.PHONY: all build test demo lint fmt vet staticcheck nix-parse fuzz vm-setup vm-test clean
 
 all: build
 
@@ -23,7 +23,7 @@ test:
 demo: build
 	./integration/demo.sh
 
-lint: fmt vet staticcheck
+lint: fmt vet staticcheck nix-parse
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -36,6 +36,10 @@ vet:
 staticcheck:
 	@command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck -tags vmtest ./...
+
+# Every .nix file must parse (nix-instantiate from Debian's nix-bin).
+nix-parse:
+	./nixos-modules/check.sh
 
 # Each fuzz target runs for FUZZTIME (go test allows one target per run).
 fuzz:
