@@ -46,6 +46,13 @@ type Options struct {
 	SMBIOSReserve int
 	// MaxFwCfgFiles caps fw_cfg files; 0 means DefaultMaxFwCfgFiles.
 	MaxFwCfgFiles int
+	// MaxChannelSize lets a credential over systemd's 1 MiB
+	// (credential.MaxSize), up to this size, go by channel when Overflow
+	// is OverflowChannel: only the channel can carry it (systemd skips
+	// bigger firmware credentials). 0 keeps the 1 MiB limit for every
+	// delivery. Note that systemd's LoadCredential= also stops at 1 MiB
+	// per unit, so services read such a credential from the credstore.
+	MaxChannelSize int
 }
 
 // New plans the delivery of creds (in the given order, which is the order
@@ -64,19 +71,33 @@ func New(creds []Input, opts Options) (*Plan, error) {
 	}
 	p := &Plan{VM: o.VM, Hypervisor: o.Hypervisor, Mode: o.Mode, Overflow: o.Overflow, Channel: o.Channel, Warnings: []Warning{}}
 
-	// Per-credential limit: no delivery takes more than systemd's 1 MiB,
-	// since the agent exposes channel credentials to services too.
+	// Per-credential limit: no firmware delivery takes more than systemd's
+	// 1 MiB; only the channel may, up to MaxChannelSize and on request.
 	all := append(append([]Input(nil), creds...), o.Extra...)
-	for _, c := range all {
-		if c.Size > credential.MaxSize {
-			return nil, &LimitError{Name: c.Name, Size: c.Size, Err: ErrTooLarge,
+	for i, c := range all {
+		if c.Size <= credential.MaxSize {
+			continue
+		}
+		if i >= len(creds) || o.Overflow != OverflowChannel || c.Size > o.MaxChannelSize {
+			le := &LimitError{Name: c.Name, Size: c.Size, Err: ErrTooLarge,
 				Detail: fmt.Sprintf("over systemd's %d-byte limit per credential (CREDENTIAL_SIZE_MAX)", credential.MaxSize)}
+			if i < len(creds) && c.Size <= o.MaxChannelSize {
+				le.Hint = "add --overflow channel to send it by channel"
+			}
+			return nil, le
 		}
 	}
 
 	for i, c := range all {
 		extra := i >= len(creds)
 		it, problem := o.place(c, extra)
+		if c.Size > credential.MaxSize {
+			it = toChannel(it, fmt.Sprintf("overflow: over systemd's %d-byte limit per credential, which only the channel is free of "+
+				"(a service's LoadCredential= stops at 1 MiB too: read it from the credstore)", credential.MaxSize))
+			it.Overflowed = true
+			p.Items = append(p.Items, it)
+			continue
+		}
 		if problem != nil {
 			if extra || o.Overflow == OverflowFail {
 				return nil, problem

@@ -33,7 +33,19 @@ import (
 // it is a secret that should be there and is not. A hidden file can still be
 // read by naming it with --cred or --from-credentials-directory=NAME.
 func Collect(specs []Spec, env Env) ([]Credential, []Warning, error) {
-	w := walker{env: env, read: true, maxEntries: MaxDirEntries, maxCreds: MaxCredentials}
+	return CollectUpTo(specs, env, credential.MaxSize)
+}
+
+// CollectUpTo is Collect with another limit on each file's size than
+// systemd's 1 MiB (credential.MaxSize). pack raises it when a channel is
+// given: channel credentials never pass through systemd's import, and the
+// planner decides which delivery can carry what. --static values stay
+// bound by credential.MaxSize.
+func CollectUpTo(specs []Spec, env Env, maxSize int) ([]Credential, []Warning, error) {
+	if maxSize <= 0 {
+		maxSize = credential.MaxSize
+	}
+	w := walker{env: env, read: true, maxEntries: MaxDirEntries, maxCreds: MaxCredentials, maxSize: maxSize}
 	if err := w.walk(specs); err != nil {
 		for _, c := range w.creds {
 			c.Value.Wipe()
@@ -70,6 +82,8 @@ type walker struct {
 	// maxEntries and maxCreds are MaxDirEntries and MaxCredentials,
 	// smaller in tests.
 	maxEntries, maxCreds int
+	// maxSize bounds each file read (credential.MaxSize by default).
+	maxSize int
 }
 
 func (w *walker) walk(specs []Spec) error {
@@ -134,7 +148,7 @@ func (w *walker) file(name string, o Origin) error {
 	}
 	c := Credential{Name: name, Secret: true, Origin: o}
 	if w.read {
-		v, err := readRegular(o.Path)
+		v, err := readRegular(o.Path, w.maxSize)
 		if err != nil {
 			return w.readError(name, o, err)
 		}
@@ -308,13 +322,13 @@ func describeType(m fs.FileMode) string {
 	return "irregular file"
 }
 
-// readRegular reads a regular file of at most credential.MaxSize bytes,
+// readRegular reads a regular file of at most max bytes,
 // following symlinks. It stats the path first, so a FIFO or device named
 // directly is refused without being opened; then it opens with O_NONBLOCK
 // (an open of a FIFO that was swapped in meanwhile returns at once instead
 // of waiting for a writer) and O_NOCTTY, and checks fstat on the open file,
 // so what is read is what was checked.
-func readRegular(path string) (credential.Secret, error) {
+func readRegular(path string, max int) (credential.Secret, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return credential.Secret{}, err
@@ -334,12 +348,12 @@ func readRegular(path string) (credential.Secret, error) {
 	if !fi.Mode().IsRegular() {
 		return credential.Secret{}, fmt.Errorf("%w: %s", ErrNotRegular, describeType(fi.Mode()))
 	}
-	if fi.Size() > credential.MaxSize {
-		return credential.Secret{}, fmt.Errorf("%w: %d bytes, over the %d-byte limit", ErrTooLarge, fi.Size(), credential.MaxSize)
+	if fi.Size() > int64(max) {
+		return credential.Secret{}, fmt.Errorf("%w: %d bytes, over the %d-byte limit", ErrTooLarge, fi.Size(), max)
 	}
 	// The size can change after fstat, and some files report 0: cap the read
-	// at MaxSize+1 so going over is seen without reading more.
-	const limit = credential.MaxSize + 1
+	// at max+1 so going over is seen without reading more.
+	limit := max + 1
 	buf := make([]byte, 0, fi.Size()+1)
 	for {
 		if len(buf) == cap(buf) {
@@ -351,9 +365,9 @@ func readRegular(path string) (credential.Secret, error) {
 		}
 		n, err := f.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
-		if len(buf) > credential.MaxSize {
+		if len(buf) > max {
 			clear(buf)
-			return credential.Secret{}, fmt.Errorf("%w: more than %d bytes", ErrTooLarge, credential.MaxSize)
+			return credential.Secret{}, fmt.Errorf("%w: more than %d bytes", ErrTooLarge, max)
 		}
 		if err == io.EOF {
 			break

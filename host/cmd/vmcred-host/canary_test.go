@@ -56,7 +56,7 @@ func TestCanaryPack(t *testing.T) {
 		{"json-out", []string{"--hypervisor", "json", "--target", "cloud-hypervisor", "--ch-api", "@TMP@/api.sock", "--out", "@TMP@/out/plan.json"}},
 		{"json-microvm", []string{"--hypervisor", "json", "--target", "qemu-microvm"}},
 		{"dmi", []string{"--hypervisor", "dmi", "--out", "@TMP@/out/table.dmi"}},
-		{"overflow", []string{"--hypervisor", "qemu", "--overflow", "channel", "--channel", "vsock-stream:2:9", "--smbios-reserve", "65200"}},
+		{"overflow", []string{"--hypervisor", "qemu", "--overflow", "channel", "--channel", "vsock-stream:2:9", "--smbios-reserve", "65000"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

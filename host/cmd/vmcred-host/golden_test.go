@@ -29,7 +29,7 @@ func goldenCases() []goldenCase {
 		{name: "cloud-hypervisor.args", args: []string{"--hypervisor", "cloud-hypervisor", "--channel", "unix:/run/vmcred/test-vm/notify.vsock_9999"}},
 		{name: "cloud-hypervisor-api.args", args: []string{"--hypervisor", "cloud-hypervisor", "--ch-api", "@TMP@/api.sock"}},
 		{name: "firecracker.args", args: []string{"--hypervisor", "firecracker", "--channel", "unix:/run/vmcred/test-vm/v.sock_9999"}},
-		{name: "qemu-overflow.args", args: []string{"--hypervisor", "qemu", "--overflow", "channel", "--channel", "vsock-stream:2:9999", "--smbios-reserve", "64975"}},
+		{name: "qemu-overflow.args", args: []string{"--hypervisor", "qemu", "--overflow", "channel", "--channel", "vsock-stream:2:9999", "--smbios-reserve", "64780"}},
 		{name: "json-qemu.json", args: []string{"--hypervisor", "json"}},
 		{name: "json-qemu-microvm.json", args: []string{"--hypervisor", "json", "--target", "qemu-microvm", "--mode", "systemd"}, dirName: "run,dir"},
 		{name: "json-cloud-hypervisor.json", args: []string{"--hypervisor", "json", "--target", "cloud-hypervisor", "--channel", "vsock-stream:2:9999"}},

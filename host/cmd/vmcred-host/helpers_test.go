@@ -52,6 +52,8 @@ func TestMain(m *testing.M) {
 //	kill-self        die of SIGKILL
 //	fake-ch          play cloud-hypervisor's API on --api-socket path=X:
 //	                 record requests to X.requests, exit 0 after vm.boot
+//	fake-agent OUTCOME  play a guest: systemd's READY=1 and the vmcred
+//	                 agent on the manifest's channel (run_channel_test.go)
 func helper(mode string, args []string) int {
 	switch mode {
 	case "dump":
@@ -93,6 +95,8 @@ func helper(mode string, args []string) int {
 		return 98
 	case "fake-ch":
 		return fakeCH(args)
+	case "fake-agent":
+		return fakeAgent(args)
 	}
 	return 97
 }

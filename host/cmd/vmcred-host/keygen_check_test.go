@@ -73,7 +73,8 @@ func TestKeygenAndSignedManifest(t *testing.T) {
 	for _, e := range m.Entries {
 		got = append(got, e.Name+" "+e.Delivery.String())
 	}
-	if diff := cmp.Diff([]string{"ENVIRONMENT smbios", "api-key smbios"}, got); diff != "" {
+	// A vsock channel adds vmm.notify_socket, listed so the agent verifies it.
+	if diff := cmp.Diff([]string{"ENVIRONMENT smbios", "api-key smbios", "vmm.notify_socket smbios"}, got); diff != "" {
 		t.Errorf("entries (-want +got):\n%s", diff)
 	}
 	if m.VM != "test-vm" || m.Channel != "vsock-stream:2:9999" {

@@ -64,5 +64,7 @@ func commands(d deps) []cli.Command {
 		{Name: "check", Summary: "check that the hypervisor's user can read every credential source", Run: d.runCheck},
 		{Name: "run", Summary: "pack, then run the hypervisor with the arguments added, forwarding signals", Run: d.runRun},
 		{Name: "keygen", Summary: "make an Ed25519 key pair for signing manifests", Run: d.runKeygen},
+		{Name: "serve", Summary: "serve a VM's channel: credentials by vsock, and the guest's readiness", Run: d.runServe},
+		{Name: "wait", Summary: "wait until a VM's guest reports ready (0), failed (1) or the timeout passes (4)", Run: d.runWait},
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
+	hostchannel "github.com/vmcred/vmcred/host/channel"
 	"github.com/vmcred/vmcred/host/emit"
 	"github.com/vmcred/vmcred/host/plan"
 	"github.com/vmcred/vmcred/host/source"
@@ -76,6 +77,8 @@ type packed struct {
 	// tempDir is the runtime directory pack made with os.MkdirTemp, if it
 	// did, for run to remove.
 	tempDir string
+	// serve is what the channel server needs, when there is a channel.
+	serve *hostchannel.State
 }
 
 func (d deps) runPack(_ context.Context, env *cli.Env, args []string) error {
@@ -93,6 +96,11 @@ func (d deps) runPack(_ context.Context, env *cli.Env, args []string) error {
 		return err
 	}
 	defer pk.result.Wipe()
+	if err := pk.writeServeState(env, &f); err != nil {
+		pk.result.Remove()
+		pk.removeTemp()
+		return err
+	}
 	if err := pk.print(env, &f); err != nil {
 		pk.result.Remove()
 		if pk.tempDir != "" {
@@ -146,7 +154,7 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 	if err != nil {
 		return nil, withCode(err)
 	}
-	creds, warnings, err := source.Collect(specs, d.source)
+	creds, warnings, err := source.CollectUpTo(specs, d.source, f.maxSourceSize())
 	if err != nil {
 		return nil, withCode(err)
 	}
@@ -176,6 +184,11 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 		}
 	}
 
+	chx, err := d.addChannel(env, f, opts.Hypervisor, &params, creds)
+	if err != nil {
+		return nil, err
+	}
+
 	vals := emit.Values{}
 	var inputs []plan.Input
 	var mcreds []emit.ManifestCredential
@@ -184,13 +197,21 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 		inputs = append(inputs, plan.Input{Name: c.Name, Size: c.Value.Len(), Secret: c.Secret})
 		mcreds = append(mcreds, emit.ManifestCredential{Name: c.Name, Value: c.Value, Secret: c.Secret})
 	}
+	var extras []plan.Input
+	if chx.notify.Len() > 0 {
+		// Listed in the manifest like any credential, so the agent
+		// verifies it; an extra string, so it keeps systemd's prefix.
+		vals[NotifySocketName] = chx.notify
+		extras = append(extras, plan.Input{Name: NotifySocketName, Size: chx.notify.Len()})
+		mcreds = append(mcreds, emit.ManifestCredential{Name: NotifySocketName, Value: chx.notify})
+	}
 	// The manifest's length does not depend on the deliveries, so a draft
 	// tells the planner what to reserve.
 	draft, err := emit.BuildManifest(params, mcreds, nil)
 	if err != nil {
 		return nil, cli.WithCode(cli.ExitUsage, err)
 	}
-	opts.Extra = []plan.Input{{Name: plan.ManifestName, Size: draft.Len(), Secret: params.Token.Len() > 0}}
+	opts.Extra = append([]plan.Input{{Name: plan.ManifestName, Size: draft.Len(), Secret: params.Token.Len() > 0}}, extras...)
 	draft.Wipe()
 
 	p, err := plan.New(inputs, opts)
@@ -198,6 +219,11 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 		return nil, withCode(err)
 	}
 	pk.plan = p
+	if f.channel != "" {
+		if pk.serve, err = serveState(f, p, params, creds); err != nil {
+			return nil, err
+		}
+	}
 	final, err := emit.BuildManifest(params, mcreds, emit.Deliveries(p))
 	if err != nil {
 		return nil, cli.WithCode(cli.ExitUsage, err)
@@ -292,8 +318,12 @@ func (f *packFlags) planOptions(pk *packed) (plan.Options, error) {
 			return o, cli.Usagef("--channel: %v", err)
 		}
 	}
+	maxChannel := 0
+	if f.channel != "" {
+		maxChannel = manifest.MaxEntrySize
+	}
 	return plan.Options{
-		VM: f.vm, Hypervisor: hv, Mode: mode, Overflow: overflow, Channel: f.channel,
+		VM: f.vm, Hypervisor: hv, Mode: mode, Overflow: overflow, Channel: f.channel, MaxChannelSize: maxChannel,
 		CHAPI: f.chAPI != "", Inline: f.inline, InlineSecrets: f.inlineSecrets, SMBIOSReserve: f.smbiosReserve,
 	}, nil
 }

@@ -11,7 +11,7 @@ import (
 	"github.com/vmcred/vmcred/shared/cli"
 )
 
-const runUsage = "vmcred-host run --vm NAME --hypervisor qemu|qemu-microvm|cloud-hypervisor|firecracker [pack flags] -- COMMAND [ARGS...]"
+const runUsage = "vmcred-host run --vm NAME --hypervisor qemu|qemu-microvm|cloud-hypervisor|firecracker [pack flags] [--listen ADDR [serve flags]] -- COMMAND [ARGS...]"
 
 // runRun packs, appends the arguments to COMMAND's, runs it with this
 // process's stdin, stdout and stderr, forwards SIGTERM and SIGINT, removes
@@ -20,8 +20,10 @@ const runUsage = "vmcred-host run --vm NAME --hypervisor qemu|qemu-microvm|cloud
 // COMMAND's API socket answers.
 func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 	var f packFlags
+	var sf serveFlags
 	fs := cli.NewFlagSet("run")
 	f.register(fs)
+	sf.register(fs)
 	if err := cli.Parse(env, fs, runUsage, args); err != nil {
 		return err
 	}
@@ -39,8 +41,21 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 		return cli.Usagef("run: --ch-api %s: the cloud-hypervisor command must listen there: add --api-socket path=%s", f.chAPI, f.chAPI)
 	}
 
+	// Bind first: the manifest names the channel, and an AF_VSOCK port 0
+	// is only known once bound.
+	srv, err := bindForRun(&sf, &f)
+	if err != nil {
+		return err
+	}
+	defer srv.stop(env)
 	pk, err := d.pack(env, &f)
 	if err != nil {
+		return err
+	}
+	if err := srv.start(env, d.now, &f, pk); err != nil {
+		pk.result.Wipe()
+		pk.result.Remove()
+		pk.removeTemp()
 		return err
 	}
 	defer func() {
@@ -73,6 +88,7 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 			return nil
 		}
 	}
+	cfg.AfterStart = srv.afterStart(cfg.AfterStart)
 	err = launch.Run(ctx, cfg)
 	var ee *launch.ExitError
 	if errors.As(err, &ee) {

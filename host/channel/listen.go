@@ -1,0 +1,131 @@
+package channel
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/vmcred/vmcred/shared/address"
+)
+
+// Listener is a bound channel socket and the address it is bound to.
+type Listener struct {
+	net.Listener
+	// Bound is the bound address: for AF_VSOCK with port 0, the port the
+	// kernel picked.
+	Bound address.Address
+}
+
+// Listen binds a. For a vsock address it opens an AF_VSOCK stream socket
+// through github.com/mdlayher/vsock, bound to a's CID (CIDAny binds every
+// local CID, as systemd-vmspawn does) and port (0: any free port; the one
+// picked is in Bound). For unix:PATH it creates a Unix stream socket that
+// only this user can connect to: it binds a temporary name in PATH's
+// directory, sets mode 0600 and renames it to PATH, so no other user ever
+// sees PATH with a looser mode. A stale socket at PATH (one nobody
+// listens on) is replaced; any other file there is refused. Closing the
+// listener removes PATH.
+func Listen(a address.Address) (*Listener, error) {
+	if err := a.CheckListen(); err != nil {
+		return nil, err
+	}
+	if a.IsVsock() {
+		l, port, err := listenVsock(a.CID, a.Port)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", a, err)
+		}
+		b := a
+		b.Port = port
+		return &Listener{Listener: l, Bound: b}, nil
+	}
+	l, err := listenUnix(a.Path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", a, err)
+	}
+	return &Listener{Listener: l, Bound: a}, nil
+}
+
+// unixListener removes its path on Close: the net package would remove
+// the temporary name it was bound to, which no longer exists.
+type unixListener struct {
+	*net.UnixListener
+	path string
+	once sync.Once
+}
+
+// Addr is the socket's final path, not the temporary name it was bound
+// to.
+func (l *unixListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
+
+func (l *unixListener) Close() error {
+	err := l.UnixListener.Close()
+	l.once.Do(func() {
+		if rerr := os.Remove(l.path); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) && err == nil {
+			err = rerr
+		}
+	})
+	return err
+}
+
+func listenUnix(path string) (net.Listener, error) {
+	if strings.HasPrefix(path, "@") {
+		// Abstract: no file, no mode; any local user can connect. Only
+		// for tests and setups that check the peer otherwise.
+		return net.Listen("unix", path)
+	}
+	if err := clearStale(path); err != nil {
+		return nil, err
+	}
+	tmp := filepath.Join(filepath.Dir(path), ".vmcred-"+rand.Text()[:10]+".sock")
+	if len(tmp) > address.MaxUnixPathLen {
+		// The temporary name is longer than path; bind path directly and
+		// tighten it at once.
+		tmp = path
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	l.SetUnlinkOnClose(false)
+	fail := func(err error) (net.Listener, error) {
+		l.Close()
+		os.Remove(tmp)
+		return nil, err
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return fail(err)
+	}
+	if tmp != path {
+		if err := os.Rename(tmp, path); err != nil {
+			return fail(err)
+		}
+	}
+	return &unixListener{UnixListener: l, path: path}, nil
+}
+
+// clearStale removes a socket at path that nobody listens on (left by a
+// server that was killed), and refuses anything else.
+func clearStale(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("%s exists and is not a socket", path)
+	}
+	c, err := net.Dial("unix", path)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("%s: another server is listening there", path)
+	}
+	return os.Remove(path)
+}
