@@ -9,6 +9,7 @@
 package agent
 
 import (
+	"context"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
@@ -20,8 +21,10 @@ import (
 	"time"
 
 	"github.com/vmcred/vmcred/guest/credstore"
+	"github.com/vmcred/vmcred/guest/fetch"
 	"github.com/vmcred/vmcred/guest/firmware"
 	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/manifest"
 	"github.com/vmcred/vmcred/shared/oemstring"
 )
 
@@ -64,6 +67,16 @@ type Config struct {
 	Version string
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// Channel, when set, is dialed instead of the manifest's channel
+	// address (--channel): tests and simulated VMs reach the host's Unix
+	// socket this way. A manifest without a channel means no dial at all,
+	// override or not.
+	Channel string
+	// Timeout bounds the channel fetch, retries included (DefaultTimeout
+	// when 0). The REPORT gets its own ReportTimeout afterwards.
+	Timeout time.Duration
+	// Dial opens channel connections (fetch.Dial when nil).
+	Dial fetch.DialFunc
 }
 
 // Outcomes of a load.
@@ -115,6 +128,7 @@ type Report struct {
 	Skipped     []Skipped          `json:"skipped"`
 	Sources     []firmware.Status  `json:"sources"`
 	Store       *credstore.Result  `json:"store,omitempty"`
+	Fetch       *ChannelStep       `json:"fetch,omitempty"`
 	Version     string             `json:"agent_version"`
 	StartedAt   time.Time          `json:"started_at"`
 	Timings     Timings            `json:"timings_ms"`
@@ -151,18 +165,28 @@ func joinProblems(p []string) string {
 	return s
 }
 
-// Load runs one load. The report is returned (and written to the status
-// folder, when one is set) whether the load succeeded or not; the error's
-// exit code follows DESIGN §7: 1 for a policy or verification failure, 3
-// when a source or the store could not be read or written.
-func Load(cfg Config) (Report, error) {
+// Load is LoadContext without a context.
+func Load(cfg Config) (Report, error) { return LoadContext(context.Background(), cfg) }
+
+// LoadContext runs one load. The report is returned (and written to the
+// status folder, when one is set) whether the load succeeded or not; the
+// error's exit code follows DESIGN §7: 1 for a policy or verification
+// failure, 3 when a source or the store could not be read or written.
+//
+// When the manifest names a channel, the credentials it lists for the
+// channel are fetched there (after the manifest is verified, before the
+// credstore is written) and verified like all others, and the outcome,
+// failed or ready, is reported to the host on the same channel; the
+// report records whether the host acknowledged. ctx bounds the channel.
+func LoadContext(ctx context.Context, cfg Config) (Report, error) {
 	now := cfg.Now
 	if now == nil {
 		now = time.Now
 	}
 	start := now()
 	rep := Report{Outcome: OutcomeFailed, Policy: PolicyUnverified, Credstore: cfg.Credstore, Version: cfg.Version, StartedAt: start.UTC(), Credentials: []CredentialResult{}, Skipped: []Skipped{}}
-	err := load(cfg, now, &rep)
+	ch := &channel{cfg: cfg, ctx: ctx}
+	err := load(cfg, now, &rep, ch)
 	rep.Timings.Total = ms(now().Sub(start))
 	if err != nil {
 		var f *Failure
@@ -174,6 +198,8 @@ func Load(cfg Config) (Report, error) {
 		rep.Outcome = OutcomeFailed
 		rep.Summary = "load failed: " + err.Error()
 	}
+	// Always report, failures too, so the host never waits in vain.
+	ch.report(&rep)
 	if cfg.StatusDir != "" {
 		if werr := WriteStatus(cfg.StatusDir, rep); werr != nil && err == nil {
 			err = cli.WithCode(cli.ExitIO, werr)
@@ -182,48 +208,16 @@ func Load(cfg Config) (Report, error) {
 	return rep, err
 }
 
-func load(cfg Config, now func() time.Time, rep *Report) error {
-	t0 := now()
-	fw, err := firmware.Read(cfg.Root, cfg.Firmware)
-	rep.Sources = fw.Sources
-	rep.Timings.Read = ms(now().Sub(t0))
-	if err != nil {
-		return cli.WithCode(cli.ExitIO, err)
-	}
-	for _, s := range fw.Parsed.Skipped {
-		rep.Skipped = append(rep.Skipped, Skipped{Index: s.Index, Source: s.Source, Name: s.Name, Reason: string(s.Reason), Detail: s.Detail})
-	}
-	var problems []string
-	for _, s := range fw.Sources {
-		if s.Fault != "" {
-			problems = append(problems, "source damaged: "+s.Fault)
-		}
-	}
-
-	// The delivered credentials, by name; the manifest is kept apart.
-	var manifestEntry *oemstring.Entry
-	delivered := make([]oemstring.Entry, 0, len(fw.Parsed.Entries))
-	for i, e := range fw.Parsed.Entries {
-		if e.Name == ManifestName {
-			manifestEntry = &fw.Parsed.Entries[i]
-			continue
-		}
-		delivered = append(delivered, e)
-	}
-
-	t1 := now()
-	v, err := verify(cfg, now(), manifestEntry, delivered, rep)
-	rep.Timings.Verify = ms(now().Sub(t1))
+func load(cfg Config, now func() time.Time, rep *Report, ch *channel) error {
+	v, err := readVerify(cfg, now, rep, ch)
 	if err != nil {
 		return err
 	}
-	problems = append(problems, v.problems...)
-	if len(problems) > 0 {
-		return cli.WithCode(cli.ExitFailure, &Failure{Problems: problems})
-	}
 
 	t2 := now()
-	store, err := credstore.Open(cfg.Credstore, credstore.Options{AllowPersistent: cfg.AllowPersistent, StatePath: filepath.Join(cfg.StatusDir, stateFile)})
+	// Channel credentials are not bound by systemd's 1 MiB import limit
+	// (firmware ones are, by the parser); the manifest bounds them.
+	store, err := credstore.Open(cfg.Credstore, credstore.Options{AllowPersistent: cfg.AllowPersistent, StatePath: filepath.Join(cfg.StatusDir, stateFile), MaxSize: manifest.MaxEntrySize})
 	if err != nil {
 		if errors.Is(err, credstore.ErrNotInMemory) {
 			return cli.WithCode(cli.ExitFailure, err)
@@ -250,6 +244,53 @@ func load(cfg Config, now func() time.Time, rep *Report) error {
 	rep.Outcome = OutcomeReady
 	rep.Summary = summary(len(v.expose), rep)
 	return nil
+}
+
+// readVerify reads the firmware, parses it with systemd's rules and
+// verifies what arrived (fetching channel credentials when the manifest
+// names a channel): everything a load does before the credstore write. It
+// returns what to expose; problems are a *Failure.
+func readVerify(cfg Config, now func() time.Time, rep *Report, ch *channel) (verified, error) {
+	t0 := now()
+	fw, err := firmware.Read(cfg.Root, cfg.Firmware)
+	rep.Sources = fw.Sources
+	rep.Timings.Read = ms(now().Sub(t0))
+	if err != nil {
+		return verified{}, cli.WithCode(cli.ExitIO, err)
+	}
+	for _, s := range fw.Parsed.Skipped {
+		rep.Skipped = append(rep.Skipped, Skipped{Index: s.Index, Source: s.Source, Name: s.Name, Reason: string(s.Reason), Detail: s.Detail})
+	}
+	var problems []string
+	for _, s := range fw.Sources {
+		if s.Fault != "" {
+			problems = append(problems, "source damaged: "+s.Fault)
+		}
+	}
+
+	// The delivered credentials, by name; the manifest is kept apart.
+	var manifestEntry *oemstring.Entry
+	delivered := make([]oemstring.Entry, 0, len(fw.Parsed.Entries))
+	for i, e := range fw.Parsed.Entries {
+		if e.Name == ManifestName {
+			manifestEntry = &fw.Parsed.Entries[i]
+			continue
+		}
+		delivered = append(delivered, e)
+	}
+
+	t1 := now()
+	v, err := verify(cfg, now(), manifestEntry, delivered, rep, ch)
+	rep.Timings.Fetch = ms(ch.took)
+	rep.Timings.Verify = ms(now().Sub(t1) - ch.took)
+	if err != nil {
+		return verified{}, err
+	}
+	problems = append(problems, v.problems...)
+	if len(problems) > 0 {
+		return verified{}, cli.WithCode(cli.ExitFailure, &Failure{Problems: problems})
+	}
+	return v, nil
 }
 
 // summary is the one line for STATUS= and the log, e.g.

@@ -49,7 +49,9 @@ type verified struct {
 // verify applies the policy to what arrived and decides what is exposed.
 // It records each credential's outcome in rep. Problems are returned in
 // the result; an error is returned only for what is not a policy matter.
-func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstring.Entry, rep *Report) (verified, error) {
+// Once the manifest is accepted, and if it names a channel, ch fetches the
+// channel credentials, which are then checked like the others.
+func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstring.Entry, rep *Report, ch *channel) (verified, error) {
 	var v verified
 	record := func(e oemstring.Entry, how, problem, delivery string) {
 		sum := e.Value.SHA256()
@@ -99,14 +101,48 @@ func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstrin
 	for _, e := range delivered {
 		byName[e.Name] = e
 	}
+	// The channel: dialed only when the accepted manifest names one. Even
+	// when the checks above failed, the agent fetches, so that it can tell
+	// the host (the REPORT needs an authenticated HELLO first).
+	fetchProblem := ""
+	if ch != nil && m.Channel != "" {
+		var got []oemstring.Entry
+		// A failed fetch is a problem through the credentials it did
+		// not bring (below); with none listed for the channel, the load
+		// does not depend on it, and rep.Fetch tells what happened.
+		got, fetchProblem = ch.fetch(m, rep)
+		for _, e := range got {
+			entry, listed := m.Lookup(e.Name)
+			_, twice := byName[e.Name]
+			var p string
+			switch {
+			case !listed:
+				p = fmt.Sprintf("credential %q arrived by channel but is not in the manifest", e.Name)
+			case entry.Delivery != manifest.DeliveryChannel:
+				p = fmt.Sprintf("credential %q arrived by channel but the manifest says it goes by %s", e.Name, entry.Delivery)
+			case twice:
+				p = fmt.Sprintf("credential %q arrived both by channel and by %s", e.Name, byName[e.Name].Source)
+			}
+			if p != "" {
+				v.problems = append(v.problems, p)
+				record(e, "unexpected", p, SourceChannel)
+				continue
+			}
+			byName[e.Name] = e
+		}
+	}
 	listed := make(map[string]bool, len(m.Entries))
 	for _, me := range m.Entries {
 		listed[me.Name] = true
 		e, ok := byName[me.Name]
 		if !ok {
 			p := fmt.Sprintf("credential %q is listed in the manifest (%d bytes, by %s) but did not arrive", me.Name, me.Size, me.Delivery)
+			how := "missing"
+			if me.Delivery == manifest.DeliveryChannel && fetchProblem != "" {
+				p, how = channelProblem(me, fetchProblem), "fetch-failed"
+			}
 			v.problems = append(v.problems, p)
-			rep.Credentials = append(rep.Credentials, CredentialResult{Name: me.Name, Size: int(me.Size), SHA256: hex.EncodeToString(me.SHA256[:]), Verification: "missing", Problem: p, Delivery: me.Delivery.String()})
+			rep.Credentials = append(rep.Credentials, CredentialResult{Name: me.Name, Size: int(me.Size), SHA256: hex.EncodeToString(me.SHA256[:]), Verification: how, Problem: p, Delivery: me.Delivery.String()})
 			continue
 		}
 		if err := me.Matches(e.Value); err != nil {

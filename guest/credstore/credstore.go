@@ -45,6 +45,12 @@ type Options struct {
 	// Its parent directory is created with mode 0700 if missing; the
 	// grandparent must exist.
 	StatePath string
+	// MaxSize is the largest value Replace accepts; 0 means
+	// credential.MaxSize, systemd's 1 MiB. The agent raises it for
+	// credentials fetched over the channel, which never pass through
+	// systemd's import and are bounded by the manifest instead
+	// (manifest.MaxEntrySize).
+	MaxSize int
 }
 
 // Entry is one credential to install.
@@ -95,6 +101,7 @@ type Store struct {
 	dirFile   *os.File // holds the lock
 	root      *os.Root // confines every store operation
 	statePath string
+	maxSize   int // Options.MaxSize, defaulted
 	stateRoot *os.Root
 	stateName string
 	mu        sync.Mutex
@@ -147,7 +154,10 @@ func Open(dir string, opts Options) (_ *Store, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{dir: dir, absDir: absDir, statePath: absState, stateName: stateName}
+	s := &Store{dir: dir, absDir: absDir, statePath: absState, stateName: stateName, maxSize: opts.MaxSize}
+	if s.maxSize <= 0 {
+		s.maxSize = credential.MaxSize
+	}
 	var stateCreated bool
 	defer func() {
 		if err != nil {
@@ -260,7 +270,7 @@ type staged struct {
 // Replace makes entries the credentials vmcred provides in the store.
 //
 // Phase 1 checks every entry (valid, unique name; at most
-// credential.MaxSize bytes; the target, if present, a regular file) and
+// Options.MaxSize bytes; the target, if present, a regular file) and
 // writes each value to a temporary file in the store, mode 0400, fsynced.
 // Any failure removes every temporary file and returns an error: the store
 // keeps its previous content and gets nothing from this call.
@@ -388,8 +398,8 @@ func (s *Store) check(entries []Entry) ([]Entry, error) {
 			return nil, &EntryError{Op: "check", Name: e.Name, Dir: s.dir, Err: errors.New("listed more than once")}
 		}
 		seen[e.Name] = true
-		if n := e.Value.Len(); n > credential.MaxSize {
-			return nil, &EntryError{Op: "check", Name: e.Name, Dir: s.dir, Err: fmt.Errorf("%d bytes, over the %d-byte limit", n, credential.MaxSize)}
+		if n := e.Value.Len(); n > s.maxSize {
+			return nil, &EntryError{Op: "check", Name: e.Name, Dir: s.dir, Err: fmt.Errorf("%d bytes, over the %d-byte limit", n, s.maxSize)}
 		}
 	}
 	return slices.SortedFunc(slices.Values(entries), func(a, b Entry) int { return strings.Compare(a.Name, b.Name) }), nil

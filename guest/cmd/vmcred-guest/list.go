@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io/fs"
 	"os"
 
 	"github.com/vmcred/vmcred/guest/debug"
@@ -22,6 +23,9 @@ func (s *sourceFlags) register(fs interface {
 	fs.StringVar(&s.fwCfg, "fw-cfg", "", "read fw_cfg credentials from this folder (format of /sys/firmware/qemu_fw_cfg/by_name/opt/io.systemd.credentials)")
 }
 
+// explicit reports whether any source flag was given.
+func (s *sourceFlags) explicit() bool { return s.dmiTable != "" || s.dmiEntries != "" || s.fwCfg != "" }
+
 // options resolves the flags' paths against the working directory, for
 // reading through the root file system.
 func (s *sourceFlags) options() (firmware.Options, error) {
@@ -39,37 +43,55 @@ func (s *sourceFlags) options() (firmware.Options, error) {
 	return opt, nil
 }
 
-// read reads the chosen sources.
-func (s *sourceFlags) read() (firmware.Report, error) {
-	opt, err := s.options()
-	if err != nil {
-		return firmware.Report{}, err
+// readFrom reads the sources opt (from options) names, from "/", or when
+// no flag names any, the default ones in root. The error is
+// firmware.Read's (no source at all), which show and verify survive.
+func (s *sourceFlags) readFrom(root fs.FS, opt firmware.Options) (firmware.Report, error) {
+	if s.explicit() {
+		root = os.DirFS("/")
 	}
-	rep, err := firmware.Read(os.DirFS("/"), opt)
-	if err != nil {
-		return rep, cli.WithCode(cli.ExitIO, err)
-	}
-	return rep, nil
+	return firmware.Read(root, opt)
 }
 
-func runList(ctx context.Context, env *cli.Env, args []string) error {
+// runList lists this boot's credentials: by default the last load's
+// report with the credstore and the search path as they are now; with
+// --credstore alone, that folder as `systemd-creds list` would; with
+// --dmi-table, --dmi-entries or --fw-cfg, what those sources carry.
+func (d defaults) runList(ctx context.Context, env *cli.Env, args []string) error {
 	fs := cli.NewFlagSet("list")
 	var src sourceFlags
 	src.register(fs)
-	asJSON := fs.Bool("json", false, "print one JSON object (schema in README.md)")
-	if err := cli.Parse(env, fs, "vmcred-guest list [--json] [--dmi-table FILE | --dmi-entries DIR] [--fw-cfg DIR]", args); err != nil {
+	var loc where
+	loc.register(fs, d, true, true)
+	asJSON := registerJSON(fs)
+	usage := "vmcred-guest list [--json] [--status-dir DIR] [--credstore DIR]\n" +
+		"                         [--dmi-table FILE | --dmi-entries DIR] [--fw-cfg DIR]\n\n" +
+		"With no flags: the last load's report (--status-dir) and what LoadCredential= finds now.\n" +
+		"With --credstore DIR alone: that folder, as systemd-creds list shows it, with digests.\n" +
+		"With --dmi-table, --dmi-entries or --fw-cfg: what those firmware sources carry now."
+	if err := cli.Parse(env, fs, usage, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return cli.Usagef("list takes no arguments")
 	}
-	rep, err := src.read()
-	if err != nil {
-		return err
+	in := loc.inspector(d)
+	switch {
+	case src.explicit():
+		opt, err := src.options()
+		if err != nil {
+			return err
+		}
+		rep, err := src.readFrom(loc.rootFS(), opt)
+		if err != nil {
+			return cli.WithCode(cli.ExitIO, err)
+		}
+		return emit(env, *asJSON, debug.ListFromFirmware(rep, nil), nil)
+	case fs.Changed("credstore") && !fs.Changed("status-dir"):
+		l, err := debug.ListCredstore(in, loc.credstore)
+		return emit(env, *asJSON, l, err)
+	default:
+		l, err := debug.ListStatus(in, d.trustDir)
+		return emit(env, *asJSON, l, err)
 	}
-	l := debug.ListFromFirmware(rep, nil)
-	if *asJSON {
-		return l.WriteJSON(env.Stdout)
-	}
-	return l.WriteText(env.Stdout)
 }

@@ -11,6 +11,8 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/vmcred/vmcred/guest/agent"
+	"github.com/vmcred/vmcred/guest/fetch"
+	"github.com/vmcred/vmcred/shared/address"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/manifest"
 	"go.uber.org/zap"
@@ -91,11 +93,21 @@ func runLoad(ctx context.Context, env *cli.Env, args []string) error {
 	credstore := fs.String("credstore", agent.DefaultCredstore, "expose credentials in this folder (must be on tmpfs or ramfs)")
 	statusDir := fs.String("status-dir", agent.DefaultStatusDir, "write the report (no values) to this folder")
 	allowPersistent := fs.Bool("allow-persistent", false, "accept a credstore that is not on tmpfs or ramfs")
+	channel := fs.String("channel", "", "dial the host's channel at `ADDR` instead of the address in the manifest (unix:PATH for a simulated VM); without a channel in the manifest nothing is dialed")
+	timeout := fs.Duration("timeout", agent.DefaultTimeout, "give the channel fetch, retries included, this `DURATION`; the report to the host then gets its own 10s")
 	if err := cli.Parse(env, fs, "vmcred-guest load [flags]", args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return cli.Usagef("load takes no arguments")
+	}
+	if *channel != "" {
+		if _, err := address.Parse(*channel); err != nil {
+			return cli.Usagef("--channel: %v", err)
+		}
+	}
+	if *timeout <= 0 {
+		return cli.Usagef("--timeout must be more than 0")
 	}
 	opt, err := src.options()
 	if err != nil {
@@ -105,7 +117,7 @@ func runLoad(ctx context.Context, env *cli.Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	rep, err := agent.Load(agent.Config{
+	rep, err := agent.LoadContext(ctx, agent.Config{
 		Root:              os.DirFS("/"),
 		Firmware:          opt,
 		Credstore:         *credstore,
@@ -116,17 +128,63 @@ func runLoad(ctx context.Context, env *cli.Env, args []string) error {
 		VM:                pol.vm,
 		SystemCredentials: pol.systemCredentials,
 		Version:           env.Version,
+		Channel:           *channel,
+		Timeout:           *timeout,
 	})
 	logReport(env.Log, rep)
+	logChannel(env.Log, rep)
 	if err != nil {
 		// Tell systemd why, so `systemctl status` shows it; the unit then
 		// fails and units that Require= it do not start.
-		_, _ = daemon.SdNotify(false, "STATUS="+oneLine("failed: "+err.Error()))
+		notifySelf(ctx, env, "STATUS="+oneLine("failed: "+err.Error()))
 		return err
 	}
 	env.Log.Info(rep.Summary, zap.String("credstore", rep.Credstore))
-	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady+"\nSTATUS="+oneLine(rep.Summary))
+	notifySelf(ctx, env, daemon.SdNotifyReady+"\nSTATUS="+oneLine(rep.Summary))
 	return nil
+}
+
+// notifySelf sends state to the agent's own service manager. A vsock
+// $NOTIFY_SOCKET (an agent started outside systemd, e.g. from an
+// initramfs, next to PID 1's vmm.notify_socket) goes through fetch.Notify;
+// go-systemd's SdNotify would take it for a file name. Failures are
+// logged, never fatal.
+func notifySelf(ctx context.Context, env *cli.Env, state string) {
+	sock := ""
+	if env.Getenv != nil {
+		sock = env.Getenv("NOTIFY_SOCKET")
+	}
+	if !fetch.IsVsockNotifySocket(sock) {
+		if _, err := daemon.SdNotify(false, state); err != nil {
+			env.Log.Warn("sd_notify: " + err.Error())
+		}
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, fetch.DefaultNotifyTimeout)
+	defer cancel()
+	if err := fetch.Notify(ctx, sock, []byte(state), nil); err != nil {
+		env.Log.Warn("sd_notify: " + err.Error())
+	}
+}
+
+// logChannel logs what happened on the channel: never a value.
+func logChannel(log *zap.Logger, rep agent.Report) {
+	ch := rep.Fetch
+	if ch == nil {
+		return
+	}
+	switch {
+	case ch.Error != "":
+		log.Warn("channel: "+ch.Error, zap.String("address", ch.Address), zap.Int("attempts", ch.Attempts))
+	default:
+		log.Info(fmt.Sprintf("channel: fetched %d credential(s)", len(ch.Received)), zap.String("address", ch.Address), zap.Strings("credentials", ch.Received))
+	}
+	switch {
+	case ch.Acknowledged:
+		log.Info("channel: the host acknowledged the report", zap.String("ack", ch.Ack))
+	case ch.ReportError != "":
+		log.Warn("channel: report not acknowledged: " + ch.ReportError)
+	}
 }
 
 // logReport logs what a person should see about a load: notes, skipped
@@ -150,8 +208,15 @@ func logReport(log *zap.Logger, rep agent.Report) {
 			continue
 		}
 		l := log.Warn
-		if n.Fatal {
+		switch {
+		case n.Fatal:
 			l = log.Error
+		case n.Status == "skipped":
+			l = log.Info
+		}
+		if n.Name == "" {
+			l("systemd cross-check: " + n.Advice)
+			continue
 		}
 		l("systemd cross-check: "+n.Advice, zap.String("credential", n.Name), zap.String("status", n.Status))
 	}

@@ -30,9 +30,14 @@ func main() {
 	os.Exit(code)
 }
 
-func commands() []cli.Command {
+func commands() []cli.Command { return productionDefaults().commands() }
+
+func (d defaults) commands() []cli.Command {
 	return []cli.Command{
 		{Name: "load", Summary: "read, verify and expose this boot's credentials (the boot service)", Run: runLoad},
-		{Name: "list", Summary: "list credentials: name, source, size, digest, verification", Run: runList},
+		{Name: "list", Summary: "list credentials: name, source, size, digest, verification, where served", Run: d.runList},
+		{Name: "show", Summary: "everything about one credential (its value only with --reveal)", Run: d.runShow},
+		{Name: "verify", Summary: "re-verify the firmware, the credstore and systemd's copies now", Run: d.runVerify},
+		{Name: "status", Summary: "the last load's report", Run: d.runStatus},
 	}
 }

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"bufio"
+	"crypto/ed25519"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/vmcred/vmcred/guest/agent"
+	"github.com/vmcred/vmcred/guest/credstore"
+	"github.com/vmcred/vmcred/guest/debug"
+	"github.com/vmcred/vmcred/shared/cli"
+)
+
+// defaults are where the debug commands look when no flag says otherwise.
+// main uses productionDefaults; tests point every field into a fixture
+// tree, so no command reads the machine's own /run or /sys under test.
+type defaults struct {
+	// root is the --root default: the guest tree every default path is
+	// read under ("" for the running system).
+	root              string
+	statusDir         string
+	credstore         string
+	systemCredentials string
+	// trustDir is the trust folder verify and show use when no
+	// --trust-key is given and it holds *.pub files.
+	trustDir string
+	// searchPath builds LoadCredential='s search path from the
+	// @system and credstore folders in use.
+	searchPath func(system, store string) []string
+	// listDir rates a folder's credential files (credstore.List when nil).
+	listDir func(dir string) ([]credstore.FileInfo, error)
+	// now is the clock for not-after checks (time.Now when nil).
+	now func() time.Time
+}
+
+func productionDefaults() defaults {
+	return defaults{
+		statusDir:         agent.DefaultStatusDir,
+		credstore:         agent.DefaultCredstore,
+		systemCredentials: DefaultSystemCredentials,
+		trustDir:          debug.DefaultTrustDir,
+		searchPath:        debug.DefaultSearchPath,
+	}
+}
+
+// where are the location flags the debug commands share.
+type where struct {
+	root, statusDir, credstore, system string
+	searchPath                         []string
+}
+
+// register adds --credstore, --search-path and, as asked, --status-dir
+// and --system-credentials (show and verify get the latter from
+// policyFlags).
+func (w *where) register(fs *pflag.FlagSet, d defaults, statusDir, system bool) {
+	w.registerRoot(fs, d)
+	if statusDir {
+		fs.StringVar(&w.statusDir, "status-dir", d.statusDir, "read the last load's report (status.json) from this folder")
+	}
+	fs.StringVar(&w.credstore, "credstore", d.credstore, "the credstore folder the agent exposes credentials in")
+	if system {
+		fs.StringVar(&w.system, "system-credentials", d.systemCredentials, "where systemd imported credentials itself (\"\" to skip)")
+	}
+	fs.StringSliceVar(&w.searchPath, "search-path", nil, "folders LoadCredential=NAME searches, in order, comma-separated (default: the --system-credentials folder, /etc/credstore, the --credstore folder, /usr/local/lib/credstore, /usr/lib/credstore)")
+}
+
+// registerRoot adds --root.
+func (w *where) registerRoot(fs *pflag.FlagSet, d defaults) {
+	fs.StringVar(&w.root, "root", d.root, "inspect a guest tree mounted at this folder (a disk image, a container): every default path and the firmware under /sys are read inside it")
+}
+
+// rootFS is what firmware's default sources (sys/firmware/…) are read
+// relative to.
+func (w *where) rootFS() fs.FS {
+	if w.root == "" {
+		return os.DirFS("/")
+	}
+	return os.DirFS(w.root)
+}
+
+// inspector turns the flags into a debug.Inspector.
+func (w *where) inspector(d defaults) debug.Inspector {
+	in := debug.Inspector{Root: w.root, StatusDir: w.statusDir, Credstore: w.credstore, SystemCredentials: w.system, SearchPath: w.searchPath, ListDir: d.listDir, Now: d.now}
+	if in.SearchPath == nil && d.searchPath != nil {
+		in.SearchPath = d.searchPath(w.system, w.credstore)
+	}
+	return in
+}
+
+// trust resolves the trust keys for verify and show: the --trust-key
+// flags, or else the default trust folder when it holds any *.pub file
+// (the keys vmcred-guest.service's load trusted). It returns the keys and
+// where they came from ("" for none).
+func (d defaults) trust(fs *pflag.FlagSet, pol *policyFlags, root string) ([]ed25519.PublicKey, string, error) {
+	from := strings.Join(pol.trustKeys, ", ")
+	if !fs.Changed("trust-key") && d.trustDir != "" {
+		dir := filepath.Join(root, d.trustDir)
+		if pubs, _ := filepath.Glob(filepath.Join(dir, "*.pub")); len(pubs) > 0 {
+			pol.trustKeys, from = []string{dir}, d.trustDir
+		}
+	}
+	keys, err := pol.keys()
+	if err != nil {
+		return nil, "", err
+	}
+	return keys, from, nil
+}
+
+// registerJSON adds --json.
+func registerJSON(fs *pflag.FlagSet) *bool {
+	return fs.Bool("json", false, "print one JSON object (schemas in guest/debug/SCHEMA.md)")
+}
+
+// printer is what every debug view is.
+type printer interface {
+	WriteJSON(io.Writer) error
+	WriteText(io.Writer) error
+}
+
+// emit prints v as JSON or text, then returns err, the command's outcome:
+// a view is worth printing even when the command fails.
+// Output is buffered: a table of 1000 credentials is one write, not 1000.
+func emit(env *cli.Env, asJSON bool, v printer, err error) error {
+	bw := bufio.NewWriterSize(env.Stdout, 64<<10)
+	write := v.WriteText
+	if asJSON {
+		write = v.WriteJSON
+	}
+	werr := write(bw)
+	if ferr := bw.Flush(); werr == nil {
+		werr = ferr
+	}
+	if werr != nil && err == nil {
+		return cli.WithCode(cli.ExitIO, fmt.Errorf("write output: %w", werr))
+	}
+	return err
+}

@@ -1,0 +1,381 @@
+package debug
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/vmcred/vmcred/guest/agent"
+	"github.com/vmcred/vmcred/shared/cli"
+)
+
+// maxStatusSize bounds the status file read; a report of MaxEntries
+// credentials is far smaller.
+const maxStatusSize = 16 << 20
+
+// HostAck is whether the host acknowledged the guest's readiness report
+// over the channel, from the report's "fetch" step. It is nil (shown as
+// "n/a") when the load used no channel.
+type HostAck struct {
+	// Reported is true when the REPORT went out and the host answered.
+	Reported bool `json:"reported"`
+	// Acknowledged is true when that answer was an ACK, whose text is Ack.
+	Acknowledged bool   `json:"acknowledged"`
+	Ack          string `json:"ack,omitempty"`
+	// Error is why the report did not get through.
+	Error string `json:"error,omitempty"`
+}
+
+// String is the one-line form for the human views.
+func (a *HostAck) String() string {
+	switch {
+	case a == nil:
+		return "n/a (no channel)"
+	case a.Acknowledged && a.Ack != "":
+		return "yes: " + a.Ack
+	case a.Acknowledged:
+		return "yes"
+	case a.Error != "":
+		return "no: " + a.Error
+	}
+	return "no"
+}
+
+// hostAck reads the acknowledgement from the report's channel step.
+func hostAck(rep agent.Report) *HostAck {
+	f := rep.Fetch
+	if f == nil {
+		return nil
+	}
+	a := &HostAck{Reported: f.Reported, Acknowledged: f.Acknowledged, Ack: f.Ack, Error: f.ReportError}
+	if a.Error == "" && !a.Reported && f.Error != "" {
+		a.Error = "the fetch failed, so no report went out"
+	}
+	return a
+}
+
+// statusFile is the last load's report as read from the status file.
+type statusFile struct {
+	raw json.RawMessage
+	rep agent.Report
+}
+
+// readStatusFile reads and decodes the status file. On failure it returns
+// the finding that says what to do, and an error carrying exit code 3.
+func readStatusFile(in Inspector) (*statusFile, []Finding, error) {
+	path := in.statusPath()
+	f, err := os.Open(in.real(path))
+	if err == nil {
+		defer f.Close()
+		var b []byte
+		b, err = io.ReadAll(io.LimitReader(f, maxStatusSize+1))
+		if err == nil && len(b) > maxStatusSize {
+			err = fmt.Errorf("read %s: over %d bytes", path, maxStatusSize)
+		}
+		if err == nil {
+			sf := &statusFile{raw: b}
+			if err = json.Unmarshal(b, &sf.rep); err == nil {
+				return sf, nil, nil
+			}
+			err = fmt.Errorf("decode %s: %w", path, err)
+		}
+	}
+	var fd Finding
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		fd = Finding{Code: CodeStatusMissing, Severity: SeverityError,
+			Message: fmt.Sprintf("no status file at %s: vmcred-guest.service has not run in this boot (or was pointed at another --status-dir)", path),
+			Fix:     "run `systemctl status vmcred-guest` and `journalctl -b -u vmcred-guest`; if the unit is missing, install and enable it (`systemctl enable vmcred-guest`)"}
+	case unreadable(err):
+		fd = Finding{Code: CodeStatusUnreadable, Severity: SeverityError, Message: fmt.Sprintf("cannot read %s: permission denied", path), Fix: fixRunAsRoot}
+	default:
+		fd = Finding{Code: CodeStatusUnreadable, Severity: SeverityError, Message: err.Error(),
+			Fix: "run `systemctl restart vmcred-guest` to write a fresh report; if it stays unreadable, check the folder is not shared with another tool"}
+	}
+	return nil, []Finding{fd}, cli.WithCode(cli.ExitIO, fmt.Errorf("status: %w", err))
+}
+
+// reportFindings turns what the last load recorded into findings, each
+// with its fix. trustFrom names the trust folder for the advice.
+func reportFindings(rep agent.Report, trustFrom string) []Finding {
+	var out []Finding
+	if rep.Outcome != agent.OutcomeReady {
+		out = append(out, Finding{Code: CodeLoadFailed, Severity: SeverityError,
+			Message: fmt.Sprintf("the last load (%s) failed, so the credstore was left as it was and services that Require= vmcred-guest.service did not start", rep.StartedAt.UTC().Format(time.RFC3339)),
+			Fix:     fixRestartLoad})
+	}
+	// Problems tied to one credential are described from the credential's
+	// own record below; the rest are the load's.
+	perCred := map[string]bool{}
+	for _, c := range rep.Credentials {
+		if c.Problem != "" {
+			perCred[c.Problem] = true
+		}
+	}
+	for _, n := range rep.SystemCheck {
+		perCred[fmt.Sprintf("credential %q: systemd's copy in ", n.Name)] = true
+	}
+	if rep.Fetch != nil && rep.Fetch.Error != "" {
+		perCred[rep.Fetch.Error] = true
+	}
+	for _, p := range rep.Problems {
+		if perCred[p] || hasKeyPrefix(perCred, p) || (rep.Fetch != nil && rep.Fetch.Error != "" && strings.Contains(p, rep.Fetch.Error)) {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(p, agent.ManifestName+":"), strings.Contains(p, "no "+agent.ManifestName+" credential"):
+			out = append(out, manifestFinding(p, trustFrom))
+		case strings.HasPrefix(p, "source damaged: "):
+			// Described from the sources below.
+		case strings.Contains(p, "not on tmpfs or ramfs"):
+			out = append(out, Finding{Code: CodeCredstorePersistent, Severity: SeverityError, Message: p,
+				Fix: "mount a tmpfs on the credstore folder (systemd's RuntimeDirectory= under /run does), or pass --allow-persistent if a disk is acceptable"})
+		default:
+			out = append(out, Finding{Code: CodeLoadProblem, Severity: SeverityError, Message: p,
+				Fix: "see `journalctl -b -u vmcred-guest` for the full story, then " + fixRestartLoad})
+		}
+	}
+	for _, c := range rep.Credentials {
+		switch c.Verification {
+		case "missing":
+			out = append(out, missingFinding(c.Name, uint64(c.Size), c.Delivery))
+		case "mismatch":
+			out = append(out, mismatchFinding(c.Name, strings.TrimPrefix(c.Problem, fmt.Sprintf("credential %q: ", c.Name))))
+		case "not-in-manifest":
+			out = append(out, unlistedFinding(c.Name, c.Prefix))
+		case "fetch-failed":
+			out = append(out, Finding{Code: CodeChannelFetch, Severity: SeverityError, Credential: c.Name, Message: c.Problem, Fix: fixChannel})
+		case "unexpected":
+			out = append(out, Finding{Code: CodeCredentialUnexpected, Severity: SeverityError, Credential: c.Name, Message: c.Problem,
+				Fix: "the host sent something the manifest does not say it would: repack and restart the VM with one vmcred-host version on both ends"})
+		}
+	}
+	if f := rep.Fetch; f != nil {
+		if f.Error != "" && !slices.ContainsFunc(rep.Credentials, func(c agent.CredentialResult) bool { return c.Verification == "fetch-failed" }) {
+			out = append(out, Finding{Code: CodeChannelFetch, Severity: SeverityWarning, Message: fmt.Sprintf("the channel fetch from %s failed: %s (no credential depended on it)", f.Address, f.Error), Fix: fixChannel})
+		}
+		if !f.Acknowledged && f.ReportError != "" {
+			out = append(out, Finding{Code: CodeChannelReport, Severity: SeverityWarning,
+				Message: "the host did not acknowledge the report: " + f.ReportError,
+				Fix:     "the host's `vmcred-host wait` will time out; check that `vmcred-host serve` for this VM is still running and see its log"})
+		}
+	}
+	for _, n := range rep.SystemCheck {
+		if n.Status == "skipped" {
+			out = append(out, Finding{Code: CodeSystemdAbsent, Severity: SeverityInfo, Message: n.Advice, Fix: "nothing to do"})
+			continue
+		}
+		if f, ok := systemdFinding(n.Name, n.Status, n.Size, n.SystemSize, systemDirOf(rep, n.Name)); ok {
+			out = append(out, f)
+		}
+	}
+	out = append(out, sourceFindings(rep.Sources)...)
+	out = append(out, skippedFindings(fromAgentSkipped(rep.Skipped))...)
+	return out
+}
+
+func hasKeyPrefix(m map[string]bool, s string) bool {
+	for k := range m {
+		if strings.HasPrefix(s, k) {
+			return true
+		}
+	}
+	return false
+}
+
+// systemDirOf guesses the @system folder of a report from a served path,
+// for the advice text; the default otherwise.
+func systemDirOf(rep agent.Report, name string) string {
+	for _, c := range rep.Credentials {
+		if c.Name == name && c.Served != "" && c.Served != c.Exposed {
+			return filepath.Dir(c.Served)
+		}
+	}
+	return DefaultSystemCredentials
+}
+
+func fromAgentSkipped(in []agent.Skipped) []Skipped {
+	out := make([]Skipped, 0, len(in))
+	for _, s := range in {
+		out = append(out, Skipped{Index: ptr(s.Index), Source: s.Source, Name: s.Name, Reason: s.Reason, Detail: s.Detail})
+	}
+	return out
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// Status is the output of `vmcred-guest status`: the last load's report.
+type Status struct {
+	// StatusFile is the file read.
+	StatusFile string `json:"status_file"`
+	// Report is the status file verbatim (agent.Report's JSON); null when
+	// it could not be read.
+	Report json.RawMessage `json:"report"`
+	// HostAck is the host's acknowledgement of the report, null when the
+	// load used no channel.
+	HostAck *HostAck `json:"host_ack"`
+	// Findings are the report's problems, each with what to do.
+	Findings []Finding `json:"findings"`
+
+	rep *agent.Report
+	in  Inspector
+}
+
+// ReadStatus reads the last load's report. The error carries exit code 3
+// when the status file cannot be read and 1 when the last load failed; the
+// Status is worth printing either way.
+func ReadStatus(in Inspector, trustFrom string) (Status, error) {
+	st := Status{StatusFile: in.statusPath(), Report: json.RawMessage("null"), Findings: []Finding{}, in: in}
+	sf, fds, err := readStatusFile(in)
+	if err != nil {
+		st.Findings = fds
+		return st, err
+	}
+	st.Report, st.HostAck, st.rep = compactJSON(sf.raw), hostAck(sf.rep), &sf.rep
+	st.Findings = sortFindings(append(st.Findings, reportFindings(sf.rep, trustFrom)...))
+	if sf.rep.Outcome != agent.OutcomeReady {
+		return st, cli.WithCode(cli.ExitFailure, fmt.Errorf("the last load failed (%s)", st.StatusFile))
+	}
+	return st, nil
+}
+
+// compactJSON drops a JSON document's layout, keeping its key order, so
+// the JSON writer can indent it in place.
+func compactJSON(b []byte) json.RawMessage {
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, b); err != nil {
+		return json.RawMessage("null")
+	}
+	return buf.Bytes()
+}
+
+// WriteJSON writes st as one indented JSON object.
+func (st Status) WriteJSON(w io.Writer) error { return writeJSON(w, st) }
+
+// WriteText writes st for a person on an 80-column console.
+func (st Status) WriteText(w io.Writer) error {
+	if st.rep == nil {
+		kv(w, "Last load", "n/a")
+		kv(w, "Status file", st.StatusFile)
+		writeFindings(w, st.Findings)
+		return nil
+	}
+	rep := st.rep
+	kv(w, "Outcome", rep.Outcome)
+	kv(w, "Summary", rep.Summary)
+	kv(w, "Started", fmt.Sprintf("%s by vmcred-guest %s", rep.StartedAt.UTC().Format(time.RFC3339), orNA(rep.Version)))
+	policy := rep.Policy
+	if slices.ContainsFunc(rep.Credentials, func(c agent.CredentialResult) bool { return c.Verification == "refused" }) {
+		policy = "none: the manifest was not accepted"
+	}
+	if rep.KeyID != "" {
+		policy += ", ed25519 key " + rep.KeyID
+	}
+	kv(w, "Policy", policy)
+	kv(w, "VM", orNA(rep.VM))
+	na := "n/a"
+	if rep.NotAfter != nil {
+		na = rep.NotAfter.UTC().Format(time.RFC3339)
+	}
+	kv(w, "Not after", na)
+	kv(w, "Channel", channelText(rep))
+	kv(w, "Host ack", st.HostAck.String())
+	store := rep.Credstore
+	if rep.Store != nil {
+		store += fmt.Sprintf(": %d written, %d replaced, %d removed, %d kept", len(rep.Store.Written), len(rep.Store.Replaced), len(rep.Store.Removed), len(rep.Store.Kept))
+	} else {
+		store += ": not written by this load"
+	}
+	kv(w, "Credstore", store)
+	t := rep.Timings
+	kv(w, "Timings", fmt.Sprintf("read %.1fms, verify %.1fms, fetch %.1fms, write %.1fms, total %.1fms", t.Read, t.Verify, t.Fetch, t.Write, t.Total))
+	for i, s := range rep.Sources {
+		key := ""
+		if i == 0 {
+			key = "Sources"
+		}
+		kv(w, key, describeSource(s.Kind, s.Path, s.Found, s.Structures, s.Strings))
+	}
+	kv(w, "Status file", st.StatusFile)
+
+	fmt.Fprintln(w)
+	tb := table{cols: []column{{head: "NAME", flex: true, min: 12}, {head: "SOURCE"}, {head: "SIZE", right: true}, {head: "SHA256"}, {head: "VERIFIED"}, {head: "DELIVERY"}, {head: "SERVED AT LOAD", flex: true, min: 7}}}
+	for _, c := range rep.Credentials {
+		servedAt := "-"
+		if c.Served != "" {
+			servedAt = st.in.displayDir(filepath.Dir(c.Served))
+		}
+		tb.add(printable(c.Name, 64), orDash(c.Source), fmt.Sprint(c.Size), short(c.SHA256, 8), verifiedLabel(c.Verification), orDash(c.Delivery), servedAt)
+	}
+	if tb.write(w) {
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "%s, %s.\n", plural(len(rep.Credentials), "credential"), plural(len(rep.Skipped), "string")+" skipped")
+	if len(rep.SystemCheck) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "systemd's own import, checked against the manifest:")
+		for _, n := range rep.SystemCheck {
+			if n.Name == "" {
+				wrap(w, "  ", n.Status+": "+n.Advice)
+				continue
+			}
+			s := n.Status
+			if n.Status != "match" {
+				s = fmt.Sprintf("%s (%d of %d bytes)", n.Status, n.SystemSize, n.Size)
+			}
+			wrap(w, "  ", printable(n.Name, 40)+": "+s)
+		}
+	}
+	writeFindings(w, st.Findings)
+	return nil
+}
+
+// channelText is the channel step in a line.
+func channelText(rep *agent.Report) string {
+	f := rep.Fetch
+	switch {
+	case f == nil:
+		return orNA(rep.Channel)
+	case f.Error != "":
+		return fmt.Sprintf("%s: fetch failed after %s (see below)", f.Address, plural(f.Attempts, "attempt"))
+	}
+	return fmt.Sprintf("%s: %s received in %s", f.Address, plural(len(f.Received), "credential"), plural(f.Attempts, "attempt"))
+}
+
+// describeSource is one firmware source in a line.
+func describeSource(kind, path string, found bool, structures, strs int) string {
+	if !found {
+		return kind + ": none in " + path
+	}
+	unit := "structure"
+	if kind != "smbios" {
+		unit = "entry"
+	}
+	return fmt.Sprintf("%s: %s, %s in %s", kind, plural(structures, unit), plural(strs, "string"), path)
+}
+
+// verifiedLabel shortens the agent's verification words for a table.
+func verifiedLabel(v string) string {
+	switch v {
+	case "not-in-manifest":
+		return "unlisted"
+	case "":
+		return "-"
+	}
+	return v
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

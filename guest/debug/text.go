@@ -1,0 +1,172 @@
+package debug
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"unicode/utf8"
+)
+
+// Width is the console width the human output is laid out for: the 80
+// columns of a VM's serial console, where an operator usually is when a
+// service says its secret is missing.
+const Width = 80
+
+// column is one column of a table.
+type column struct {
+	head  string
+	right bool // right-aligned (numbers)
+	flex  bool // shortened with "…" when the table is wider than Width
+	min   int  // narrowest a flex column gets
+}
+
+// table lays out rows in aligned columns two spaces apart, like
+// `systemd-creds list`. Cells are counted in runes (all our text is ASCII
+// but for "…"). When the table is wider than Width, the flex column (the
+// name: show and --json print it whole) is shortened to fit.
+type table struct {
+	cols []column
+	rows [][]string
+}
+
+func (t *table) add(cells ...string) { t.rows = append(t.rows, cells) }
+
+// write writes the table and reports whether it had any row; with none it
+// writes nothing at all.
+func (t *table) write(w io.Writer) bool {
+	widths := make([]int, len(t.cols))
+	for i, c := range t.cols {
+		widths[i] = runeLen(c.head)
+	}
+	for _, r := range t.rows {
+		for i, cell := range r {
+			widths[i] = max(widths[i], runeLen(cell))
+		}
+	}
+	total := 2 * (len(widths) - 1)
+	for _, n := range widths {
+		total += n
+	}
+	for i, c := range t.cols {
+		if c.flex && total > Width {
+			shrink := min(total-Width, widths[i]-max(c.min, runeLen(c.head)))
+			if shrink > 0 {
+				widths[i] -= shrink
+				total -= shrink
+			}
+		}
+	}
+	var b strings.Builder
+	line := func(cells []string) {
+		b.Reset()
+		for i, cell := range cells {
+			c := t.cols[i]
+			cell = clip(cell, widths[i])
+			pad := strings.Repeat(" ", widths[i]-runeLen(cell))
+			last := i == len(cells)-1
+			switch {
+			case c.right:
+				b.WriteString(pad + cell)
+			case last:
+				b.WriteString(cell)
+			default:
+				b.WriteString(cell + pad)
+			}
+			if !last {
+				b.WriteString("  ")
+			}
+		}
+		fmt.Fprintln(w, strings.TrimRight(b.String(), " "))
+	}
+	if len(t.rows) == 0 {
+		return false // the count line after the table says "0 credentials"
+	}
+	heads := make([]string, len(t.cols))
+	for i, c := range t.cols {
+		heads[i] = c.head
+	}
+	line(heads)
+	for _, r := range t.rows {
+		line(r)
+	}
+	return true
+}
+
+func runeLen(s string) int { return utf8.RuneCountInString(s) }
+
+// clip shortens s to n runes, ending in "…" when it cut something.
+func clip(s string, n int) string {
+	if runeLen(s) <= n {
+		return s
+	}
+	if n < 1 {
+		return ""
+	}
+	r := []rune(s)
+	return string(r[:n-1]) + "…"
+}
+
+// wrap writes text word-wrapped to Width: the first line starts with
+// first, the others with as many spaces as first is wide. A word longer
+// than a line (a long path) gets a line of its own.
+func wrap(w io.Writer, first, text string) {
+	indent := strings.Repeat(" ", runeLen(first))
+	line := first
+	empty := true
+	for _, word := range strings.Fields(text) {
+		if !empty && runeLen(line)+1+runeLen(word) > Width {
+			fmt.Fprintln(w, line)
+			line, empty = indent, true
+		}
+		if !empty {
+			line += " "
+		}
+		line += word
+		empty = false
+	}
+	fmt.Fprintln(w, line)
+}
+
+// kv writes "Key          value", the value wrapped under itself.
+func kv(w io.Writer, key, value string) {
+	wrap(w, fmt.Sprintf("%-14s ", key), value)
+}
+
+// short is the first n hex digits of a digest, or "-" for none.
+func short(sum string, n int) string {
+	if sum == "" {
+		return "-"
+	}
+	if len(sum) > n {
+		return sum[:n]
+	}
+	return sum
+}
+
+// printable quotes names with spaces (valid in credential names) so the
+// columns stay readable, and shortens very long ones.
+func printable(s string, max int) string {
+	if strings.ContainsAny(s, " \t") {
+		s = fmt.Sprintf("%q", s)
+	}
+	return clip(s, max)
+}
+
+// plural is "1 credential", "2 credentials", "3 entries".
+func plural(n int, noun string) string {
+	switch {
+	case n == 1:
+		return fmt.Sprintf("%d %s", n, noun)
+	case strings.HasSuffix(noun, "y"):
+		return fmt.Sprintf("%d %sies", n, strings.TrimSuffix(noun, "y"))
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// orNA is s, or "n/a" when s is empty.
+func orNA(s string) string {
+	if s == "" {
+		return "n/a"
+	}
+	return s
+}

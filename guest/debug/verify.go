@@ -1,0 +1,511 @@
+package debug
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/vmcred/vmcred/guest/agent"
+	"github.com/vmcred/vmcred/guest/firmware"
+	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/credential"
+	"github.com/vmcred/vmcred/shared/manifest"
+	"github.com/vmcred/vmcred/shared/oemstring"
+)
+
+// Policy is what the live sources are checked against: the same inputs as
+// `vmcred-guest load`'s policy flags.
+type Policy struct {
+	// TrustKeys, when any are given, make a signature by one of them
+	// required.
+	TrustKeys []ed25519.PublicKey
+	// TrustFrom says where the keys came from ("/etc/vmcred/trusted.d"),
+	// for messages; "" when none were given.
+	TrustFrom string
+	// VM, when set, must match the manifest's VM name.
+	VM string
+	// AllowUnverified accepts credentials without a manifest.
+	AllowUnverified bool
+}
+
+// Verification is the output of `vmcred-guest verify`.
+type Verification struct {
+	// OK is true when every check passed: exit code 0.
+	OK bool `json:"ok"`
+	// Result is "ok" (exit 0), "failed" (exit 1: a check failed) or
+	// "incomplete" (exit 3: something could not be read).
+	Result string `json:"result"`
+	// Policy is how the credentials were checked: "signature", "digest",
+	// "unverified", or "refused" (the manifest was not accepted; rows then
+	// compare against its unverified digests) or "none" (no manifest).
+	Policy    string     `json:"policy"`
+	KeyID     string     `json:"key_id,omitempty"`
+	TrustKeys int        `json:"trust_keys"`
+	TrustFrom string     `json:"trust_from,omitempty"`
+	VM        string     `json:"vm,omitempty"`
+	IssuedAt  *time.Time `json:"issued_at,omitempty"`
+	NotAfter  *time.Time `json:"not_after,omitempty"`
+	Channel   string     `json:"channel,omitempty"`
+	Credstore string     `json:"credstore"`
+	// Credentials has one row per manifest entry, then the unlisted ones.
+	Credentials []VerifiedCredential `json:"credentials"`
+	Skipped     []Skipped            `json:"skipped"`
+	Sources     []firmware.Status    `json:"sources"`
+	Findings    []Finding            `json:"findings"`
+
+	in Inspector
+}
+
+// VerifiedCredential is one credential checked in every place it lives.
+type VerifiedCredential struct {
+	Name string `json:"name"`
+	// Size and SHA256 are the manifest's (the firmware's without one).
+	Size     int64  `json:"size"`
+	SHA256   string `json:"sha256"`
+	Delivery string `json:"delivery,omitempty"`
+	Source   string `json:"source,omitempty"`
+	Prefix   string `json:"prefix,omitempty"`
+	// Firmware: "ok", "missing", "mismatch", "unlisted", or "channel" (a
+	// channel credential, not fetched again).
+	Firmware string `json:"firmware"`
+	// Credstore: "ok", "missing", "mismatch", "unreadable", or "-" (not
+	// expected there).
+	Credstore string `json:"credstore"`
+	// Systemd is the copy in /run/credentials/@system: "match",
+	// "truncated", "differs", "dropped" (systemd should have imported it),
+	// "absent" or "n/a" (no @system folder).
+	Systemd string `json:"systemd"`
+	// Served is the file LoadCredential=NAME picks, "" when none.
+	Served string `json:"served,omitempty"`
+	// ServedStatus: "ok", "mismatch", "none", or "-" (not checked).
+	ServedStatus string `json:"served_status"`
+	OK           bool   `json:"ok"`
+}
+
+// opened is a manifest credential decoded as far as it can be.
+type opened struct {
+	m       *manifest.Manifest
+	keyID   string // the envelope's key, "" when unsigned
+	trusted bool   // the signature verified against a trusted key
+	refused error  // why Open refused it with the trusted keys
+}
+
+// openManifest opens the manifest with the trusted keys; if they refuse
+// it, it decodes it without them so the digests can still be compared
+// (and shown as unverified).
+func openManifest(b []byte, keys []ed25519.PublicKey) opened {
+	var o opened
+	if e, err := manifest.ParseEnvelope(b); err == nil && e.Signed() {
+		o.keyID = hex.EncodeToString(e.KeyID[:])
+	}
+	m, ver, err := manifest.Open(b, keys)
+	if err == nil {
+		o.m, o.trusted = m, ver.Trusted
+		return o
+	}
+	o.refused = err
+	if len(keys) > 0 {
+		if m, _, err := manifest.Open(b, nil); err == nil {
+			o.m = m
+		}
+	}
+	return o
+}
+
+// Verify checks the live firmware sources against the manifest and policy
+// as `vmcred-guest load` does, and then every credstore file, systemd's own
+// copies and the file LoadCredential= picks against the manifest's
+// digests. It writes nothing. fwErr is firmware.Read's error. The error
+// carries exit code 1 for a verification failure and 3 when something
+// could not be read (a failure found elsewhere wins: it is certain).
+//
+// It runs the agent's rules on exported pieces (manifest.Open, Check,
+// Entry.Matches); the load's own verifier is not exported yet.
+func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verification, error) {
+	v := Verification{Credstore: in.Credstore, Credentials: []VerifiedCredential{}, Skipped: []Skipped{}, Sources: fw.Sources,
+		TrustKeys: len(pol.TrustKeys), TrustFrom: pol.TrustFrom, Policy: "none", Result: "incomplete", in: in}
+	for _, s := range fw.Parsed.Skipped {
+		v.Skipped = append(v.Skipped, Skipped{Index: ptr(s.Index), Source: s.Source, Name: s.Name, Prefix: s.Prefix, Reason: string(s.Reason), Detail: s.Detail})
+	}
+	var fds []Finding
+	add := func(f ...Finding) { fds = append(fds, f...) }
+	add(sourceFindings(fw.Sources)...)
+	add(skippedFindings(v.Skipped)...)
+	if fwErr != nil {
+		if !slices.ContainsFunc(fds, func(f Finding) bool { return f.Code == CodeDMIMissing }) {
+			add(Finding{Code: CodeSourceUnreadable, Severity: SeverityError, Message: fwErr.Error(), Fix: fixDMISysfs})
+		}
+		v.Findings = sortFindings(fds)
+		return v, cli.WithCode(cli.ExitIO, fmt.Errorf("read firmware: %w", fwErr))
+	}
+
+	var me *oemstring.Entry
+	delivered := map[string]oemstring.Entry{}
+	var order []string
+	for i, e := range fw.Parsed.Entries {
+		if e.Name == agent.ManifestName {
+			me = &fw.Parsed.Entries[i]
+			continue
+		}
+		delivered[e.Name] = e
+		order = append(order, e.Name)
+	}
+
+	folders := in.scan()
+	store := in.scanOne(in.Credstore)
+	for _, f := range folders {
+		if f.dir == in.Credstore {
+			store = f
+		}
+	}
+	storeSums := map[string]digest{}
+	if store.exists && store.err == nil {
+		names := make([]string, 0, len(store.files))
+		for n := range store.files {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		storeSums = hashAll(in.real(store.dir), names)
+	}
+	switch {
+	case !store.exists:
+		add(Finding{Code: CodeCredstoreMissing, Severity: SeverityError,
+			Message: fmt.Sprintf("the credstore %s does not exist: no load has exposed anything in this boot", store.dir),
+			Fix:     "run `systemctl status vmcred-guest`; once the load succeeds it creates and fills it"})
+	default:
+		add(storeFindings(store, nil)...)
+	}
+	systemDir := ""
+	if in.SystemCredentials != "" {
+		if i := slices.IndexFunc(folders, func(f folder) bool { return f.dir == in.SystemCredentials }); i >= 0 && folders[i].exists {
+			systemDir = in.SystemCredentials
+		} else {
+			add(Finding{Code: CodeSystemdAbsent, Severity: SeverityInfo,
+				Message: in.SystemCredentials + " is missing: systemd imported no credentials (older than 252, or systemd.import_credentials=no), so the credstore copies are the ones services get",
+				Fix:     "nothing to do"})
+		}
+	}
+
+	// check fills the credstore, systemd and served columns of one row
+	// against the digest want.
+	check := func(r *VerifiedCredential, want string, size uint64, value *oemstring.Entry, inStore bool) {
+		r.Credstore = "-"
+		if inStore {
+			d, ok := storeSums[r.Name]
+			switch {
+			case !store.exists:
+				r.Credstore = "missing" // one credstore-missing finding says it
+			case store.err != nil:
+				r.Credstore = "unreadable"
+			case !ok:
+				r.Credstore = "missing"
+			case d.err != nil:
+				r.Credstore = "unreadable"
+				add(fileFinding(r.Name, filepath.Join(store.dir, r.Name), d.err))
+			case d.sum == want:
+				r.Credstore = "ok"
+			default:
+				r.Credstore = "mismatch"
+				add(Finding{Code: CodeCredstoreMismatch, Severity: SeverityError, Credential: r.Name,
+					Message: fmt.Sprintf("%s (%d bytes) is not what the manifest lists (%d bytes, sha256 %s…)", filepath.Join(store.dir, r.Name), d.size, size, short(want, 16)),
+					Fix:     "`systemctl restart vmcred-guest` writes the verified copy again; find what else writes to the credstore"})
+			}
+			if r.Credstore == "missing" && r.Firmware != "missing" && store.exists {
+				add(Finding{Code: CodeCredstoreFileMissing, Severity: SeverityError, Credential: r.Name,
+					Message: fmt.Sprintf("it arrived, but %s has no file of that name", store.dir),
+					Fix:     "the last load failed or something removed the file: see `vmcred-guest status`, then `systemctl restart vmcred-guest`"})
+			}
+		}
+
+		r.Systemd = "n/a"
+		systemdNoted := false
+		if systemDir != "" {
+			got, sysSize, err := readCapped(in.real(filepath.Join(systemDir, r.Name)), int64(size)+1)
+			systemdSees := value != nil && (value.Prefix == oemstring.PrefixText || value.Prefix == oemstring.PrefixBinary || value.Source == firmware.SourceFwCfg)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				r.Systemd = "absent"
+				if systemdSees {
+					r.Systemd = "dropped"
+				}
+			case err != nil:
+				r.Systemd = "unreadable"
+				add(fileFinding(r.Name, filepath.Join(systemDir, r.Name), err))
+			case sha(got) == want && uint64(sysSize) == size:
+				r.Systemd = "match"
+			case value != nil && uint64(len(got)) < size && bytes.HasPrefix(value.Value.Reveal(), got):
+				r.Systemd = "truncated"
+			default:
+				r.Systemd = "differs"
+			}
+			if f, ok := systemdFinding(r.Name, r.Systemd, size, sysSize, systemDir); ok {
+				add(f)
+				systemdNoted = f.Severity == SeverityError
+			}
+		}
+
+		r.ServedStatus = "none"
+		if i := served(folders, r.Name); i >= 0 {
+			r.Served = filepath.Join(folders[i].dir, r.Name)
+			d := hashFile(in.real(r.Served))
+			switch {
+			case d.err != nil:
+				r.ServedStatus = "unreadable"
+				if folders[i].dir != store.dir && folders[i].dir != systemDir {
+					add(fileFinding(r.Name, r.Served, d.err))
+				}
+			case d.sum == want:
+				r.ServedStatus = "ok"
+			default:
+				r.ServedStatus = "mismatch"
+				if !systemdNoted && r.Credstore != "mismatch" {
+					add(servedMismatch(r.Name, r.Served, d.size, filepath.Join(store.dir, r.Name)))
+				}
+			}
+		} else if r.Firmware != "missing" && r.Credstore != "missing" && store.exists {
+			add(Finding{Code: CodeServedNone, Severity: SeverityError, Credential: r.Name,
+				Message: fmt.Sprintf("no folder on the search path holds it, so LoadCredential=%s gets nothing", r.Name),
+				Fix:     "`systemctl restart vmcred-guest` exposes it again"})
+		}
+		r.OK = (r.Firmware == "ok" || r.Firmware == "channel") && (r.Credstore == "ok" || r.Credstore == "-") && r.ServedStatus == "ok"
+	}
+
+	listed := map[string]bool{}
+	switch {
+	case me == nil && (len(pol.TrustKeys) > 0 || !pol.AllowUnverified):
+		f := manifestFinding("no "+agent.ManifestName+" credential", pol.TrustFrom)
+		if len(pol.TrustKeys) > 0 {
+			f.Message = "no " + agent.ManifestName + " credential arrived while trust keys are set: nothing can be verified"
+		}
+		add(f)
+	case me == nil:
+		v.Policy = agent.PolicyUnverified
+		for _, n := range order {
+			e := delivered[n]
+			listed[n] = true
+			sum := e.Value.SHA256()
+			r := VerifiedCredential{Name: n, Size: int64(e.Value.Len()), SHA256: hex.EncodeToString(sum[:]), Source: e.Source, Prefix: e.Prefix, Firmware: "ok"}
+			check(&r, r.SHA256, uint64(r.Size), &e, true)
+			v.Credentials = append(v.Credentials, r)
+		}
+	default:
+		o := openManifest(me.Value.Reveal(), pol.TrustKeys)
+		v.KeyID = o.keyID
+		switch {
+		case o.refused != nil:
+			v.Policy = "refused"
+			add(manifestFinding(agent.ManifestName+": "+o.refused.Error(), pol.TrustFrom))
+		case o.trusted:
+			v.Policy = agent.PolicySignature
+		default:
+			v.Policy = agent.PolicyDigest
+			if o.keyID != "" {
+				add(Finding{Code: CodeNoTrustKeys, Severity: SeverityWarning, Credential: agent.ManifestName,
+					Message: fmt.Sprintf("signed by ed25519 key %s, but no trust keys were given, so only the digests were checked", o.keyID),
+					Fix:     "pass --trust-key " + DefaultTrustDir + " (the folder vmcred-guest.service trusts) to check the signature too"})
+			}
+		}
+		if o.m == nil {
+			break
+		}
+		m := o.m
+		v.VM, v.Channel = m.VM, m.Channel
+		v.IssuedAt = ptr(m.IssuedAt.UTC())
+		if !m.NotAfter.IsZero() {
+			v.NotAfter = ptr(m.NotAfter.UTC())
+		}
+		if err := m.Check(in.now(), pol.VM); err != nil {
+			add(manifestFinding(agent.ManifestName+": "+err.Error(), pol.TrustFrom))
+		}
+		for _, ent := range m.Entries {
+			listed[ent.Name] = true
+			r := VerifiedCredential{Name: ent.Name, Size: int64(ent.Size), SHA256: hex.EncodeToString(ent.SHA256[:]), Delivery: ent.Delivery.String()}
+			e, ok := delivered[ent.Name]
+			var value *oemstring.Entry
+			switch {
+			case ok:
+				value = &e
+				r.Source, r.Prefix = e.Source, e.Prefix
+				if err := ent.Matches(e.Value); err != nil {
+					r.Firmware = "mismatch"
+					add(mismatchFinding(ent.Name, strings.TrimPrefix(err.Error(), fmt.Sprintf("credential %q: ", ent.Name))))
+				} else {
+					r.Firmware = "ok"
+				}
+			case ent.Delivery == manifest.DeliveryChannel:
+				r.Firmware = "channel"
+			default:
+				r.Firmware = "missing"
+				add(missingFinding(ent.Name, ent.Size, ent.Delivery.String()))
+			}
+			check(&r, r.SHA256, ent.Size, value, true)
+			v.Credentials = append(v.Credentials, r)
+		}
+	}
+	for _, n := range order {
+		if listed[n] {
+			continue
+		}
+		e := delivered[n]
+		sum := e.Value.SHA256()
+		// Not vmcred's to verify, unless it came under vmcred's prefix.
+		r := VerifiedCredential{Name: n, Size: int64(e.Value.Len()), SHA256: hex.EncodeToString(sum[:]), Source: e.Source, Prefix: e.Prefix,
+			Firmware: "unlisted", Credstore: "-", Systemd: "-", ServedStatus: "-", OK: e.Prefix != oemstring.PrefixVmcred || me == nil}
+		if i := served(folders, n); i >= 0 {
+			r.Served = filepath.Join(folders[i].dir, n)
+		}
+		if me != nil {
+			add(unlistedFinding(n, e.Prefix))
+		}
+		v.Credentials = append(v.Credentials, r)
+	}
+	// Credstore files nobody listed.
+	if store.exists {
+		known := map[string]bool{}
+		for _, r := range v.Credentials {
+			known[r.Name] = true
+		}
+		var extra []string
+		for n := range store.files {
+			if !known[n] {
+				extra = append(extra, n)
+			}
+		}
+		slices.Sort(extra)
+		for _, n := range extra {
+			add(Finding{Code: CodeCredstoreExtra, Severity: SeverityInfo, Credential: n,
+				Message: "in the credstore but not in the manifest: another tool or an earlier boot put it there",
+				Fix:     "nothing to do if a service needs it; remove it otherwise (the agent removes only files it wrote)"})
+		}
+	}
+
+	v.Findings = sortFindings(fds)
+	failed, unread := false, false
+	for _, f := range v.Findings {
+		if f.Severity != SeverityError {
+			continue
+		}
+		switch f.Code {
+		case CodeSourceUnreadable, CodeCredstoreUnreadable, CodeStatusUnreadable:
+			unread = true
+		default:
+			failed = true
+		}
+	}
+	switch {
+	case failed:
+		v.Result = "failed"
+		return v, cli.WithCode(cli.ExitFailure, fmt.Errorf("verification failed: %s", plural(countErrors(v.Findings), "problem")))
+	case unread:
+		return v, cli.WithCode(cli.ExitIO, errors.New("verification incomplete: some sources or files could not be read"))
+	}
+	v.OK, v.Result = true, "ok"
+	return v, nil
+}
+
+func countErrors(fs []Finding) int {
+	n := 0
+	for _, f := range fs {
+		if f.Severity == SeverityError {
+			n++
+		}
+	}
+	return n
+}
+
+func sha(b []byte) string {
+	s := credential.NewSecret(b).SHA256()
+	return hex.EncodeToString(s[:])
+}
+
+// WriteJSON writes v as one indented JSON object.
+func (v Verification) WriteJSON(w io.Writer) error { return writeJSON(w, v) }
+
+// WriteText writes v for a person on an 80-column console.
+func (v Verification) WriteText(w io.Writer) error {
+	man := "none"
+	switch {
+	case v.Policy == "refused":
+		man = "refused (see below)"
+		if v.KeyID != "" {
+			man += ", signed by ed25519 key " + v.KeyID
+		}
+	case v.Policy == agent.PolicySignature:
+		man = "signed by trusted ed25519 key " + v.KeyID
+	case v.Policy == agent.PolicyDigest && v.KeyID != "":
+		man = "signed by ed25519 key " + v.KeyID + ", signature not checked (no trust keys)"
+	case v.Policy == agent.PolicyDigest:
+		man = "unsigned, digests only"
+	case v.Policy == agent.PolicyUnverified:
+		man = "none (--allow-unverified: compared with the firmware's values)"
+	}
+	if v.VM != "" {
+		man += ", vm " + v.VM
+	}
+	kv(w, "Manifest", man)
+	if v.IssuedAt != nil {
+		na := "n/a"
+		if v.NotAfter != nil {
+			na = v.NotAfter.Format(time.RFC3339)
+		}
+		kv(w, "Issued", v.IssuedAt.Format(time.RFC3339)+", not after "+na)
+	}
+	trust := "none"
+	if v.TrustKeys > 0 {
+		trust = plural(v.TrustKeys, "key") + " from " + v.TrustFrom
+	}
+	kv(w, "Trust keys", trust)
+	for i, s := range v.Sources {
+		key := ""
+		if i == 0 {
+			key = "Sources"
+		}
+		kv(w, key, describeSource(s.Kind, s.Path, s.Found, s.Structures, s.Strings))
+	}
+	kv(w, "Credstore", v.Credstore)
+	if len(v.Credentials) > 0 {
+		fmt.Fprintln(w)
+		tb := table{cols: []column{{head: "NAME", flex: true, min: 12}, {head: "FIRMWARE"}, {head: "CREDSTORE"}, {head: "SYSTEMD"}, {head: "SERVED FROM", flex: true, min: 8}, {head: "OK"}}}
+		for _, r := range v.Credentials {
+			from := "-"
+			if r.Served != "" {
+				from = v.in.displayDir(filepath.Dir(r.Served))
+				if r.ServedStatus == "mismatch" {
+					from = "!" + from
+				}
+			}
+			ok := "yes"
+			switch {
+			case !r.OK:
+				ok = "NO"
+			case r.Firmware == "unlisted":
+				ok = "-"
+			}
+			sys := r.Systemd
+			if sys == "absent" {
+				sys = "-"
+			}
+			tb.add(printable(r.Name, 64), r.Firmware, r.Credstore, sys, from, ok)
+		}
+		tb.write(w)
+	}
+	fmt.Fprintln(w)
+	switch v.Result {
+	case "ok":
+		wrap(w, "", fmt.Sprintf("OK: %s match the manifest in the firmware, the credstore and where LoadCredential= finds them.", plural(len(v.Credentials), "credential")))
+	case "failed":
+		wrap(w, "", fmt.Sprintf("FAILED: %s.", plural(countErrors(v.Findings), "problem")))
+	default:
+		wrap(w, "", "INCOMPLETE: something could not be read, so nothing was verified (see below).")
+	}
+	writeFindings(w, v.Findings)
+	return nil
+}
