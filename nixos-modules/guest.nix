@@ -19,6 +19,9 @@ let
   statusDir = "/run/vmcred";
   trustDir = "/etc/vmcred/trusted.d";
   systemCredentials = "/run/credentials/@system";
+  # Where the unit binds systemCredentials: systemd 252 hides /run/credentials
+  # from a sandboxed unit even when bound at the same path (see the unit file).
+  boundSystemCredentials = "/run/vmcred-system-credentials";
   publicKeyHeader = "vmcred-ed25519-public ";
 
   # ExecStart arguments are joined with spaces, unquoted: keep them to
@@ -40,7 +43,7 @@ let
   loadArgs =
     [ "load" "--credstore" cfg.credstore "--status-dir" statusDir ]
     ++ lib.optionals (cfg.trustedKeys != [ ]) [ "--trust-key" trustDir ]
-    ++ lib.optionals (cfg.mode == "systemd") [ "--system-credentials" systemCredentials ]
+    ++ [ "--system-credentials" boundSystemCredentials ]
     ++ lib.optionals (cfg.channel != null) [ "--channel" cfg.channel ]
     ++ lib.optional cfg.allowUnverified "--allow-unverified"
     ++ cfg.extraArgs;
@@ -218,6 +221,7 @@ in
             NotifyAccess = "main";
             RemainAfterExit = true;
             ExecStart = "${cfg.package}/bin/vmcred-guest ${lib.concatStringsSep " " loadArgs}";
+            BindReadOnlyPaths = [ "-${systemCredentials}:${boundSystemCredentials}" ];
             TimeoutStartSec = "90s";
             RuntimeDirectory = [ credstoreRuntimeDir statusRuntimeDir ];
             RuntimeDirectoryMode = "0700";

@@ -93,7 +93,7 @@ func TestGuestModuleOptions(t *testing.T) {
 
 	t.Run("defaults", func(t *testing.T) {
 		r := guest(map[string]any{})
-		if got, want := execStart(r), "/usr/bin/vmcred-guest load --credstore /run/credstore --status-dir /run/vmcred"; got != want {
+		if got, want := execStart(r), "/usr/bin/vmcred-guest load --credstore /run/credstore --status-dir /run/vmcred --system-credentials /run/vmcred-system-credentials"; got != want {
 			t.Errorf("ExecStart = %q, want %q (no keys, no --trust-key)", got, want)
 		}
 		if !anyContains(r.Warnings, "trustedKeys is empty") {
@@ -129,7 +129,7 @@ func TestGuestModuleOptions(t *testing.T) {
 
 	t.Run("systemd mode", func(t *testing.T) {
 		r := guest(map[string]any{"mode": "systemd", "trustedKeys": []string{testKey}})
-		if got := execStart(r); !strings.HasSuffix(got, " --trust-key /etc/vmcred/trusted.d --system-credentials /run/credentials/@system") {
+		if got := execStart(r); !strings.HasSuffix(got, " --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials") {
 			t.Errorf("ExecStart = %q", got)
 		}
 		if diff := cmp.Diff([]string{"dmi-sysfs", "qemu_fw_cfg"}, r.Config.Boot.Initrd.KernelModules); diff != "" {
@@ -139,7 +139,7 @@ func TestGuestModuleOptions(t *testing.T) {
 
 	t.Run("channel and extra flags", func(t *testing.T) {
 		r := guest(map[string]any{"channel": "vsock:2:8889", "extraArgs": []string{"--timeout", "60s"}, "credstore": "/run/vmcred-store"})
-		want := "/usr/bin/vmcred-guest load --credstore /run/vmcred-store --status-dir /run/vmcred --channel vsock:2:8889 --timeout 60s"
+		want := "/usr/bin/vmcred-guest load --credstore /run/vmcred-store --status-dir /run/vmcred --system-credentials /run/vmcred-system-credentials --channel vsock:2:8889 --timeout 60s"
 		if got := execStart(r); got != want {
 			t.Errorf("ExecStart = %q, want %q", got, want)
 		}

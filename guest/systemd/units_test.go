@@ -320,7 +320,7 @@ func TestExecStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := directive(b, "Service", "ExecStart")
-	want := []string{"/usr/bin/vmcred-guest load --credstore /run/credstore --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d"}
+	want := []string{"/usr/bin/vmcred-guest load --credstore /run/credstore --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("ExecStart (-want +got):\n%s", diff)
 	}

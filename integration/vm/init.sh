@@ -69,6 +69,28 @@ check_credstore() {
 	step "credstore matches /case/expect"
 }
 
+# check_channel: after a load that used the in-guest channel, vmcred-host
+# wait says ready, serve's status file says ready from the agent's REPORT
+# alone (no sd_notify from a PID 1: there is no systemd here), and the
+# agent recorded that the host acknowledged its report.
+check_channel() {
+	local rc st=/run/vmcred/status.json
+	vmcred-host wait $WAIT_ARGS
+	rc=$?
+	[ "$rc" = 0 ] || fail "vmcred-host wait exit $rc, want 0"
+	step "vmcred-host wait: exit 0"
+	[ -f "$SERVE_STATUS" ] || fail "no serve status file $SERVE_STATUS"
+	step "serve status:$(grep -m1 '"summary"' "$SERVE_STATUS")"
+	grep -q '"state": *"ready"' "$SERVE_STATUS" || fail "serve status file does not say ready: $(grep -m1 '"state"' "$SERVE_STATUS")"
+	grep -q '"outcome": *"ready"' "$SERVE_STATUS" || fail "serve status file has no ready report from the agent"
+	grep -q '"boot":' "$SERVE_STATUS" && fail "serve status file records a PID 1 notify message, but no systemd runs here"
+	grep -q '"acknowledged": *true' "$st" || fail "status.json: the host did not acknowledge the report ($(grep -m1 '"report_error"' "$st"))"
+	got=$(sed -n '/"received": *\[/,/\]/p' "$st" | tr -d ' ",[]' | grep -v '^received:$' | grep . | sort | tr '\n' ' ')
+	step "channel: received $got"
+	[ "$got" = "$WANT_RECEIVED " ] || fail "status.json: the channel delivered '$got', want '$WANT_RECEIVED '"
+	step "channel: $(grep -m1 '"ack"' "$st")"
+}
+
 # check_no_smbios: prove the firmware has no SMBIOS OEM strings (microvm).
 check_no_smbios() {
 	if [ -e /sys/firmware/dmi/tables/DMI ]; then
@@ -113,8 +135,16 @@ load)
 		vmcred-host serve $SERVE_ARGS &
 		step "vmcred-host serve started (pid $!)"
 	fi
-	vmcred-guest list
+	# What the firmware carries, for the log (list reads it, never verifies).
+	fw=""
+	[ -r /sys/firmware/dmi/tables/DMI ] && fw="--dmi-table /sys/firmware/dmi/tables/DMI"
+	[ -d /sys/firmware/qemu_fw_cfg/by_name/opt/io.systemd.credentials ] &&
+		fw="$fw --fw-cfg /sys/firmware/qemu_fw_cfg/by_name/opt/io.systemd.credentials"
+	[ -n "$fw" ] && vmcred-guest list $fw
 	step "vmcred-guest load $LOAD_ARGS"
+	# No NOTIFY_SOCKET here (no systemd): the agent's sd_notify is a no-op,
+	# and the host learns readiness from the agent's REPORT alone.
+	unset NOTIFY_SOCKET
 	vmcred-guest load --credstore /run/credstore --status-dir /run/vmcred $LOAD_ARGS
 	rc=$?
 	step "load exit $rc (want ${WANT_RC:-0}), uptime $(cut -d' ' -f1 /proc/uptime) s"
@@ -125,11 +155,17 @@ load)
 	[ -f /run/vmcred/status.json ] || fail "no /run/vmcred/status.json"
 	step "status:$(grep -m1 '"summary"' /run/vmcred/status.json)"
 	grep -q "\"outcome\": *\"$outcome\"" /run/vmcred/status.json || fail "status.json outcome is not $outcome"
+	if [ "${HAVE_STATUS:-0}" = 1 ]; then
+		# The debug view of that report: its exit code is the outcome.
+		vmcred-guest status --status-dir /run/vmcred
+		src=$?
+		want=0
+		[ "$outcome" = ready ] || want=1
+		[ "$src" = "$want" ] || fail "vmcred-guest status exit $src, want $want (outcome $outcome)"
+		vmcred-guest list --status-dir /run/vmcred --credstore /run/credstore
+	fi
 	if [ -n "${WAIT_ARGS:-}" ]; then
-		vmcred-host wait $WAIT_ARGS
-		rc=$?
-		[ "$rc" = 0 ] || fail "vmcred-host wait exit $rc, want 0"
-		step "vmcred-host wait: ready"
+		check_channel
 	fi
 	check_credstore
 	pass
