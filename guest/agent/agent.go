@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"syscall"
 	"time"
 
 	"github.com/vmcred/vmcred/guest/credstore"
@@ -339,11 +340,14 @@ func ReadStatus(dir string) (Report, error) {
 }
 
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
+	// One fixed temporary name, truncated on open: a load killed between
+	// create and rename leaves at most this one file, which the next load
+	// overwrites, instead of a new random name each time.
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, mode)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	tmp := f.Name()
 	ok := false
 	defer func() {
 		if !ok {

@@ -136,6 +136,12 @@ func parseCred(s string) (Spec, error) {
 			// No '=': the argument may be a pasted secret; show only its length.
 			return Spec{}, usagef("--cred: argument of %d bytes is not NAME=file:PATH", len(s))
 		}
+		if strings.Trim(rest, "=") == "" || credential.ValidateName(name) != nil {
+			// Only '=' after the first one: a pasted base64 secret and its
+			// padding, not NAME=VALUE; and an invalid name may be anything.
+			// Show only the length here too.
+			return Spec{}, usagef("--cred: argument of %d bytes is not NAME=file:PATH: a literal value is not accepted; secrets are never taken literally from argv or the environment", len(s))
+		}
 		what := "a literal value"
 		if scheme, _, ok := strings.Cut(rest, ":"); ok && isScheme(scheme) {
 			what = fmt.Sprintf("the %s: scheme", scheme)

@@ -98,6 +98,8 @@ func TestSpecsErrors(t *testing.T) {
 		{"literal value", []string{"--cred", "api-key=hunter2"}, []string{`"api-key=…"`, "a literal value", "never taken literally", "LoadCredential="}, []string{"hunter2"}},
 		{"env scheme", []string{"--cred", "api-key=env:API_KEY"}, []string{"the env: scheme", "never taken literally from argv or the environment"}, []string{"API_KEY"}},
 		{"no equals", []string{"--cred", "hunter2"}, []string{"argument of 7 bytes is not NAME=file:PATH"}, []string{"hunter2"}},
+		{"pasted base64", []string{"--cred", "aHVudGVyMg=="}, []string{"argument of 12 bytes is not NAME=file:PATH", "never taken literally"}, []string{"aHVudGVyMg"}},
+		{"invalid name, literal", []string{"--cred", "hunter/2=x"}, []string{"argument of 10 bytes is not NAME=file:PATH"}, []string{"hunter"}},
 		{"invalid name", []string{"--cred", "a:b=file:/x"}, []string{"--cred", `credential name "a:b"`}, nil},
 		{"empty name", []string{"--cred", "=file:/x"}, []string{"empty"}, nil},
 		{"empty path", []string{"--cred", "a=file:"}, []string{"empty path"}, nil},

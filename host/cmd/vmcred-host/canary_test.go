@@ -51,7 +51,6 @@ func TestCanaryPack(t *testing.T) {
 		{"qemu-microvm", []string{"--hypervisor", "qemu-microvm"}},
 		{"cloud-hypervisor", []string{"--hypervisor", "cloud-hypervisor", "--channel", "unix:/run/x.vsock_9"}},
 		{"cloud-hypervisor-api", []string{"--hypervisor", "cloud-hypervisor", "--ch-api", "@TMP@/api.sock"}},
-		{"firecracker", []string{"--hypervisor", "firecracker", "--channel", "unix:/run/x.vsock_9"}},
 		{"json", []string{"--hypervisor", "json"}},
 		{"json-out", []string{"--hypervisor", "json", "--target", "cloud-hypervisor", "--ch-api", "@TMP@/api.sock", "--out", "@TMP@/out/plan.json"}},
 		{"json-microvm", []string{"--hypervisor", "json", "--target", "qemu-microvm"}},
@@ -133,7 +132,6 @@ func TestCanaryRun(t *testing.T) {
 		{"qemu", []string{"--hypervisor", "qemu"}},
 		{"qemu-microvm", []string{"--hypervisor", "qemu-microvm"}},
 		{"cloud-hypervisor", []string{"--hypervisor", "cloud-hypervisor", "--channel", "unix:/run/x.vsock_9"}},
-		{"firecracker", []string{"--hypervisor", "firecracker", "--channel", "unix:/run/x.vsock_9"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

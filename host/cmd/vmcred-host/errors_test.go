@@ -31,6 +31,8 @@ func TestBadInputs(t *testing.T) {
 			1, []string{`credential "b" (40000 bytes)`, "over the limit of 65535"}},
 		{"channel without --channel", []string{"--hypervisor", "firecracker", "--cred", "k=file:@SMALL@"},
 			2, []string{`"k" (1000 bytes): firecracker has no SMBIOS or fw_cfg`, "add --channel ADDR"}},
+		{"firecracker cannot deliver the manifest", []string{"--hypervisor", "firecracker", "--channel", "unix:/run/x.vsock_9", "--cred", "k=file:@SMALL@"},
+			1, []string{"firecracker: no firmware carrier", "manifest", "cloud-hypervisor"}},
 		{"overflow without --channel", []string{"--hypervisor", "qemu", "--overflow", "channel", "--cred", "a=file:@LARGE@", "--cred", "b=file:@LARGE@"},
 			2, []string{`"b" (40000 bytes): overflow: SMBIOS table over 63487 bytes`, "add --channel"}},
 		{"secret on cloud-hypervisor without --channel", []string{"--hypervisor", "cloud-hypervisor", "--cred", "k=file:@SMALL@"},

@@ -28,7 +28,6 @@ func goldenCases() []goldenCase {
 		{name: "qemu-microvm.args", args: []string{"--hypervisor", "qemu-microvm"}, dirName: "run,dir"},
 		{name: "cloud-hypervisor.args", args: []string{"--hypervisor", "cloud-hypervisor", "--channel", "unix:/run/vmcred/test-vm/notify.vsock_9999"}},
 		{name: "cloud-hypervisor-api.args", args: []string{"--hypervisor", "cloud-hypervisor", "--ch-api", "@TMP@/api.sock"}},
-		{name: "firecracker.args", args: []string{"--hypervisor", "firecracker", "--channel", "unix:/run/vmcred/test-vm/v.sock_9999"}},
 		{name: "qemu-overflow.args", args: []string{"--hypervisor", "qemu", "--overflow", "channel", "--channel", "vsock-stream:2:9999", "--smbios-reserve", "64780"}},
 		{name: "json-qemu.json", args: []string{"--hypervisor", "json"}},
 		{name: "json-qemu-microvm.json", args: []string{"--hypervisor", "json", "--target", "qemu-microvm", "--mode", "systemd"}, dirName: "run,dir"},

@@ -218,6 +218,14 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 	if err != nil {
 		return nil, withCode(err)
 	}
+	if f.hypervisor == string(plan.Firecracker) {
+		// Firecracker has no SMBIOS, fw_cfg or file carrier, so the
+		// signed manifest (and with it the channel's address and token)
+		// cannot reach the guest: the agent would have nothing to verify
+		// against and nothing to present. `--hypervisor json --target
+		// firecracker` still shows the plan.
+		return nil, cli.WithCode(cli.ExitFailure, errors.New("firecracker: no firmware carrier reaches the guest, so the signed manifest and the channel token cannot be delivered and the agent could verify nothing; vmcred does not support Firecracker yet (cloud-hypervisor has the same hybrid vsock and carries SMBIOS OEM strings)"))
+	}
 	pk.plan = p
 	if f.channel != "" {
 		if pk.serve, err = serveState(f, p, params, creds); err != nil {
