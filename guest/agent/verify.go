@@ -2,12 +2,14 @@ package agent
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -53,12 +55,18 @@ type verified struct {
 // channel credentials, which are then checked like the others.
 func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstring.Entry, rep *Report, ch *channel) (verified, error) {
 	var v verified
-	record := func(e oemstring.Entry, how, problem, delivery string) {
-		sum := e.Value.SHA256()
+	// Each credential is recorded once. One the manifest lists is hashed
+	// once, for both the check and the record: a channel credential may be
+	// 16 MiB.
+	rep.Credentials = slices.Grow(rep.Credentials, len(delivered)+1)
+	recordSum := func(e oemstring.Entry, sum [sha256.Size]byte, how, problem, delivery string) {
 		rep.Credentials = append(rep.Credentials, CredentialResult{
 			Name: e.Name, Size: e.Value.Len(), SHA256: hex.EncodeToString(sum[:]),
 			Source: e.Source, Prefix: e.Prefix, Verification: how, Problem: problem, Delivery: delivery,
 		})
+	}
+	record := func(e oemstring.Entry, how, problem, delivery string) {
+		recordSum(e, e.Value.SHA256(), how, problem, delivery)
 	}
 
 	if me == nil {
@@ -145,12 +153,13 @@ func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstrin
 			rep.Credentials = append(rep.Credentials, CredentialResult{Name: me.Name, Size: int(me.Size), SHA256: hex.EncodeToString(me.SHA256[:]), Verification: how, Problem: p, Delivery: me.Delivery.String()})
 			continue
 		}
-		if err := me.Matches(e.Value); err != nil {
+		sum := e.Value.SHA256()
+		if err := me.MatchesDigest(uint64(e.Value.Len()), sum); err != nil {
 			v.problems = append(v.problems, err.Error())
-			record(e, "mismatch", err.Error(), me.Delivery.String())
+			recordSum(e, sum, "mismatch", err.Error(), me.Delivery.String())
 			continue
 		}
-		record(e, rep.Policy, "", me.Delivery.String())
+		recordSum(e, sum, rep.Policy, "", me.Delivery.String())
 		v.expose = append(v.expose, credstore.Entry{Name: e.Name, Value: e.Value})
 	}
 	for _, e := range delivered {

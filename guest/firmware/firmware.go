@@ -14,6 +14,7 @@ import (
 	"io"
 	"io/fs"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 
@@ -254,18 +255,26 @@ func readFwCfg(fsys fs.FS, dir string, p *oemstring.Parser) Status {
 // readFileCapped reads a whole file, refusing one larger than max. sysfs
 // attributes report size 0 or a maximum, so it reads to EOF in a loop
 // rather than trusting Stat (and never stops at one 4 KiB page, the bug in
-// systemd ≤ 256).
+// systemd ≤ 256). Stat's size, when it is within max, only sizes the first
+// buffer, so a table is normally read into one buffer of the right size.
 func readFileCapped(fsys fs.FS, name string, max int64) ([]byte, error) {
 	f, err := fsys.Open(name)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var buf []byte
-	chunk := make([]byte, 64<<10)
+	size := int64(4 << 10)
+	if fi, err := f.Stat(); err == nil && fi.Size() > 0 && fi.Size() <= max {
+		// One more byte, so that EOF is seen without growing.
+		size = fi.Size() + 1
+	}
+	buf := make([]byte, 0, min(size, max+1))
 	for {
-		n, err := f.Read(chunk)
-		buf = append(buf, chunk[:n]...)
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(cap(buf), int(max+1)-len(buf)))
+		}
+		n, err := f.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
 		if int64(len(buf)) > max {
 			return nil, fmt.Errorf("read %s: over %d bytes", abs(name), max)
 		}

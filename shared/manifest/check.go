@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
 	"time"
@@ -42,9 +43,18 @@ func (e Entry) Matches(value credential.Secret) error {
 	if got != e.Size {
 		return &MismatchError{Name: e.Name, Field: "size", WantSize: e.Size, GotSize: got, WantSHA: e.SHA256}
 	}
-	sum := value.SHA256()
+	return e.MatchesDigest(got, value.SHA256())
+}
+
+// MatchesDigest is Matches for a caller that already has the value's size
+// and SHA-256 (computed while reading it, or needed for a report too), so
+// a large value is not hashed twice.
+func (e Entry) MatchesDigest(size uint64, sum [sha256.Size]byte) error {
+	if size != e.Size {
+		return &MismatchError{Name: e.Name, Field: "size", WantSize: e.Size, GotSize: size, WantSHA: e.SHA256}
+	}
 	if subtle.ConstantTimeCompare(sum[:], e.SHA256[:]) != 1 {
-		return &MismatchError{Name: e.Name, Field: "sha256", WantSize: e.Size, GotSize: got, WantSHA: e.SHA256}
+		return &MismatchError{Name: e.Name, Field: "sha256", WantSize: e.Size, GotSize: size, WantSHA: e.SHA256}
 	}
 	return nil
 }

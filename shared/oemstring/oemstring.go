@@ -12,6 +12,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/vmcred/vmcred/shared/credential"
@@ -106,6 +107,7 @@ func (p *Parser) Result() Result { return p.res }
 
 // AddStrings parses OEM strings read from source, in order.
 func (p *Parser) AddStrings(source string, strs []string) {
+	p.res.Entries = slices.Grow(p.res.Entries, len(strs))
 	for _, s := range strs {
 		p.AddString(source, s)
 	}
@@ -210,6 +212,13 @@ func (p *Parser) take(idx int, source, prefix, name string, data []byte) {
 //
 // Errors give the offset in the whitespace-free text, never the text.
 func DecodeBase64(s string) ([]byte, error) {
+	// What vmcred and systemd-vmspawn emit is plain padded standard
+	// base64: decode it in place, without building a cleaned copy.
+	if isStdBase64(s) {
+		if b, err := base64.StdEncoding.Strict().DecodeString(s); err == nil {
+			return b, nil
+		}
+	}
 	clean := strings.Map(func(r rune) rune {
 		switch r {
 		case ' ', '\t', '\n', '\r':
@@ -230,6 +239,19 @@ func DecodeBase64(s string) ([]byte, error) {
 		return nil, errors.New("corrupt base64")
 	}
 	return b, nil
+}
+
+// isStdBase64 reports whether s holds only the standard alphabet and '=',
+// so that DecodeBase64's clean-up would leave it unchanged. Errors are
+// left to the slow path, which words them.
+func isStdBase64(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/' || c == '=') {
+			return false
+		}
+	}
+	return true
 }
 
 // ErrPrefix is returned by Format for a prefix it does not emit.
