@@ -20,6 +20,7 @@ import (
 	"time"
 
 	hostchannel "github.com/vmcred/vmcred/host/channel"
+	"github.com/vmcred/vmcred/host/emit"
 	"github.com/vmcred/vmcred/shared/manifest"
 	"github.com/vmcred/vmcred/shared/smbios"
 )
@@ -179,7 +180,9 @@ func (h *hunt) kindOf(path string) string {
 	dir, base := filepath.Split(path)
 	dir = filepath.Clean(dir)
 	switch k := h.dirs[dir]; {
-	case k == kindPayload && base == hostchannel.StateFile:
+	case k == kindPayload && (base == hostchannel.StateFile || base == emit.ChannelManifestFile):
+		// The serve state and the bootstrap manifest hold no secret
+		// and no token: no exemption.
 		return ""
 	case k != "":
 		return k
@@ -438,7 +441,18 @@ func TestLeakHunt(t *testing.T) {
 			t.Fatal(err)
 		}
 		pack(t, "cloud-hypervisor --ch-api", runOpts{env: credsEnv}, 0, slices.Concat(common, []string{"--hypervisor", "cloud-hypervisor", "--ch-api", p("ch-api.sock"), "--ch-config", p("ch-config.json"), "--runtime-dir", rt("rt-chapi")}, small)...)
-		pack(t, "firecracker refused: no carrier for the manifest", runOpts{env: credsEnv}, 1, slices.Concat(common, []string{"--hypervisor", "firecracker", "--runtime-dir", rt("rt-fc")}, chanArgs, sources)...)
+		// Firecracker: bootstrap mode, no arguments, no token anywhere;
+		// the manifest file is scanned with no exemption.
+		out, _ = pack(t, "firecracker (bootstrap: manifest by channel)", runOpts{env: credsEnv}, 0, slices.Concat(common, []string{"--hypervisor", "firecracker", "--runtime-dir", rt("rt-fc")}, chanArgs, sources)...)
+		if out != "" {
+			t.Errorf("pack firecracker printed %d bytes of arguments, want none", len(out))
+		}
+		if fi, err := os.Stat(p("rt-fc", emit.ChannelManifestFile)); err != nil || fi.Mode().Perm() != 0o400 {
+			t.Errorf("pack firecracker: manifest file: %v (want mode 0400)", err)
+		}
+		if st, err := os.ReadFile(p("rt-fc", hostchannel.StateFile)); err != nil || !bytes.Contains(st, []byte(`"bootstrap": true`)) || bytes.Contains(st, []byte("token_sha256")) {
+			t.Errorf("rt-fc serve state is not a tokenless bootstrap state (%v)", err)
+		}
 		out, _ = pack(t, "json", runOpts{env: credsEnv}, 0, slices.Concat(common, []string{"--hypervisor", "json", "--runtime-dir", rt("rt-j")}, chanArgs, sources)...)
 		if !json.Valid([]byte(out)) {
 			t.Errorf("pack json printed no JSON")

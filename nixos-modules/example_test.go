@@ -159,7 +159,7 @@ func TestExampleEvaluates(t *testing.T) {
 		t.Error("no vmcred-ready@test-vm.service")
 	}
 
-	want := "/usr/bin/vmcred-guest load --credstore /run/credstore --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials --channel vsock:2:8889"
+	want := "/usr/bin/vmcred-guest load --credstore /run/credstore --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials --channel vsock-stream:2:8889"
 	if got := r.Guest.Unit.ServiceConfig["ExecStart"]; got != want {
 		t.Errorf("the VM's agent ExecStart = %q, want %q", got, want)
 	}

@@ -101,7 +101,9 @@ let
     port = vm.channel.port;
     # What the guest dials: the host is CID 2 for every hypervisor; with
     # hybrid vsock the VMM connects that to <socket>_<port> on the host.
-    channelAddress = "vsock:2:${toString port}";
+    # Hybrid-vsock VMs get it on the agent's command line (--channel, the
+    # stream form): no firmware manifest reaches them (bootstrap mode).
+    channelAddress = if hybrid then "vsock-stream:2:${toString port}" else "vsock:2:${toString port}";
     vsockSocket = "${stateDir}/${name}/notify.vsock";
     listenPath = "${vsockSocket}_${toString port}";
     listenAddress = if hybrid then "unix:${listenPath}" else "vsock:2:${toString port}";
@@ -117,7 +119,12 @@ let
       ++ lib.optional (credNames != [ ]) "--from-credentials-directory=${lib.concatStringsSep "," credNames}"
       ++ lib.concatMap (n: [ "--static" "${n}=${vm.static.${n}}" ]) staticNames
       ++ [ "--mode" vm.mode "--runtime-dir" runtimeDir "--overflow" vm.channel.overflow ]
-      ++ lib.optionals vm.channel.enable [ "--channel" channelAddress ];
+      ++ lib.optionals vm.channel.enable [ "--channel" channelAddress ]
+      # cloud-hypervisor under microvm.nix: the runner passes its own single
+      # --platform, so no OEM string can be added; Firecracker has no
+      # firmware carrier at all. The signed manifest goes by channel too
+      # (bootstrap mode; tokenless: see vmcred's README, "Security model").
+      ++ lib.optional hybrid "--manifest-by-channel";
 
     serveArgs =
       [ "serve" "--vm" name "--listen" listenAddress "--runtime-dir" runtimeDir "--status-dir" runtimeDir ]
@@ -377,6 +384,10 @@ let
         message = "${at}: ${toString i.hypervisor} needs channel.enable: it gets no credentials by firmware here (Firecracker has no SMBIOS; cloud-hypervisor takes OEM strings only on its command line, and microvm.nix already passes the one --platform it accepts).";
       }
       {
+        assertion = i.hybrid -> vm.signingKeyFile != null;
+        message = "${at}: ${toString i.hypervisor} gets the manifest by channel (pack --manifest-by-channel: microvm.nix's runner owns cloud-hypervisor's one --platform, and Firecracker has no firmware), so the guest can verify it only by its signature: set ${at}.signingKeyFile and give the guest the public key in services.vmcred-guest.trustedKeys.";
+      }
+      {
         assertion = vm.channel.overflow == "channel" -> vm.channel.enable;
         message = "${at}: channel.overflow = \"channel\" needs channel.enable.";
       }
@@ -406,6 +417,10 @@ let
         {
           assertion = vm.channel.enable -> config.microvm.vsock.cid != null;
           message = "services.vmcred.vms.${name}: the channel needs a vsock device in the VM: set microvm.vsock.cid.";
+        }
+        {
+          assertion = (i.hybrid && (options.services or { }) ? vmcred-guest && config.services.vmcred-guest.enable) -> (config.services.vmcred-guest.trustedKeys or null) != [ ];
+          message = "services.vmcred.vms.${name}: the manifest reaches this ${toString i.hypervisor} VM by channel, so the guest agent must check its signature: set services.vmcred-guest.trustedKeys in the VM to the public key of ${"services.vmcred.vms.${name}"}.signingKeyFile.";
         }
         {
           assertion = vm.mode == "verified" -> (options.services ? vmcred-guest && config.services.vmcred-guest.enable);

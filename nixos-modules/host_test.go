@@ -130,7 +130,7 @@ func TestHostModule(t *testing.T) {
 	if g.Microvm.ExtraArgsScript != "/nix/store/00000000000000000000000000000000-vmcred-args-test-vm" {
 		t.Errorf("VM's microvm.extraArgsScript = %q", g.Microvm.ExtraArgsScript)
 	}
-	if diff := cmp.Diff(map[string]any{"mode": "verified", "channel": "vsock:2:8889"}, g.Services.VmcredGuest); diff != "" {
+	if diff := cmp.Diff(map[string]any{"mode": "verified", "channel": "vsock-stream:2:8889"}, g.Services.VmcredGuest); diff != "" {
 		t.Errorf("what host.nix sets in the VM's services.vmcred-guest (-want +got):\n%s", diff)
 	}
 }
@@ -172,6 +172,7 @@ func TestHostModuleHypervisors(t *testing.T) {
 		{
 			name:      "firecracker",
 			microvm:   map[string]any{"hypervisor": "firecracker", "vsock": map[string]any{"cid": 4}},
+			vm:        map[string]any{"signingKeyFile": "/run/secrets/vmcred-signing.key"},
 			wantHV:    "--hypervisor firecracker",
 			wantServe: "--listen unix:/var/lib/microvms/vm/notify.vsock_8889 --runtime-dir /run/vmcred-vm --status-dir /run/vmcred-vm)",
 		},
@@ -191,6 +192,10 @@ func TestHostModuleHypervisors(t *testing.T) {
 			s := r.Scripts["vm"]
 			if !strings.Contains(s, tc.wantHV) || !strings.Contains(s, tc.wantServe) {
 				t.Errorf("script lacks %q or %q:\n%s", tc.wantHV, tc.wantServe, s)
+			}
+			// Hybrid vsock (Firecracker): the manifest goes by channel.
+			if bootstrap := strings.Contains(s, "'--manifest-by-channel'") || strings.Contains(s, " --manifest-by-channel"); bootstrap != strings.Contains(tc.wantServe, "unix:") {
+				t.Errorf("script: --manifest-by-channel %v, want it exactly for hybrid vsock:\n%s", bootstrap, s)
 			}
 		})
 	}
@@ -241,6 +246,11 @@ func TestHostModuleAssertions(t *testing.T) {
 				c.vms["test-vm"]["waitReady"] = false
 			},
 			want: "cloud-hypervisor needs channel.enable",
+		},
+		{
+			name:   "cloud-hypervisor without a signing key",
+			change: func(c *hostCase) { delete(c.vms["test-vm"], "signingKeyFile") },
+			want:   "gets the manifest by channel (pack --manifest-by-channel",
 		},
 		{
 			name:   "waitReady without the channel",
@@ -399,7 +409,7 @@ exec "$2" ${runtime_args:-}
 			"--from-credentials-directory=API_KEY,DB_PASSWORD,JWT_SECRET",
 			"--static", "CLUSTER=britton-desktop", "--static", "ENVIRONMENT=test",
 			"--mode", "verified", "--runtime-dir", rd, "--overflow", "channel",
-			"--channel", "vsock:2:8889",
+			"--channel", "vsock-stream:2:8889", "--manifest-by-channel",
 			"--sign-key", creds + "/vmcred.signing-key", "--print0",
 		}
 		if diff := cmp.Diff(wantPack, readArgs(t, logDir, "pack")); diff != "" {

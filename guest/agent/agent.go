@@ -115,24 +115,27 @@ type Skipped struct {
 // Report is the outcome of one load: what the status file holds, what the
 // debug command shows and (later) what the host is told. Never a value.
 type Report struct {
-	Outcome     string             `json:"outcome"`
-	Summary     string             `json:"summary"`
-	Problems    []string           `json:"problems,omitempty"`
-	Policy      string             `json:"policy"` // PolicySignature, PolicyDigest or PolicyUnverified
-	KeyID       string             `json:"key_id,omitempty"`
-	VM          string             `json:"vm,omitempty"`
-	Channel     string             `json:"channel,omitempty"`
-	NotAfter    *time.Time         `json:"not_after,omitempty"`
-	SystemCheck []SystemNote       `json:"systemd_check,omitempty"`
-	Credstore   string             `json:"credstore"`
-	Credentials []CredentialResult `json:"credentials"`
-	Skipped     []Skipped          `json:"skipped"`
-	Sources     []firmware.Status  `json:"sources"`
-	Store       *credstore.Result  `json:"store,omitempty"`
-	Fetch       *ChannelStep       `json:"fetch,omitempty"`
-	Version     string             `json:"agent_version"`
-	StartedAt   time.Time          `json:"started_at"`
-	Timings     Timings            `json:"timings_ms"`
+	Outcome  string   `json:"outcome"`
+	Summary  string   `json:"summary"`
+	Problems []string `json:"problems,omitempty"`
+	Policy   string   `json:"policy"` // PolicySignature, PolicyDigest or PolicyUnverified
+	// ManifestSource is where the manifest came from: ManifestFromFirmware,
+	// or ManifestFromChannel in bootstrap mode (weaker: see bootstrap).
+	ManifestSource string             `json:"manifest_source,omitempty"`
+	KeyID          string             `json:"key_id,omitempty"`
+	VM             string             `json:"vm,omitempty"`
+	Channel        string             `json:"channel,omitempty"`
+	NotAfter       *time.Time         `json:"not_after,omitempty"`
+	SystemCheck    []SystemNote       `json:"systemd_check,omitempty"`
+	Credstore      string             `json:"credstore"`
+	Credentials    []CredentialResult `json:"credentials"`
+	Skipped        []Skipped          `json:"skipped"`
+	Sources        []firmware.Status  `json:"sources"`
+	Store          *credstore.Result  `json:"store,omitempty"`
+	Fetch          *ChannelStep       `json:"fetch,omitempty"`
+	Version        string             `json:"agent_version"`
+	StartedAt      time.Time          `json:"started_at"`
+	Timings        Timings            `json:"timings_ms"`
 }
 
 // Timings are the durations of the load's steps, in milliseconds.
@@ -256,6 +259,11 @@ func readVerify(cfg Config, now func() time.Time, rep *Report, ch *channel) (ver
 	fw, err := firmware.Read(cfg.Root, cfg.Firmware)
 	rep.Sources = fw.Sources
 	rep.Timings.Read = ms(now().Sub(t0))
+	if errors.Is(err, firmware.ErrNoSource) && cfg.Channel != "" {
+		// No firmware at all (Firecracker): the manifest may come by
+		// channel (bootstrap, below).
+		err = nil
+	}
 	if err != nil {
 		return verified{}, cli.WithCode(cli.ExitIO, err)
 	}
@@ -280,10 +288,34 @@ func readVerify(cfg Config, now func() time.Time, rep *Report, ch *channel) (ver
 		delivered = append(delivered, e)
 	}
 
+	if manifestEntry != nil {
+		rep.ManifestSource = ManifestFromFirmware
+	} else if cfg.Channel != "" && ch != nil {
+		// Bootstrap mode: the manifest comes by channel, so it must be
+		// signed by a trusted key.
+		if len(cfg.TrustKeys) == 0 {
+			problems = append(problems, "bootstrap refused: no "+ManifestName+" in firmware and no --trust-key: a manifest fetched by channel ("+cfg.Channel+") comes with the values it vouches for, so only a signature by a trusted key can verify it")
+			return verified{}, cli.WithCode(cli.ExitFailure, &Failure{Problems: problems})
+		}
+		me, problem := ch.bootstrap(rep)
+		rep.Timings.Fetch = ms(ch.took)
+		if problem != "" {
+			problems = append(problems, problem)
+			return verified{}, cli.WithCode(cli.ExitFailure, &Failure{Problems: problems})
+		}
+		manifestEntry = me
+		rep.ManifestSource = ManifestFromChannel
+	}
+
 	t1 := now()
 	v, err := verify(cfg, now(), manifestEntry, delivered, rep, ch)
 	rep.Timings.Fetch = ms(ch.took)
-	rep.Timings.Verify = ms(now().Sub(t1) - ch.took)
+	if ch.bootstrapped {
+		// The fetch happened before t1 (and verify did not dial).
+		rep.Timings.Verify = ms(now().Sub(t1))
+	} else {
+		rep.Timings.Verify = ms(now().Sub(t1) - ch.took)
+	}
 	if err != nil {
 		return verified{}, err
 	}

@@ -58,12 +58,20 @@ type channel struct {
 	session *fetch.Session
 	step    *ChannelStep
 	took    time.Duration
+	// bootstrapped: the manifest came by channel (bootstrap), and
+	// prefetched are the other credentials of that one fetch.
+	bootstrapped bool
+	prefetched   []oemstring.Entry
 }
 
 // fetch dials the manifest's channel (or the override), fetches, and
 // returns the credentials as entries with Source "channel", and a problem
 // text if the fetch failed. It records the attempt in rep.
 func (ch *channel) fetch(m *manifest.Manifest, rep *Report) ([]oemstring.Entry, string) {
+	if ch.bootstrapped {
+		// Fetched with the manifest already: one fetch per pack.
+		return ch.prefetched, ""
+	}
 	start := time.Now()
 	defer func() { ch.took = time.Since(start) }()
 	addr := m.Channel

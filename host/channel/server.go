@@ -359,10 +359,13 @@ func (s *Server) vmcred(ctx context.Context, c net.Conn, p Peer) error {
 	if !st.CheckToken(h.Token) {
 		return refuse(proto.CodeBadToken, "the channel token does not match", ErrBadToken)
 	}
-	if h.BootNonce != st.Nonce {
+	// Bootstrap mode (the manifest goes by channel) is tokenless and the
+	// guest cannot know the nonce: see State.Bootstrap for what that
+	// costs. The fetch is still once per pack (keyed on st.Nonce).
+	if h.BootNonce != st.Nonce && !st.bootstrapHello(h) {
 		return refuse(proto.CodeWrongBoot, "the boot nonce is not the one the host packed; is the manifest from an earlier pack?", ErrWrongBoot)
 	}
-	hello := Hello{VM: st.VM, Nonce: h.BootNonce, BootID: h.BootID, AgentVersion: h.AgentVersion}
+	hello := Hello{VM: st.VM, Nonce: st.Nonce, BootID: h.BootID, AgentVersion: h.AgentVersion}
 
 	// From here on the peer is authenticated: whatever happens to the
 	// fetch, it may send its REPORT (a failed one, then).
@@ -420,6 +423,17 @@ func (s *Server) serveCredentials(ctx context.Context, c net.Conn, conn *proto.C
 	defer func() { s.release(st.Nonce, done) }()
 
 	creds, err := st.Load(ctx)
+	if err == nil && st.Bootstrap {
+		var m proto.Credential
+		if m, err = st.loadManifest(); err != nil {
+			for _, cr := range creds {
+				cr.Value.Wipe()
+			}
+			creds = nil
+		} else {
+			creds = append([]proto.Credential{m}, creds...)
+		}
+	}
 	if err != nil {
 		// The detail (file paths) stays on the host; the guest learns
 		// only that it was the host's fault.
@@ -442,7 +456,11 @@ func (s *Server) serveCredentials(ctx context.Context, c net.Conn, conn *proto.C
 	}
 	done = true
 	if s.cfg.Events.Fetched != nil {
-		s.cfg.Events.Fetched(p, h, st.Names(), total)
+		names := st.Names()
+		if st.Bootstrap {
+			names = append([]string{ManifestName}, names...)
+		}
+		s.cfg.Events.Fetched(p, h, names, total)
 	}
 	return nil
 }

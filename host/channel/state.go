@@ -61,6 +61,21 @@ type State struct {
 	IssuedAt time.Time
 	// Credentials are the ones whose delivery is channel, sorted by name.
 	Credentials []StateCredential
+	// Bootstrap is true when the manifest itself goes by channel (pack
+	// --manifest-by-channel; Firecracker): the guest has no firmware
+	// manifest, so it cannot know the token or the boot nonce. The state is
+	// then Tokenless, the server accepts a HELLO with an all-zero token and
+	// a zero nonce, and sends the signed manifest (ManifestFile) first.
+	//
+	// Security: with no token, any guest process that reaches the port
+	// first gets the secrets; the once-per-boot rule then makes the real
+	// agent fail loudly ("already fetched") and report that failure, so
+	// wait does not see the agent's ready: detection, not prevention.
+	// Firmware delivery stays the stronger mode.
+	Bootstrap bool
+	// ManifestFile is the absolute path of the signed manifest envelope
+	// pack wrote (mode 0400), in bootstrap mode.
+	ManifestFile string
 }
 
 // StateCredential is one credential to serve: its name, what the manifest
@@ -105,6 +120,9 @@ type stateWire struct {
 	IssuedAt    time.Time        `json:"issued_at"`
 	Credentials []credentialWire `json:"credentials"`
 	Comment     string           `json:"comment,omitempty"`
+	// Bootstrap and ManifestFile: see State.
+	Bootstrap    bool   `json:"bootstrap,omitempty"`
+	ManifestFile string `json:"manifest_file,omitempty"`
 }
 
 type credentialWire struct {
@@ -121,6 +139,7 @@ func (st *State) MarshalJSON() ([]byte, error) {
 	w := stateWire{Version: StateVersion, VM: st.VM, Nonce: hex.EncodeToString(st.Nonce[:]), Channel: st.Channel, IssuedAt: st.IssuedAt,
 		Credentials: make([]credentialWire, len(st.Credentials)),
 		Comment:     "written by vmcred-host pack for vmcred-host serve; no values, only where to read them"}
+	w.Bootstrap, w.ManifestFile = st.Bootstrap, st.ManifestFile
 	if !st.Tokenless {
 		w.TokenSHA256 = hex.EncodeToString(st.TokenHash[:])
 	}
@@ -141,7 +160,7 @@ func (st *State) UnmarshalJSON(b []byte) error {
 	if w.Version != StateVersion {
 		return fmt.Errorf("%w: version %d, want %d (pack and serve are different vmcred versions?)", ErrState, w.Version, StateVersion)
 	}
-	s := State{VM: w.VM, Channel: w.Channel, IssuedAt: w.IssuedAt}
+	s := State{VM: w.VM, Channel: w.Channel, IssuedAt: w.IssuedAt, Bootstrap: w.Bootstrap, ManifestFile: w.ManifestFile}
 	if err := decodeHex(s.Nonce[:], w.Nonce, "nonce"); err != nil {
 		return err
 	}
@@ -180,6 +199,14 @@ func (st *State) validate() error {
 	}
 	if st.Channel == "" {
 		return fmt.Errorf("%w: no channel address", ErrState)
+	}
+	switch {
+	case st.Bootstrap && !st.Tokenless:
+		return fmt.Errorf("%w: bootstrap mode with a channel token (the guest could not know it)", ErrState)
+	case st.Bootstrap && !filepath.IsAbs(st.ManifestFile):
+		return fmt.Errorf("%w: bootstrap mode needs the manifest file as an absolute path, have %q", ErrState, st.ManifestFile)
+	case !st.Bootstrap && st.ManifestFile != "":
+		return fmt.Errorf("%w: a manifest file outside bootstrap mode", ErrState)
 	}
 	if len(st.Credentials) > proto.MaxCredentials {
 		return fmt.Errorf("%w: %d credentials, over the limit of %d", ErrState, len(st.Credentials), proto.MaxCredentials)
@@ -269,17 +296,19 @@ func (st *State) Load(ctx context.Context) ([]proto.Credential, error) {
 			return fail(err)
 		}
 		var v credential.Secret
+		var sum [sha256.Size]byte
 		if c.Static != nil {
 			v = credential.NewSecret([]byte(*c.Static))
+			sum = v.SHA256()
 		} else {
-			b, err := readExact(c.File, c.Size)
+			b, s, err := readExact(c.File, c.Size)
 			if err != nil {
 				return fail(fmt.Errorf("credential %q from %s: %w", c.Name, c.File, err))
 			}
-			v = credential.NewSecret(b)
+			v, sum = credential.NewSecret(b), s
 		}
 		e := manifest.Entry{Name: c.Name, Size: uint64(c.Size), SHA256: c.SHA256}
-		if err := e.Matches(v); err != nil {
+		if err := e.MatchesDigest(uint64(v.Len()), sum); err != nil {
 			v.Wipe()
 			src := "--static"
 			if c.File != "" {
@@ -292,42 +321,96 @@ func (st *State) Load(ctx context.Context) ([]proto.Credential, error) {
 	return out, nil
 }
 
-// readExact reads a regular file that should be size bytes. It opens with
-// O_NONBLOCK and O_NOCTTY (a FIFO or terminal swapped in cannot block it)
-// and checks fstat, so what is read is what was checked; it reads at most
-// size+1 bytes, so a file that grew is seen without reading it all.
-func readExact(path string, size int64) ([]byte, error) {
+// readExact reads a regular file that should be size bytes, and returns
+// its bytes and their SHA-256. It opens with O_NONBLOCK and O_NOCTTY (a
+// FIFO or terminal swapped in cannot block it) and checks fstat, so what
+// is read is what was checked; it reads at most size+1 bytes, so a file
+// that grew is seen without reading it all.
+//
+// A large file is hashed while it is read: another goroutine hashes each
+// chunk as soon as it is in memory, so the read (a copy out of the page
+// cache, and page faults on the new buffer) overlaps the hash instead of
+// adding to it (BENCHMARKS.md: the channel's time to first byte).
+func readExact(path string, size int64) ([]byte, [sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if err != nil {
-		return nil, unwrapPath(err)
+		return nil, sum, unwrapPath(err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, unwrapPath(err)
+		return nil, sum, unwrapPath(err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("not a regular file (%v)", fi.Mode().Type())
+		return nil, sum, fmt.Errorf("not a regular file (%v)", fi.Mode().Type())
 	}
 	if fi.Size() != size {
-		return nil, fmt.Errorf("%w: %d bytes, manifest says %d", ErrChanged, fi.Size(), size)
+		return nil, sum, fmt.Errorf("%w: %d bytes, manifest says %d", ErrChanged, fi.Size(), size)
 	}
 	b := make([]byte, size+1)
-	n, err := io.ReadFull(f, b)
+	n, sum, err := readHashing(f, b)
 	switch {
 	case err == nil:
 		clear(b)
-		return nil, fmt.Errorf("%w: more than %d bytes", ErrChanged, size)
+		return nil, sum, fmt.Errorf("%w: more than %d bytes", ErrChanged, size)
 	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
 	default:
 		clear(b)
-		return nil, unwrapPath(err)
+		return nil, sum, unwrapPath(err)
 	}
 	if int64(n) != size {
 		clear(b)
-		return nil, fmt.Errorf("%w: %d bytes, manifest says %d", ErrChanged, n, size)
+		return nil, sum, fmt.Errorf("%w: %d bytes, manifest says %d", ErrChanged, n, size)
 	}
-	return b[:n:n], nil
+	return b[:n:n], sum, nil
+}
+
+// hashChunk is the unit readHashing reads and hands to the hasher; files
+// of less than two chunks are read first and hashed after.
+const hashChunk = 1 << 20
+
+// readHashing fills b from r as io.ReadFull does and returns how many
+// bytes it read, their SHA-256, and io.ReadFull's error.
+func readHashing(r io.Reader, b []byte) (int, [sha256.Size]byte, error) {
+	if len(b) < 2*hashChunk {
+		n, err := io.ReadFull(r, b)
+		return n, sha256.Sum256(b[:n]), err
+	}
+	// read sends the end of each chunk read; the hasher owns b[:end] from
+	// then on, and the reader only writes beyond it.
+	ends := make(chan int, len(b)/hashChunk+1)
+	var sum [sha256.Size]byte
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h := sha256.New()
+		off := 0
+		for end := range ends {
+			h.Write(b[off:end])
+			off = end
+		}
+		h.Sum(sum[:0])
+	}()
+	n := 0
+	var err error
+	for n < len(b) {
+		var m int
+		m, err = io.ReadFull(r, b[n:min(n+hashChunk, len(b))])
+		n += m
+		if m > 0 {
+			ends <- n
+		}
+		if err != nil {
+			if err == io.EOF && n > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			break
+		}
+	}
+	close(ends)
+	<-done
+	return n, sum, err
 }
 
 // unwrapPath drops the *fs.PathError wrapper: the caller names the path.

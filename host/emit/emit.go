@@ -15,6 +15,7 @@
 package emit
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -41,7 +42,14 @@ const (
 	RoleFwCfg  = "fwcfg"  // raw bytes for -fw_cfg name=...,file=
 	RoleCHAPI  = "ch-api" // the body of cloud-hypervisor's PUT vm.create
 	RoleDMI    = "dmi"    // a DMI table (pack --hypervisor dmi --out)
+	// RoleChannelManifest is the signed manifest that `vmcred-host serve`
+	// sends by channel in bootstrap mode (pack --manifest-by-channel).
+	RoleChannelManifest = "channel-manifest"
 )
+
+// ChannelManifestFile is the file name of the manifest served by channel
+// (bootstrap mode) in the runtime directory.
+const ChannelManifestFile = "vmcred.manifest.signed"
 
 // CHCreateBody is the file name of the vm.create request body in the
 // runtime directory.
@@ -66,6 +74,10 @@ type Options struct {
 	RuntimeDir string
 	// Out is the DMI table file for plan.DMI.
 	Out string
+	// ManifestFile writes the manifest (plan.ManifestName, which then goes
+	// by channel) to ChannelManifestFile in RuntimeDir, for serve
+	// (bootstrap mode: pack --manifest-by-channel).
+	ManifestFile bool
 	// CHAPISocket is cloud-hypervisor's API socket, for plans made with
 	// CHAPI.
 	CHAPISocket string
@@ -138,6 +150,9 @@ func Build(p *plan.Plan, vals Values, opts Options) (*Result, error) {
 			needDir = true
 		}
 	}
+	if opts.ManifestFile {
+		needDir = true
+	}
 	if needDir {
 		if err := checkDir(opts.RuntimeDir); err != nil {
 			return nil, err
@@ -155,6 +170,17 @@ func Build(p *plan.Plan, vals Values, opts Options) (*Result, error) {
 		err = r.dmi(vals, opts)
 	default:
 		err = fmt.Errorf("%w: no emitter for hypervisor %q", ErrOption, p.Hypervisor)
+	}
+	if err == nil && opts.ManifestFile {
+		// Bootstrap mode: no firmware carries the manifest; serve reads it
+		// from this file and sends it first on the channel. A copy, so the
+		// result owns (and wipes) what it writes.
+		m, ok := vals[plan.ManifestName]
+		if !ok {
+			err = fmt.Errorf("credential %q: %w: no value", plan.ManifestName, ErrValue)
+		} else {
+			r.addFile(ChannelManifestFile, plan.ManifestName, RoleChannelManifest, credential.NewSecret(bytes.Clone(m.Reveal())))
+		}
 	}
 	if err != nil {
 		r.wipe()

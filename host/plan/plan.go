@@ -26,6 +26,11 @@ type Options struct {
 	// (--ch-api), so every string, secrets included, goes in the vm.create
 	// request instead of the command line or the channel.
 	CHAPI bool
+	// ManifestByChannel (bootstrap mode) sends every credential and the
+	// manifest itself by channel: for targets with no firmware carrier
+	// (Firecracker) or whose launcher owns the one carrier there is
+	// (cloud-hypervisor's single --platform under microvm.nix).
+	ManifestByChannel bool
 	// Inline puts non-secret OEM strings on QEMU's command line (value=)
 	// instead of in files.
 	Inline bool
@@ -220,6 +225,9 @@ func (o Options) place(c Input, extra bool) (Item, *LimitError) {
 	smbiosItem := func(carrier Carrier) Item {
 		return Item{Name: c.Name, Size: c.Size, Secret: c.Secret, Extra: extra, Delivery: DeliverySMBIOS,
 			Carrier: carrier, Prefix: prefix, Encoded: oemstring.FormattedLen(prefix, c.Name, c.Size)}
+	}
+	if o.ManifestByChannel && o.Hypervisor != DMI {
+		return toChannel(smbiosItem(CarrierChannel), "manifest by channel (bootstrap mode): no firmware carrier is used"), nil
 	}
 	switch o.Hypervisor {
 	case QEMU:

@@ -62,6 +62,11 @@ func (d deps) addChannel(env *cli.Env, f *packFlags, hv plan.Hypervisor, params 
 	if err := a.CheckDial(); err != nil {
 		return x, cli.Usagef("--channel is what the guest dials: %v", err)
 	}
+	if f.bootstrapMode() {
+		env.Log.Warn(fmt.Sprintf("vm %s: bootstrap mode (manifest by channel): the manifest is signed but carries no channel token, so any process in the guest that reaches %s before the agent could fetch the secrets; the agent would then fail (already fetched) and wait would not see ready. Firmware delivery is stronger where the hypervisor allows it", f.vm, f.channel))
+		// No firmware carries vmm.notify_socket either.
+		return x, nil
+	}
 	if hv == plan.CloudHypervisor && f.chAPI == "" {
 		env.Log.Warn("cloud-hypervisor without --ch-api: the manifest goes on its command line, so it carries no channel token; " +
 			"the channel is protected only by who can connect to the hybrid-vsock socket (serve refuses a tokenless manifest on AF_VSOCK without --expect-cid)")

@@ -34,6 +34,10 @@ func goldenCases() []goldenCase {
 		{name: "json-cloud-hypervisor.json", args: []string{"--hypervisor", "json", "--target", "cloud-hypervisor", "--channel", "vsock-stream:2:9999"}},
 		{name: "json-cloud-hypervisor-api.json", args: []string{"--hypervisor", "json", "--target", "cloud-hypervisor", "--ch-api", "@TMP@/api.sock"}},
 		{name: "json-firecracker.json", args: []string{"--hypervisor", "json", "--target", "firecracker", "--channel", "vsock-stream:2:9999"}},
+		// Bootstrap mode: nothing for the hypervisor; the manifest goes by channel.
+		{name: "firecracker.args", args: []string{"--hypervisor", "firecracker", "--channel", "vsock-stream:2:9999"}},
+		{name: "cloud-hypervisor-bootstrap.args", args: []string{"--hypervisor", "cloud-hypervisor", "--manifest-by-channel", "--channel", "vsock-stream:2:9999"}},
+		{name: "json-cloud-hypervisor-bootstrap.json", args: []string{"--hypervisor", "json", "--target", "cloud-hypervisor", "--manifest-by-channel", "--channel", "vsock-stream:2:9999"}},
 	}
 }
 

@@ -43,8 +43,11 @@ type packFlags struct {
 	signKey, runtimeDir, out      string
 	channel, chAPI, chConfig      string
 	inline, inlineSecrets, print0 bool
-	smbiosReserve                 int
-	src                           source.Flags
+	// manifestByChannel is bootstrap mode (--manifest-by-channel,
+	// implied by --hypervisor firecracker): see bootstrapMode.
+	manifestByChannel bool
+	smbiosReserve     int
+	src               source.Flags
 }
 
 func (f *packFlags) register(fs *pflag.FlagSet) {
@@ -63,6 +66,9 @@ func (f *packFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.chAPI, "ch-api", "", "cloud-hypervisor: pass every OEM string, secrets included, through its REST API on `SOCKET` (vm.create) instead of the command line and the channel")
 	fs.StringVar(&f.chConfig, "ch-config", "", "cloud-hypervisor with --ch-api: the VmConfig JSON `FILE` (kernel, memory, disks) to add the OEM strings to")
 	fs.StringVar(&f.target, "target", string(plan.QEMU), "with --hypervisor json: the `HYPERVISOR` the plan is for")
+	fs.BoolVar(&f.manifestByChannel, "manifest-by-channel", false, "bootstrap mode: send every credential and the signed manifest (without a channel token) by channel, and pass nothing to the hypervisor; "+
+		"for launchers that own the firmware carrier (cloud-hypervisor under microvm.nix) and for firecracker (implied); needs --sign-key and --channel. "+
+		"Weaker than firmware delivery: any guest process that reaches the channel first can fetch (the agent then fails loudly)")
 	fs.IntVar(&f.smbiosReserve, "smbios-reserve", -1, fmt.Sprintf("`BYTES` of the 65535-byte SMBIOS table left for the hypervisor's own structures (default %d; 0 for dmi)", plan.DefaultSMBIOSReserve))
 }
 
@@ -218,14 +224,6 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 	if err != nil {
 		return nil, withCode(err)
 	}
-	if f.hypervisor == string(plan.Firecracker) {
-		// Firecracker has no SMBIOS, fw_cfg or file carrier, so the
-		// signed manifest (and with it the channel's address and token)
-		// cannot reach the guest: the agent would have nothing to verify
-		// against and nothing to present. `--hypervisor json --target
-		// firecracker` still shows the plan.
-		return nil, cli.WithCode(cli.ExitFailure, errors.New("firecracker: no firmware carrier reaches the guest, so the signed manifest and the channel token cannot be delivered and the agent could verify nothing; vmcred does not support Firecracker yet (cloud-hypervisor has the same hybrid vsock and carries SMBIOS OEM strings)"))
-	}
 	pk.plan = p
 	if f.channel != "" {
 		if pk.serve, err = serveState(f, p, params, creds); err != nil {
@@ -242,13 +240,13 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 	}
 	vals[plan.ManifestName] = final
 
-	eo := emit.Options{Out: f.out, CHConfig: chConfig}
+	eo := emit.Options{Out: f.out, CHConfig: chConfig, ManifestFile: f.bootstrapMode()}
 	if f.chAPI != "" {
 		if eo.CHAPISocket, err = filepath.Abs(f.chAPI); err != nil {
 			return nil, cli.WithCode(cli.ExitUsage, fmt.Errorf("--ch-api: %w", err))
 		}
 	}
-	if needsDir(p) {
+	if needsDir(p) || eo.ManifestFile {
 		if eo.RuntimeDir, pk.tempDir, err = runtimeDir(env, f); err != nil {
 			return nil, err
 		}
@@ -264,6 +262,10 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 		return nil, withCode(err)
 	}
 	pk.result = res
+	if eo.ManifestFile && pk.serve != nil {
+		pk.serve.Bootstrap = true
+		pk.serve.ManifestFile = filepath.Join(res.RuntimeDir, emit.ChannelManifestFile)
+	}
 	logPlan(env.Log, p, res)
 	return pk, nil
 }
@@ -326,14 +328,48 @@ func (f *packFlags) planOptions(pk *packed) (plan.Options, error) {
 			return o, cli.Usagef("--channel: %v", err)
 		}
 	}
+	bootstrap := f.bootstrapMode()
+	switch {
+	case bootstrap && pk.output == hvDMI:
+		return o, cli.Usagef("--manifest-by-channel cannot go with --hypervisor dmi: the DMI table is the firmware carrier")
+	case bootstrap && f.chAPI != "":
+		return o, cli.Usagef("--manifest-by-channel cannot go with --ch-api: the API carries the manifest and its token, which is the stronger mode")
+	case bootstrap && f.channel == "":
+		return o, cli.Usagef("%s needs --channel ADDR: every credential and the manifest go by channel", f.bootstrapFlag())
+	case bootstrap && f.signKey == "":
+		return o, cli.Usagef("%s needs --sign-key FILE: the manifest and the values come down the same channel, so the guest must check the manifest's signature (give it the public key with --trust-key)", f.bootstrapFlag())
+	}
 	maxChannel := 0
 	if f.channel != "" {
 		maxChannel = manifest.MaxEntrySize
 	}
 	return plan.Options{
 		VM: f.vm, Hypervisor: hv, Mode: mode, Overflow: overflow, Channel: f.channel, MaxChannelSize: maxChannel,
-		CHAPI: f.chAPI != "", Inline: f.inline, InlineSecrets: f.inlineSecrets, SMBIOSReserve: f.smbiosReserve,
+		CHAPI: f.chAPI != "", ManifestByChannel: bootstrap, Inline: f.inline, InlineSecrets: f.inlineSecrets, SMBIOSReserve: f.smbiosReserve,
 	}, nil
+}
+
+// bootstrapMode says whether the manifest goes by channel: asked for with
+// --manifest-by-channel, or implied by --hypervisor firecracker, which has
+// no firmware carrier at all. The manifest then carries the channel
+// address and no token, and the guest fetches it with an all-zero token
+// and a zero nonce.
+//
+// Security: without a token, any guest process that reaches the host's
+// vsock port before the agent gets the secrets. The server serves once per
+// pack, so the real agent then fails loudly ("already fetched") and
+// vmcred-host wait never sees ready: detection, not prevention. The agent
+// runs before sysinit.target, before unprivileged services exist. Firmware
+// delivery (SMBIOS or fw_cfg, with a token) stays the default.
+func (f *packFlags) bootstrapMode() bool {
+	return f.manifestByChannel || f.hypervisor == string(plan.Firecracker)
+}
+
+func (f *packFlags) bootstrapFlag() string {
+	if f.manifestByChannel {
+		return "--manifest-by-channel"
+	}
+	return "--hypervisor firecracker (which implies --manifest-by-channel)"
 }
 
 func needsDir(p *plan.Plan) bool {

@@ -148,7 +148,7 @@ func (d deps) runServe(ctx context.Context, env *cli.Env, args []string) error {
 // could connect: AF_VSOCK without --expect-cid.
 func checkTokenless(st *hostchannel.State, bound address.Address, expectCID uint32) error {
 	if st.Tokenless && bound.IsVsock() && expectCID == 0 {
-		return errors.New("the manifest carries no channel token (cloud-hypervisor without --ch-api); on AF_VSOCK that needs --expect-cid")
+		return errors.New("the manifest carries no channel token (cloud-hypervisor without --ch-api, or bootstrap mode: --manifest-by-channel, firecracker); on AF_VSOCK that needs --expect-cid")
 	}
 	return nil
 }

@@ -1,0 +1,85 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/vmcred/vmcred/guest/fetch"
+	"github.com/vmcred/vmcred/shared/address"
+	"github.com/vmcred/vmcred/shared/credential"
+	"github.com/vmcred/vmcred/shared/manifest"
+	"github.com/vmcred/vmcred/shared/oemstring"
+)
+
+// Where the manifest came from (Report.ManifestSource).
+const (
+	ManifestFromFirmware = "firmware"
+	ManifestFromChannel  = "channel"
+)
+
+// bootstrap fetches the manifest by channel (bootstrap mode, vmcred-host
+// pack --manifest-by-channel or firecracker): firmware carried no
+// vmcred.manifest, so the agent dials cfg.Channel with an all-zero token
+// and a zero nonce, takes vmcred.manifest out of the CREDENTIALS and keeps
+// the rest for verify, which then checks them against the manifest as in
+// firmware mode (its fetch step returns them without dialing again).
+//
+// The manifest must be signed by a trusted key: it comes down the same
+// channel as the values, so its digests alone prove nothing. Without a
+// token, any guest process that reached the host's port first could have
+// fetched; the host serves once per pack, so this agent then fails here
+// ("already fetched") and the host's wait never sees ready.
+//
+// It returns the manifest as an entry with Source "channel", or a problem.
+func (ch *channel) bootstrap(rep *Report) (*oemstring.Entry, string) {
+	start := time.Now()
+	defer func() { ch.took = time.Since(start) }()
+	addr := ch.cfg.Channel
+	ch.step = &ChannelStep{Address: addr, Received: []string{}}
+	rep.Fetch = ch.step
+	a, err := address.Parse(addr)
+	if err == nil {
+		err = a.CheckDial()
+	}
+	if err != nil {
+		ch.step.Error = "channel address: " + err.Error()
+		return nil, "bootstrap: " + ch.step.Error
+	}
+	timeout := ch.cfg.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	ctx, cancel := context.WithTimeout(ch.ctx, timeout)
+	defer cancel()
+	var zero [manifest.NonceSize]byte
+	s, err := fetch.Fetch(ctx, fetch.Config{
+		Address: a, Dial: ch.cfg.Dial, Token: credential.Secret{}, Nonce: zero,
+		BootID: readBootID(ch.cfg.Root), AgentVersion: agentVersion(ch.cfg.Version),
+	})
+	ch.session = s
+	if s != nil {
+		ch.step.Attempts = s.Attempts
+	}
+	if err != nil {
+		ch.step.Error = err.Error()
+		return nil, fmt.Sprintf("bootstrap: fetch %s by channel from %s: %v", ManifestName, addr, err)
+	}
+	var me *oemstring.Entry
+	rest := make([]oemstring.Entry, 0, len(s.Credentials))
+	for i, c := range s.Credentials {
+		ch.step.Received = append(ch.step.Received, c.Name)
+		e := oemstring.Entry{Name: c.Name, Value: c.Value, Source: SourceChannel, Index: i}
+		if c.Name == ManifestName && me == nil {
+			me = &e
+			continue
+		}
+		rest = append(rest, e)
+	}
+	if me == nil {
+		ch.step.Error = "the host sent no " + ManifestName
+		return nil, fmt.Sprintf("bootstrap: the host at %s sent %d credential(s) but no %s (is it serving a pack made with --manifest-by-channel?)", addr, len(rest), ManifestName)
+	}
+	ch.prefetched, ch.bootstrapped = rest, true
+	return me, ""
+}
