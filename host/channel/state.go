@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vmcred/vmcred/host/atomicfile"
 	proto "github.com/vmcred/vmcred/shared/channel"
 	"github.com/vmcred/vmcred/shared/credential"
 	"github.com/vmcred/vmcred/shared/manifest"
@@ -263,7 +264,7 @@ func WriteState(dir string, st *State) error {
 	if err != nil {
 		return fmt.Errorf("encode serve state: %w", err)
 	}
-	return writeFileAtomic(filepath.Join(dir, StateFile), append(b, '\n'), 0o600)
+	return atomicfile.WriteFile(filepath.Join(dir, StateFile), append(b, '\n'), 0o600)
 }
 
 // ReadState reads dir/StateFile.
@@ -444,36 +445,4 @@ func readCapped(path string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s is over the %d-byte limit", path, limit)
 	}
 	return b, nil
-}
-
-// writeFileAtomic writes data to path through a temporary file in the
-// same directory (mode perm, fsynced, renamed over path). A path that
-// exists and is not a regular file is refused.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
-		return fmt.Errorf("write %s: exists and is not a regular file", path)
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	err = f.Chmod(perm)
-	if err == nil {
-		_, err = f.Write(data)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"slices"
 	"syscall"
+
+	"github.com/vmcred/vmcred/host/atomicfile"
 )
 
 // ErrUnsafeDir means the runtime directory could let another user read or
@@ -37,7 +39,7 @@ func (r *Result) Write() (err error) {
 	var inDir []int
 	for i, f := range r.Files {
 		if f.Role == RoleDMI {
-			if err := writeAtomic(f.Path, r.payloads[i].Reveal(), f.Mode); err != nil {
+			if err := atomicfile.WriteFile(f.Path, r.payloads[i].Reveal(), f.Mode); err != nil {
 				return err
 			}
 			continue
@@ -197,37 +199,8 @@ func syncDir(root *os.Root) error {
 	return d.Sync()
 }
 
-// writeAtomic writes data to path: a temporary file in the same directory
-// (mode perm), fsync, rename over path, fsync of the directory. On error
-// the temporary file is removed and path is untouched. A path that exists
-// and is not a regular file is refused.
-func writeAtomic(path string, data []byte, perm fs.FileMode) error {
-	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
-		return fmt.Errorf("write %s: exists and is not a regular file", path)
-	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	if err := fillAndClose(f, data, perm); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
-}
-
 // WriteFile writes a non-secret output file (the JSON plan with --out)
 // atomically with mode perm.
 func WriteFile(path string, data []byte, perm fs.FileMode) error {
-	return writeAtomic(path, data, perm)
+	return atomicfile.WriteFile(path, data, perm)
 }

@@ -30,6 +30,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/vmcred/vmcred/host/atomicfile"
 	hostchannel "github.com/vmcred/vmcred/host/channel"
 	proto "github.com/vmcred/vmcred/shared/channel"
 	"github.com/vmcred/vmcred/shared/credential"
@@ -140,7 +141,7 @@ func Write(dir string, st Status) error {
 	if err != nil {
 		return fmt.Errorf("encode status: %w", err)
 	}
-	return writeAtomic(Path(dir, st.VM), append(b, '\n'), 0o600)
+	return atomicfile.WriteFile(Path(dir, st.VM), append(b, '\n'), 0o600)
 }
 
 // Read reads vm's status file in dir. A missing file wraps fs.ErrNotExist.
@@ -421,32 +422,3 @@ func clean(s string, max int) string {
 
 // oneLine keeps a STATUS= value on one line and within sd_notify's size.
 func oneLine(s string) string { return clean(s, 1000) }
-
-func writeAtomic(path string, data []byte, perm os.FileMode) error {
-	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
-		return fmt.Errorf("write %s: exists and is not a regular file", path)
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	err = f.Chmod(perm)
-	if err == nil {
-		_, err = f.Write(data)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
-}
