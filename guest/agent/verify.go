@@ -202,7 +202,7 @@ func crossCheck(dir string, m *manifest.Manifest, delivered map[string]oemstring
 			continue
 		}
 		systemdSees := e.Prefix == oemstring.PrefixText || e.Prefix == oemstring.PrefixBinary || e.Source == "fw_cfg"
-		got, size, err := readCapped(filepath.Join(dir, me.Name), int64(me.Size)+1)
+		got, size, err := ReadFileCapped(filepath.Join(dir, me.Name), int64(me.Size)+1)
 		switch {
 		case errors.Is(err, os.ErrNotExist):
 			if systemdSees {
@@ -250,9 +250,10 @@ func setServed(rep *Report, name, path string) {
 	}
 }
 
-// readCapped reads at most max bytes of a regular file, not following a
-// final symlink, and returns them with the file's size.
-func readCapped(path string, max int64) ([]byte, int64, error) {
+// ReadFileCapped reads at most max bytes of the regular file at path, not
+// following a final symlink, and returns them with the file's size. The
+// cross-check and the debug views compare the bytes and never print them.
+func ReadFileCapped(path string, max int64) ([]byte, int64, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, 0, err

@@ -252,29 +252,6 @@ func hashWith(d *dirHandle, names []string) map[string]digest {
 	return out
 }
 
-// readCapped reads the regular file at path, at most max bytes, without
-// following a final symlink; it returns the bytes read and the file's size.
-// Callers compare the bytes and never print them.
-func readCapped(path string, max int64) ([]byte, int64, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, 0, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, 0, fmt.Errorf("%s: not a regular file", path)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, max))
-	if err != nil {
-		return nil, 0, fmt.Errorf("read %s: %w", path, err)
-	}
-	return b, st.Size(), nil
-}
-
 // modeString is a permission in the octal form chmod takes, e.g. "0400".
 func modeString(m fs.FileMode) string { return fmt.Sprintf("%04o", uint32(m.Perm())) }
 

@@ -235,7 +235,7 @@ func Show(in Inspector, name string, fw firmware.Report, fwErr error, pol Policy
 				if cp.Matches != nil && !*cp.Matches {
 					sh.Systemd = "differs"
 					if sh.Manifest != nil && value != nil && uint64(cp.Size) < sh.Manifest.Size {
-						if got, _, err := readCapped(in.real(cp.Path), int64(sh.Manifest.Size)); err == nil && bytes.HasPrefix(value.Value.Reveal(), got) {
+						if got, _, err := agent.ReadFileCapped(in.real(cp.Path), int64(sh.Manifest.Size)); err == nil && bytes.HasPrefix(value.Value.Reveal(), got) {
 							sh.Systemd = "truncated"
 						}
 					}
@@ -319,7 +319,7 @@ func Reveal(in Inspector, name string, w io.Writer) (string, error) {
 		return "", cli.WithCode(cli.ExitFailure, fmt.Errorf("credential %q: no file on LoadCredential='s search path (%s) to reveal", name, strings.Join(in.searchPath(), ", ")))
 	}
 	path := filepath.Join(folders[i].dir, name)
-	b, _, err := readCapped(in.real(path), maxFile+1)
+	b, _, err := agent.ReadFileCapped(in.real(path), maxFile+1)
 	if err != nil {
 		return path, cli.WithCode(cli.ExitIO, fmt.Errorf("reveal credential %q: %w", name, err))
 	}

@@ -228,7 +228,7 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 		r.Systemd = "n/a"
 		systemdNoted := false
 		if systemDir != "" {
-			got, sysSize, err := readCapped(in.real(filepath.Join(systemDir, r.Name)), int64(size)+1)
+			got, sysSize, err := agent.ReadFileCapped(in.real(filepath.Join(systemDir, r.Name)), int64(size)+1)
 			systemdSees := value != nil && (value.Prefix == oemstring.PrefixText || value.Prefix == oemstring.PrefixBinary || value.Source == firmware.SourceFwCfg)
 			switch {
 			case errors.Is(err, fs.ErrNotExist):
