@@ -301,7 +301,7 @@ func readVerify(cfg Config, now func() time.Time, rep *Report, ch *channel) (ver
 		rep.Timings.Fetch = ms(ch.took)
 		if problem != "" {
 			problems = append(problems, problem)
-			return verified{}, cli.WithCode(cli.ExitFailure, &Failure{Problems: problems})
+			return verified{}, cli.WithCode(failureCode(ch, len(problems) == 1), &Failure{Problems: problems})
 		}
 		manifestEntry = me
 		rep.ManifestSource = ManifestFromChannel
@@ -319,11 +319,22 @@ func readVerify(cfg Config, now func() time.Time, rep *Report, ch *channel) (ver
 	if err != nil {
 		return verified{}, err
 	}
+	onlyFetch := len(problems) == 0 && len(v.problems) == v.fetchFailed
 	problems = append(problems, v.problems...)
 	if len(problems) > 0 {
-		return verified{}, cli.WithCode(cli.ExitFailure, &Failure{Problems: problems})
+		return verified{}, cli.WithCode(failureCode(ch, onlyFetch), &Failure{Problems: problems})
 	}
 	return v, nil
+}
+
+// failureCode is the exit code of a failed load: 4 (timeout, DESIGN §7)
+// when the only thing wrong is that the channel fetch ran out of --timeout,
+// 1 otherwise.
+func failureCode(ch *channel, onlyFetch bool) int {
+	if ch != nil && ch.timedOut && onlyFetch {
+		return cli.ExitTimeout
+	}
+	return cli.ExitFailure
 }
 
 // summary is the one line for STATUS= and the log, e.g.

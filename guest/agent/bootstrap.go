@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -63,6 +64,7 @@ func (ch *channel) bootstrap(rep *Report) (*oemstring.Entry, string) {
 	}
 	if err != nil {
 		ch.step.Error = err.Error()
+		ch.timedOut = errors.Is(err, context.DeadlineExceeded)
 		return nil, fmt.Sprintf("bootstrap: fetch %s by channel from %s: %v", ManifestName, addr, err)
 	}
 	var me *oemstring.Entry

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -62,6 +63,9 @@ type channel struct {
 	// prefetched are the other credentials of that one fetch.
 	bootstrapped bool
 	prefetched   []oemstring.Entry
+	// timedOut: the fetch gave up because --timeout passed, which makes
+	// the load's exit code 4 when nothing else went wrong.
+	timedOut bool
 }
 
 // fetch dials the manifest's channel (or the override), fetches, and
@@ -104,6 +108,7 @@ func (ch *channel) fetch(m *manifest.Manifest, rep *Report) ([]oemstring.Entry, 
 	}
 	if err != nil {
 		ch.step.Error = err.Error()
+		ch.timedOut = errors.Is(err, context.DeadlineExceeded)
 		return nil, ch.step.Error
 	}
 	out := make([]oemstring.Entry, 0, len(s.Credentials))

@@ -276,7 +276,7 @@ func TestChannelFailsFirmware(t *testing.T) {
 }
 
 // TestChannelUnreachable: the host never answers; the channel credentials
-// fail as fetch-failed within the timeout.
+// fail as fetch-failed within the timeout, and the load exits 4.
 func TestChannelUnreachable(t *testing.T) {
 	pub, priv := newKey(t)
 	path := filepath.Join(t.TempDir(), "nobody.sock")
@@ -285,8 +285,9 @@ func TestChannelUnreachable(t *testing.T) {
 	cfg.Timeout = 300 * time.Millisecond
 	start := time.Now()
 	rep, err := Load(cfg)
-	if cli.CodeOf(err) != cli.ExitFailure {
-		t.Fatalf("got %v, want a failure", err)
+	// DESIGN §7: a timeout is exit 4 when nothing else went wrong.
+	if cli.CodeOf(err) != cli.ExitTimeout {
+		t.Fatalf("got %v (exit %d), want a timeout failure (exit 4)", err, cli.CodeOf(err))
 	}
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("took %v with a 300ms timeout", took)
@@ -350,5 +351,25 @@ func TestChannelOverride(t *testing.T) {
 		if d != cfg.Channel {
 			t.Errorf("dialed %s", d)
 		}
+	}
+}
+
+// TestChannelTimeoutWithOtherProblem: a timed-out fetch together with a
+// firmware credential that does not match is a verification failure (1),
+// not a timeout: the certain failure wins.
+func TestChannelTimeoutWithOtherProblem(t *testing.T) {
+	pub, priv := newKey(t)
+	path := filepath.Join(t.TempDir(), "nobody.sock")
+	p := packWithChannel(t, priv, "unix:"+path, map[string][]byte{"a": randomSecret(t, 8)}, map[string][]byte{"c": randomSecret(t, 10)})
+	for i, s := range p.strs {
+		if strings.Contains(s, ":a=") {
+			p.strs[i] = format(t, oemstring.PrefixVmcred, "a", randomSecret(t, 8))
+		}
+	}
+	cfg := channelConfig(t, pub, p.strs)
+	cfg.Timeout = 300 * time.Millisecond
+	_, err := Load(cfg)
+	if cli.CodeOf(err) != cli.ExitFailure || !strings.Contains(err.Error(), `credential "a"`) {
+		t.Fatalf("got %v (exit %d), want exit 1 naming credential a", err, cli.CodeOf(err))
 	}
 }

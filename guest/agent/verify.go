@@ -45,7 +45,10 @@ type SystemNote struct {
 
 type verified struct {
 	problems []string
-	expose   []credstore.Entry
+	// fetchFailed counts the problems that are channel credentials the
+	// fetch did not bring.
+	fetchFailed int
+	expose      []credstore.Entry
 }
 
 // verify applies the policy to what arrived and decides what is exposed.
@@ -148,6 +151,7 @@ func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstrin
 			how := "missing"
 			if me.Delivery == manifest.DeliveryChannel && fetchProblem != "" {
 				p, how = channelProblem(me, fetchProblem), "fetch-failed"
+				v.fetchFailed++
 			}
 			v.problems = append(v.problems, p)
 			rep.Credentials = append(rep.Credentials, CredentialResult{Name: me.Name, Size: int(me.Size), SHA256: hex.EncodeToString(me.SHA256[:]), Verification: how, Problem: p, Delivery: me.Delivery.String()})
