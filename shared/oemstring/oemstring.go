@@ -219,6 +219,12 @@ func DecodeBase64(s string) ([]byte, error) {
 			return b, nil
 		}
 	}
+	return decodeCleaned(s)
+}
+
+// decodeCleaned is DecodeBase64's general path: drop whitespace, map the
+// URL-safe alphabet to the standard one, then decode strictly.
+func decodeCleaned(s string) ([]byte, error) {
 	clean := strings.Map(func(r rune) rune {
 		switch r {
 		case ' ', '\t', '\n', '\r':
