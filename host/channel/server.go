@@ -422,36 +422,23 @@ func (s *Server) serveCredentials(ctx context.Context, c net.Conn, conn *proto.C
 	done := false
 	defer func() { s.release(st.Nonce, done) }()
 
-	creds, err := st.Load(ctx)
-	if err == nil && st.Bootstrap {
-		var m proto.Credential
-		if m, err = st.loadManifest(); err != nil {
-			for _, cr := range creds {
-				cr.Value.Wipe()
-			}
-			creds = nil
-		} else {
-			creds = append([]proto.Credential{m}, creds...)
-		}
-	}
+	// The sources are opened and their sizes checked first: a problem
+	// found now is answered with ERROR. Their content is checked while it
+	// is sent (streamSource): a credential whose SHA-256 does not match
+	// loses its last bytes and the connection, so the agent never has a
+	// whole CREDENTIALS frame with wrong data.
+	srcs, err := st.openSources(ctx)
 	if err != nil {
 		// The detail (file paths) stays on the host; the guest learns
 		// only that it was the host's fault.
 		return refuse(proto.CodeInternal, "the host could not read the channel credentials; see the host's log", err)
 	}
-	defer func() {
-		for _, cr := range creds {
-			cr.Value.Wipe()
-		}
-	}()
-	var total int64
-	for _, cr := range creds {
-		total += int64(cr.Value.Len())
-	}
+	defer closeSources(srcs)
 	if err := c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout)); err != nil {
 		return err
 	}
-	if err := conn.WriteCredentials(creds); err != nil {
+	total, err := streamCredentials(conn, srcs)
+	if err != nil {
 		return fmt.Errorf("write credentials: %w", err)
 	}
 	done = true

@@ -284,6 +284,9 @@ func ReadState(dir string) (*State, error) {
 // Load reads every channel credential fresh from its source and checks it
 // against the manifest's size and SHA-256. An error names the credential
 // and its source file, never a value; values read before it are wiped.
+// The server does not use it: it streams large sources while it hashes
+// them (openSources, streamSource), holding back each one's end until its
+// digest matches.
 func (st *State) Load(ctx context.Context) ([]proto.Credential, error) {
 	out := make([]proto.Credential, 0, len(st.Credentials))
 	fail := func(err error) ([]proto.Credential, error) {
@@ -333,22 +336,40 @@ func (st *State) Load(ctx context.Context) ([]proto.Credential, error) {
 // cache, and page faults on the new buffer) overlaps the hash instead of
 // adding to it (BENCHMARKS.md: the channel's time to first byte).
 func readExact(path string, size int64) ([]byte, [sha256.Size]byte, error) {
-	var sum [sha256.Size]byte
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	f, err := openSource(path, size)
 	if err != nil {
-		return nil, sum, unwrapPath(err)
+		return nil, [sha256.Size]byte{}, err
 	}
 	defer f.Close()
+	return readOpen(f, size)
+}
+
+// openSource opens a source as readExact does and checks that it is a
+// regular file of size bytes.
+func openSource(path string, size int64) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, unwrapPath(err)
+	}
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, sum, unwrapPath(err)
+		f.Close()
+		return nil, unwrapPath(err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, sum, fmt.Errorf("not a regular file (%v)", fi.Mode().Type())
+		f.Close()
+		return nil, fmt.Errorf("not a regular file (%v)", fi.Mode().Type())
 	}
 	if fi.Size() != size {
-		return nil, sum, fmt.Errorf("%w: %d bytes, manifest says %d", ErrChanged, fi.Size(), size)
+		f.Close()
+		return nil, fmt.Errorf("%w: %d bytes, manifest says %d", ErrChanged, fi.Size(), size)
 	}
+	return f, nil
+}
+
+// readOpen is readExact on a source openSource opened.
+func readOpen(f *os.File, size int64) ([]byte, [sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
 	b := make([]byte, size+1)
 	n, sum, err := readHashing(f, b)
 	switch {

@@ -112,22 +112,35 @@ type Credential struct {
 
 // checkCredentials validates creds for sending and returns the payload size.
 func checkCredentials(creds []Credential) (int, error) {
-	if len(creds) > MaxCredentials {
-		return 0, fmt.Errorf("encode credentials: %d credentials, over the limit of %d: %w", len(creds), MaxCredentials, ErrMalformed)
+	return checkEntries(len(creds), func(i int) (string, int) { return creds[i].Name, creds[i].Value.Len() })
+}
+
+// checkEntries validates count credentials, whose name and value length
+// at(i) gives, for sending and returns the payload size.
+func checkEntries(count int, at func(i int) (string, int)) (int, error) {
+	if count > MaxCredentials {
+		return 0, fmt.Errorf("encode credentials: %d credentials, over the limit of %d: %w", count, MaxCredentials, ErrMalformed)
 	}
-	seen := make(map[string]bool, len(creds))
+	seen := make(map[string]bool, count)
 	n := 4
-	for i, c := range creds {
-		if err := credential.ValidateName(c.Name); err != nil {
+	for i := range count {
+		name, size := at(i)
+		if err := credential.ValidateName(name); err != nil {
 			return 0, fmt.Errorf("encode credentials: credential %d: %w: %w", i, err, ErrMalformed)
 		}
-		if seen[c.Name] {
-			return 0, fmt.Errorf("encode credentials: credential %d %q: name given twice: %w", i, c.Name, ErrMalformed)
+		if seen[name] {
+			return 0, fmt.Errorf("encode credentials: credential %d %q: name given twice: %w", i, name, ErrMalformed)
 		}
-		seen[c.Name] = true
-		n += 1 + len(c.Name) + 4 + c.Value.Len()
+		seen[name] = true
+		if size < 0 {
+			return 0, fmt.Errorf("encode credentials: credential %d %q: negative size: %w", i, name, ErrMalformed)
+		}
+		if size > MaxCredentialsSize {
+			size = MaxCredentialsSize // over the limit below, without overflowing n
+		}
+		n += 1 + len(name) + 4 + size
 		if n > MaxCredentialsSize {
-			return 0, fmt.Errorf("encode credentials: over the %d-byte frame limit at credential %q: %w", MaxCredentialsSize, c.Name, ErrFrameTooLarge)
+			return 0, fmt.Errorf("encode credentials: over the %d-byte frame limit at credential %q: %w", MaxCredentialsSize, name, ErrFrameTooLarge)
 		}
 	}
 	return n, nil
