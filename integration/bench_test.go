@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"io/fs"
 	"net"
@@ -18,7 +17,6 @@ import (
 	hostchannel "github.com/vmcred/vmcred/host/channel"
 	"github.com/vmcred/vmcred/shared/address"
 	proto "github.com/vmcred/vmcred/shared/channel"
-	"github.com/vmcred/vmcred/shared/credential"
 	"github.com/vmcred/vmcred/shared/manifest"
 )
 
@@ -50,36 +48,8 @@ func (c *firstLastConn) Read(p []byte) (int, error) {
 // wiping its copy.
 func BenchmarkChannel16MiBPhases(b *testing.B) {
 	const n = 16 << 20
-	v := make([]byte, n)
-	rand.Read(v)
-	dir, err := os.MkdirTemp("", "vc-bench-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	src := filepath.Join(dir, "secret")
-	if err := os.WriteFile(src, v, 0o400); err != nil {
-		b.Fatal(err)
-	}
-	tok := credential.NewSecret([]byte(strings.Repeat("t", proto.TokenSize)))
-	st, err := hostchannel.NewState("bench", [manifest.NonceSize]byte{1}, tok, "unix:x", time.Now(),
-		[]hostchannel.StateCredential{{Name: "disk-key", Size: n, SHA256: credential.NewSecret(v).SHA256(), File: src}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv, err := hostchannel.New(hostchannel.Config{State: func() (*hostchannel.State, error) { return st, nil }, AllowRefetch: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	a := address.Address{Kind: address.Unix, Path: filepath.Join(dir, "ch.sock")}
-	l, err := hostchannel.Listen(a)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, l) }()
-	defer func() { cancel(); <-done }()
+	st, tok := benchState(b, n)
+	a, ctx := serveChannel(b, shortDir(b), hostchannel.Config{State: func() (*hostchannel.State, error) { return st, nil }, AllowRefetch: true})
 
 	var conn *firstLastConn
 	var dialed time.Time

@@ -38,7 +38,7 @@ func shmDir(t *testing.T) string {
 
 // shortDir is a temporary folder with a short path: a Unix socket path
 // must fit in 107 bytes, which t.TempDir's long names can break.
-func shortDir(t *testing.T) string {
+func shortDir(t testing.TB) string {
 	t.Helper()
 	d, err := os.MkdirTemp("", "vc-")
 	if err != nil {
@@ -244,6 +244,27 @@ func TestWaitTimeout(t *testing.T) {
 	}
 }
 
+// serveChannel runs a host channel server with cfg on a Unix socket in dir
+// until the test ends, and returns its address and a context that ends
+// with the test.
+func serveChannel(tb testing.TB, dir string, cfg hostchannel.Config) (address.Address, context.Context) {
+	tb.Helper()
+	srv, err := hostchannel.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	a := address.Address{Kind: address.Unix, Path: filepath.Join(dir, "ch.sock")}
+	l, err := hostchannel.Listen(a)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, l) }()
+	tb.Cleanup(func() { cancel(); <-done })
+	return a, ctx
+}
+
 // benchState is a serve state with one random credential of n bytes.
 func benchState(b *testing.B, n int) (*hostchannel.State, credential.Secret) {
 	b.Helper()
@@ -269,24 +290,7 @@ func benchState(b *testing.B, n int) (*hostchannel.State, credential.Secret) {
 func BenchmarkChannel16MiB(b *testing.B) {
 	const n = 16 << 20
 	st, tok := benchState(b, n)
-	srv, err := hostchannel.New(hostchannel.Config{State: func() (*hostchannel.State, error) { return st, nil }, AllowRefetch: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "vc-bench-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	a := address.Address{Kind: address.Unix, Path: filepath.Join(dir, "ch.sock")}
-	l, err := hostchannel.Listen(a)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, l) }()
-	defer func() { cancel(); <-done }()
+	a, ctx := serveChannel(b, shortDir(b), hostchannel.Config{State: func() (*hostchannel.State, error) { return st, nil }, AllowRefetch: true})
 	cfg := fetch.Config{Address: a, Token: tok, Nonce: [manifest.NonceSize]byte{1}, AgentVersion: "bench"}
 	b.SetBytes(n)
 	b.ReportAllocs()
@@ -321,19 +325,7 @@ func TestNotifySenderToServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := hostchannel.New(hostchannel.Config{State: func() (*hostchannel.State, error) { return st, nil }, Events: rec.Events()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := address.Address{Kind: address.Unix, Path: filepath.Join(dir, "n.sock")}
-	l, err := hostchannel.Listen(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, l) }()
-	defer func() { cancel(); <-done }()
+	a, ctx := serveChannel(t, dir, hostchannel.Config{State: func() (*hostchannel.State, error) { return st, nil }, Events: rec.Events()})
 	nctx, ncancel := context.WithTimeout(ctx, 5*time.Second)
 	defer ncancel()
 	start := time.Now()
