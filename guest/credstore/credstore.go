@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/vmcred/vmcred/shared/credential"
 )
@@ -304,14 +303,25 @@ func (s *Store) Replace(entries []Entry) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	if err := removeStale(s.root, tempPrefix); err != nil {
+	// One listing serves both the clean-up of a crashed run's temporary
+	// files and the type check of every target: a stat per credential
+	// would cost more than the rest of the write.
+	types, err := s.listTypes()
+	if err != nil {
 		return Result{}, err
+	}
+	for name, typ := range types {
+		if strings.HasPrefix(name, tempPrefix) && !typ.IsDir() {
+			if err := s.root.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return Result{}, fmt.Errorf("clean up %s: %w", s.dir, err)
+			}
+		}
 	}
 
 	// Phase 1: stage.
 	temps := make([]staged, 0, len(entries))
 	for _, e := range entries {
-		t, err := s.stage(e)
+		t, err := s.stage(e, types)
 		if err != nil {
 			return Result{}, errors.Join(err, s.discard(temps))
 		}
@@ -333,9 +343,9 @@ func (s *Store) Replace(entries []Entry) (Result, error) {
 	// Phase 2: commit.
 	var res Result
 	for i, t := range temps {
-		if err := s.root.Rename(t.temp, t.name); err != nil {
+		if err := s.renameInStore(t.temp, t.name); err != nil {
 			err = &EntryError{Op: "rename", Name: t.name, Dir: s.dir, Err: err}
-			return res, errors.Join(err, s.discard(temps[i:]), syncDir(s.root))
+			return res, errors.Join(err, s.discard(temps[i:]), s.syncStore())
 		}
 		res.Written = append(res.Written, t.name)
 		if t.existed {
@@ -347,7 +357,7 @@ func (s *Store) Replace(entries []Entry) (Result, error) {
 			}
 		}
 	}
-	if err := syncDir(s.root); err != nil {
+	if err := s.syncStore(); err != nil {
 		return res, fmt.Errorf("credstore %s: %w", s.dir, err)
 	}
 
@@ -377,7 +387,7 @@ func (s *Store) Replace(entries []Entry) (Result, error) {
 		}
 	}
 	if len(res.Removed) > 0 {
-		if err := syncDir(s.root); err != nil {
+		if err := s.syncStore(); err != nil {
 			errs = append(errs, fmt.Errorf("credstore %s: %w", s.dir, err))
 		}
 	}
@@ -406,55 +416,76 @@ func (s *Store) check(entries []Entry) ([]Entry, error) {
 	return slices.SortedFunc(slices.Values(entries), func(a, b Entry) int { return strings.Compare(a.Name, b.Name) }), nil
 }
 
-// stage writes e's value to a new temporary file: created 0400 with O_EXCL,
-// chmod 0400 (the umask may have removed bits), written in full, fsynced.
-func (s *Store) stage(e Entry) (_ staged, err error) {
+// stage writes e's value to a new temporary file: created 0400 with O_EXCL
+// (chmod 0400 if the umask removed bits), written in full, and fsynced on a
+// filesystem where that means anything (not tmpfs or ramfs). types is the
+// store's listing, which says whether the target exists and what it is.
+func (s *Store) stage(e Entry, types map[string]fs.FileMode) (_ staged, err error) {
 	t := staged{name: e.Name, temp: tempPrefix + rand.Text()}
 	defer func() {
 		if err != nil {
 			err = &EntryError{Op: "stage", Name: e.Name, Dir: s.dir, Err: err}
 		}
 	}()
-	switch fi, err := s.root.Lstat(e.Name); {
-	case err == nil && !fi.Mode().IsRegular():
-		return t, fmt.Errorf("%s is %s, not a regular file; vmcred will not replace it", filepath.Join(s.dir, e.Name), typeName(fi.Mode()))
-	case err == nil:
+	if typ, ok := types[e.Name]; ok {
+		if !typ.IsRegular() {
+			return t, fmt.Errorf("%s is %s, not a regular file; vmcred will not replace it", filepath.Join(s.dir, e.Name), typeName(typ))
+		}
 		t.existed = true
-	case !errors.Is(err, fs.ErrNotExist):
-		return t, err
 	}
-	// O_NONBLOCK does nothing to a regular file; it spares os's poller
-	// set-up four fcntl(2) calls per file (os tries to register every
-	// file it opens with epoll, which refuses regular files).
-	f, err := s.root.OpenFile(t.temp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NONBLOCK, fileMode)
+	var ino uint64
+	err = control(s.dirFile, func(dirfd int) error {
+		var err error
+		ino, err = writeNew(dirfd, t.temp, fileMode, e.Value.Reveal(), !s.kind.InMemory())
+		return err
+	})
 	if err != nil {
+		// writeNew removed what it created.
 		return t, err
 	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			s.root.Remove(t.temp)
-		}
-	}()
-	fi, err := f.Stat()
+	t.ino = ino
+	return t, nil
+}
+
+// listTypes returns the type of every entry of the store.
+func (s *Store) listTypes() (map[string]fs.FileMode, error) {
+	var types map[string]fs.FileMode
+	var unknown []string
+	err := control(s.dirFile, func(dirfd int) error {
+		var err error
+		types, unknown, err = readDirTypes(dirfd, s.dir)
+		return err
+	})
 	if err != nil {
-		return t, err
+		return nil, fmt.Errorf("credstore %s: list: %w", s.dir, err)
 	}
-	// The umask may have removed bits from the mode asked for.
-	if fi.Mode().Perm() != fileMode {
-		if err := f.Chmod(fileMode); err != nil {
-			return t, err
+	for _, name := range unknown {
+		fi, err := s.root.Lstat(name)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			// Removed since listed.
+		case err != nil:
+			return nil, fmt.Errorf("credstore %s: list: %w", s.dir, err)
+		default:
+			types[name] = fi.Mode().Type()
 		}
 	}
-	if _, err := f.Write(e.Value.Reveal()); err != nil {
-		return t, err
+	return types, nil
+}
+
+// renameInStore renames the store's entry from to to, replacing to.
+func (s *Store) renameInStore(from, to string) error {
+	return control(s.dirFile, func(dirfd int) error { return renameAt(dirfd, from, to) })
+}
+
+// syncStore fsyncs the store's directory, making renames and removals in
+// it durable. On tmpfs and ramfs there is no disk to make them durable on
+// (their fsync does nothing), so it spares the system call.
+func (s *Store) syncStore() error {
+	if s.kind.InMemory() {
+		return nil
 	}
-	if err := f.Sync(); err != nil {
-		return t, err
-	}
-	id, _ := idOf(fi)
-	t.ino = id.ino
-	return t, f.Close()
+	return syncDir(s.root)
 }
 
 // discard removes staged temporary files.

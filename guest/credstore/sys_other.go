@@ -4,6 +4,7 @@ package credstore
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"runtime"
 )
@@ -21,3 +22,10 @@ func ownerOf(os.FileInfo) (int, bool)    { return 0, false }
 type fileID struct {
 	dev, ino uint64
 }
+
+func writeNew(int, string, uint32, []byte, bool) (uint64, error) { return 0, errUnsupported() }
+func renameAt(int, string, string) error                         { return errUnsupported() }
+func readDirTypes(int, string) (map[string]fs.FileMode, []string, error) {
+	return nil, nil, errUnsupported()
+}
+func control(*os.File, func(int) error) error { return errUnsupported() }
