@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -550,5 +551,81 @@ func waitRenames(f *os.File, k int, deadline time.Time) {
 				seen++
 			}
 		}
+	}
+}
+
+// TestFaultAgentTerminatedWhileFetching: SIGTERM reaches the agent while
+// it waits for the host on the channel (systemd stopping the unit, say).
+// The agent subscribes to SIGTERM only once it waits on something, so
+// this checks that the subscription is in place then: the fetch is
+// cancelled, the load fails cleanly within a second or so, the status
+// file says so, and the credstore keeps its previous content.
+func TestFaultAgentTerminatedWhileFetching(t *testing.T) {
+	work, shm := faultDirs(t)
+	env := faultEnv(work)
+	host, guest := built.host, built.guest
+	mustRunOK(t, "keygen", host, env, "keygen", "--out", filepath.Join(work, "k"))
+	pub, key := filepath.Join(work, "k.pub"), filepath.Join(work, "k.key")
+	store, status := filepath.Join(shm, "credstore"), filepath.Join(work, "gst")
+
+	old := map[string][]byte{"api-key": randomText()}
+	mustRunOK(t, "pack (old)", host, env, slices.Concat([]string{"pack", "--vm", "vm1", "--hypervisor", "dmi", "--out", filepath.Join(work, "old.dmi"), "--sign-key", key},
+		writeSecretFiles(t, filepath.Join(work, "old"), old))...)
+	mustRunOK(t, "load (old)", guest, env, "load", "--dmi-table", filepath.Join(work, "old.dmi"), "--trust-key", pub, "--vm", "vm1",
+		"--credstore", store, "--status-dir", status, "--system-credentials", "")
+
+	// 100 KiB does not fit the SMBIOS table: it goes by channel, to a
+	// socket that accepts and then says nothing.
+	sock := filepath.Join(work, "ch.sock")
+	cur := map[string][]byte{"api-key": randomText(), "disk-key": randomBytes(100 << 10)}
+	dmi := filepath.Join(work, "new.dmi")
+	mustRunOK(t, "pack (new)", host, env, slices.Concat([]string{"pack", "--vm", "vm1", "--hypervisor", "dmi", "--out", dmi, "--sign-key", key,
+		"--overflow", "channel", "--channel", "unix:" + sock, "--runtime-dir", filepath.Join(work, "rt")}, writeSecretFiles(t, filepath.Join(work, "new"), cur))...)
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+
+	load := startProc(t, "load", env, nil, guest, "load", "--dmi-table", dmi, "--trust-key", pub, "--vm", "vm1",
+		"--credstore", store, "--status-dir", status, "--system-credentials", "", "--timeout", "60s")
+	select {
+	case c := <-accepted:
+		defer c.Close()
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent never connected to the channel")
+	}
+	start := time.Now()
+	if err := load.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	code := load.wait(t, 15*time.Second)
+	took := time.Since(start)
+	if code != 1 {
+		t.Fatalf("load after SIGTERM: exit %d, want 1 (a signal death is -1): %s", code, load.stderr.Bytes())
+	}
+	if took > 5*time.Second {
+		t.Errorf("load took %v to end after SIGTERM", took)
+	}
+	if !strings.Contains(string(load.stderr.Bytes()), "disk-key") {
+		t.Errorf("the failure does not name the missing credential: %s", load.stderr.Bytes())
+	}
+	var st struct {
+		Outcome string `json:"outcome"`
+	}
+	if b, err := os.ReadFile(filepath.Join(status, "status.json")); err != nil || json.Unmarshal(b, &st) != nil {
+		t.Errorf("no status file from the terminated load (%v)", err)
+	} else if st.Outcome != "failed" {
+		t.Errorf("status: outcome %q, want failed", st.Outcome)
+	}
+	files, temps := credstoreState(t, store)
+	if !equalMaps(files, valueDigests(old)) || len(temps) > 0 {
+		t.Errorf("the terminated load changed the credstore (%d temporary files)", len(temps))
 	}
 }

@@ -5,9 +5,7 @@
 package main
 
 import (
-	"context"
 	"os"
-	"os/signal"
 	"syscall"
 
 	"github.com/coreos/go-systemd/v22/journal"
@@ -23,7 +21,7 @@ func main() {
 	journald, _ := journal.StderrIsJournalStream()
 	log := logging.New(os.Stderr, logging.Config{Journald: journald, Level: zapcore.InfoLevel, Name: "vmcred-guest"})
 	env := &cli.Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Log: log, Version: version}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := newLazySignalContext(os.Interrupt, syscall.SIGTERM)
 	code := cli.Main(ctx, "vmcred-guest", commands(), os.Args[1:], env)
 	stop()
 	_ = log.Sync() // EINVAL on a pipe or TTY is expected
