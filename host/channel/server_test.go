@@ -302,7 +302,7 @@ func TestHostilePeers(t *testing.T) {
 	fetchAndReport(t, path, goodHello())
 }
 
-// TestFlood: 500 connections at once. The first MaxConns hold their slots
+// TestFlood: 1000 connections at once. The first MaxConns hold their slots
 // until the hello timeout; the rest are closed at once. Memory stays
 // bounded, and the right guest is served afterwards.
 func TestFlood(t *testing.T) {
@@ -313,7 +313,7 @@ func TestFlood(t *testing.T) {
 	var base runtime.MemStats
 	runtime.ReadMemStats(&base)
 
-	const n = 500
+	const n = 1000
 	conns := make([]net.Conn, 0, n)
 	for i := 0; i < n; i++ {
 		c, err := net.Dial("unix", path)
@@ -368,6 +368,96 @@ func TestFlood(t *testing.T) {
 		t.Errorf("%d connections refused as busy", busy)
 	}
 	fetchAndReport(t, path, goodHello())
+}
+
+// TestWrongTokensAtSpeed: 16 peers send 1000 HELLOs with wrong tokens,
+// each as soon as the previous refusal arrives, mixed with random bytes
+// and 4 GiB length prefixes. Each wrong token gets its ERROR, the heap
+// stays bounded, and the right guest is served afterwards: wrong guesses
+// neither lock the server up nor wear it down.
+func TestWrongTokensAtSpeed(t *testing.T) {
+	f := newFixture(t, map[string][]byte{"k": randomBytes(t, 64)})
+	path, ev := serve(t, f, nil)
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+
+	const workers, perWorker = 16, 63 // 1008 connections
+	var refused, junk sync.WaitGroup
+	errs := make(chan error, workers*perWorker)
+	start := time.Now()
+	for w := range workers {
+		refused.Add(1)
+		go func() {
+			defer refused.Done()
+			for i := range perWorker {
+				c, err := net.Dial("unix", path)
+				if err != nil {
+					errs <- err
+					return
+				}
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				switch (w + i) % 4 {
+				case 0: // random bytes
+					c.Write(append([]byte{0x9c}, make([]byte, 512)...))
+					io.Copy(io.Discard, c)
+				case 1: // a 4 GiB frame
+					c.Write(binary.BigEndian.AppendUint32(append([]byte(proto.Magic), byte(proto.TypeHello)), 0xFFFFFFFF))
+					io.Copy(io.Discard, c)
+				default: // a wrong token, guessed anew each time
+					h := goodHello()
+					tok := make([]byte, proto.TokenSize)
+					binary.BigEndian.PutUint32(tok, uint32(w*perWorker+i))
+					h.Token = credential.NewSecret(tok)
+					cl := proto.NewClient(c)
+					if err := cl.WriteHello(h); err != nil {
+						errs <- err
+						break
+					}
+					_, err := cl.ReadCredentials()
+					var re *proto.RemoteError
+					if !errors.As(err, &re) || re.Code != proto.CodeBadToken {
+						errs <- fmt.Errorf("wrong token %d: got %v, want a bad-token error", w*perWorker+i, err)
+					}
+				}
+				c.Close()
+			}
+		}()
+	}
+	var peak uint64
+	stop := make(chan struct{})
+	junk.Add(1)
+	go func() {
+		defer junk.Done()
+		for {
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			peak = max(peak, m.HeapInuse)
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	refused.Wait()
+	took := time.Since(start)
+	close(stop)
+	junk.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	t.Logf("%d hostile connections in %v (%.0f/s); heap in use %d KiB before, peak %d KiB",
+		workers*perWorker, took.Round(time.Millisecond), float64(workers*perWorker)/took.Seconds(), base.HeapInuse>>10, peak>>10)
+	if peak > 64<<20 {
+		t.Errorf("heap in use peaked at %d MiB; want < 64 MiB", peak>>20)
+	}
+	ev.waitFor(t, "every bad token accounted for", func() bool { return ev.droppedWith(ErrBadToken) >= workers*perWorker/2 })
+	creds, ack := fetchAndReport(t, path, goodHello())
+	if len(creds) != 1 || creds[0].Name != "k" || ack == "" {
+		t.Errorf("after the abuse the right guest got %d credential(s), ack %q", len(creds), ack)
+	}
 }
 
 // TestExpectCID: an AF_VSOCK peer from another CID is refused before it
