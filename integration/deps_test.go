@@ -62,6 +62,9 @@ func TestDependencyRules(t *testing.T) {
 		"github.com/mdlayher/vsock": true, "github.com/coreos/go-systemd/v22/daemon": true,
 		"github.com/coreos/go-systemd/v22/journal": true, "github.com/coreos/go-systemd/v22/activation": true,
 	}
+	// guestHeavy are packages the guest binary must not link: see
+	// BENCHMARKS.md (binary size, load time).
+	guestHeavy := map[string]bool{"net/http": true, "crypto/tls": true, "crypto/x509": true, "go.uber.org/zap": true}
 	checked := map[string]int{}
 	for _, p := range listPackages(t) {
 		switch {
@@ -73,6 +76,9 @@ func TestDependencyRules(t *testing.T) {
 				}
 				if d == "os/exec" {
 					t.Errorf("%s depends on os/exec: the guest agent runs no programs", p.ImportPath)
+				}
+				if guestHeavy[d] {
+					t.Errorf("%s depends on %s: the guest agent speaks no HTTP or TLS, and the package (pulled in by go.uber.org/zap, use shared/logging) adds 1 MB and ~0.25 ms to every start", p.ImportPath, d)
 				}
 			}
 		case under(p.ImportPath, "host"):

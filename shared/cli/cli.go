@@ -13,7 +13,7 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
-	"go.uber.org/zap"
+	"github.com/vmcred/vmcred/shared/logging"
 )
 
 // Exit codes, fixed by the command-line contract.
@@ -75,7 +75,7 @@ type Env struct {
 	Stdout  io.Writer
 	Stderr  io.Writer
 	Getenv  func(string) string
-	Log     *zap.Logger
+	Log     *logging.Logger
 	Version string
 }
 

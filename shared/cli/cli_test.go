@@ -8,14 +8,14 @@ import (
 	"strings"
 	"testing"
 
-	"go.uber.org/zap"
+	"github.com/vmcred/vmcred/shared/logging"
 	"go.uber.org/zap/zapcore"
 )
 
 func testEnv() (*Env, *bytes.Buffer, *bytes.Buffer) {
 	var out, errb bytes.Buffer
 	core := zapcore.NewCore(zapcore.NewConsoleEncoder(zapcore.EncoderConfig{MessageKey: "m"}), zapcore.AddSync(&errb), zapcore.DebugLevel)
-	return &Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }, Log: zap.New(core), Version: "v1.2.3"}, &out, &errb
+	return &Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }, Log: logging.NewCore(core), Version: "v1.2.3"}, &out, &errb
 }
 
 func TestMain(t *testing.T) {

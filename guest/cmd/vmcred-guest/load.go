@@ -14,8 +14,8 @@ import (
 	"github.com/vmcred/vmcred/guest/fetch"
 	"github.com/vmcred/vmcred/shared/address"
 	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/logging"
 	"github.com/vmcred/vmcred/shared/manifest"
-	"go.uber.org/zap"
 )
 
 // DefaultSystemCredentials is where systemd's PID 1 imports credentials.
@@ -139,7 +139,7 @@ func runLoad(ctx context.Context, env *cli.Env, args []string) error {
 		notifySelf(ctx, env, "STATUS="+oneLine("failed: "+err.Error()))
 		return err
 	}
-	env.Log.Info(rep.Summary, zap.String("credstore", rep.Credstore))
+	env.Log.Info(rep.Summary, logging.String("credstore", rep.Credstore))
 	notifySelf(ctx, env, daemon.SdNotifyReady+"\nSTATUS="+oneLine(rep.Summary))
 	return nil
 }
@@ -168,20 +168,20 @@ func notifySelf(ctx context.Context, env *cli.Env, state string) {
 }
 
 // logChannel logs what happened on the channel: never a value.
-func logChannel(log *zap.Logger, rep agent.Report) {
+func logChannel(log *logging.Logger, rep agent.Report) {
 	ch := rep.Fetch
 	if ch == nil {
 		return
 	}
 	switch {
 	case ch.Error != "":
-		log.Warn("channel: "+ch.Error, zap.String("address", ch.Address), zap.Int("attempts", ch.Attempts))
+		log.Warn("channel: "+ch.Error, logging.String("address", ch.Address), logging.Int("attempts", ch.Attempts))
 	default:
-		log.Info(fmt.Sprintf("channel: fetched %d credential(s)", len(ch.Received)), zap.String("address", ch.Address), zap.Strings("credentials", ch.Received))
+		log.Info(fmt.Sprintf("channel: fetched %d credential(s)", len(ch.Received)), logging.String("address", ch.Address), logging.Strings("credentials", ch.Received))
 	}
 	switch {
 	case ch.Acknowledged:
-		log.Info("channel: the host acknowledged the report", zap.String("ack", ch.Ack))
+		log.Info("channel: the host acknowledged the report", logging.String("ack", ch.Ack))
 	case ch.ReportError != "":
 		log.Warn("channel: report not acknowledged: " + ch.ReportError)
 	}
@@ -189,18 +189,18 @@ func logChannel(log *zap.Logger, rep agent.Report) {
 
 // logReport logs what a person should see about a load: notes, skipped
 // strings and the systemd cross-check. Never a value.
-func logReport(log *zap.Logger, rep agent.Report) {
+func logReport(log *logging.Logger, rep agent.Report) {
 	for _, s := range rep.Sources {
 		for _, n := range s.Notes {
 			log.Warn(n)
 		}
 	}
 	for _, s := range rep.Skipped {
-		log.Warn("skipped OEM string", zap.Int("index", s.Index), zap.String("source", s.Source), zap.String("name", s.Name), zap.String("reason", s.Reason))
+		log.Warn("skipped OEM string", logging.Int("index", s.Index), logging.String("source", s.Source), logging.String("name", s.Name), logging.String("reason", s.Reason))
 	}
 	for _, c := range rep.Credentials {
 		if c.Problem != "" && c.Verification == "not-in-manifest" {
-			log.Warn("credential not in the manifest, not exposed", zap.String("credential", c.Name))
+			log.Warn("credential not in the manifest, not exposed", logging.String("credential", c.Name))
 		}
 	}
 	for _, n := range rep.SystemCheck {
@@ -218,7 +218,7 @@ func logReport(log *zap.Logger, rep agent.Report) {
 			l("systemd cross-check: " + n.Advice)
 			continue
 		}
-		l("systemd cross-check: "+n.Advice, zap.String("credential", n.Name), zap.String("status", n.Status))
+		l("systemd cross-check: "+n.Advice, logging.String("credential", n.Name), logging.String("status", n.Status))
 	}
 }
 

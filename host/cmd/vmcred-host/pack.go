@@ -11,8 +11,6 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
-	"go.uber.org/zap"
-
 	hostchannel "github.com/vmcred/vmcred/host/channel"
 	"github.com/vmcred/vmcred/host/emit"
 	"github.com/vmcred/vmcred/host/plan"
@@ -20,6 +18,7 @@ import (
 	"github.com/vmcred/vmcred/shared/address"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/credential"
+	"github.com/vmcred/vmcred/shared/logging"
 	"github.com/vmcred/vmcred/shared/manifest"
 )
 
@@ -481,7 +480,7 @@ func withCode(err error) error {
 }
 
 // logPlan logs a summary line and every warning of the plan.
-func logPlan(log *zap.Logger, p *plan.Plan, r *emit.Result) {
+func logPlan(log *logging.Logger, p *plan.Plan, r *emit.Result) {
 	counts := map[plan.Delivery]int{}
 	for _, it := range p.Items {
 		counts[it.Delivery]++

@@ -12,15 +12,15 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/pflag"
-	"go.uber.org/zap"
-
 	hostchannel "github.com/vmcred/vmcred/host/channel"
 	"github.com/vmcred/vmcred/host/readiness"
 	"github.com/vmcred/vmcred/shared/address"
 	proto "github.com/vmcred/vmcred/shared/channel"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/credential"
+	"github.com/vmcred/vmcred/shared/logging"
 	"github.com/vmcred/vmcred/shared/notify"
+	"go.uber.org/zap/zapcore"
 )
 
 const serveUsage = "vmcred-host serve --vm NAME --listen ADDR [--runtime-dir DIR] [--status-dir DIR] [--expect-cid N] [--allow-refetch] [--exit-on-failure]"
@@ -194,7 +194,7 @@ func serveVM(ctx context.Context, env *cli.Env, sf *serveFlags, vm string, l *ho
 // lines (dropped peers rate-limited: a hostile guest must not flood the
 // journal).
 func newServer(env *cli.Env, sf *serveFlags, vm string, state func() (*hostchannel.State, error), rec *readiness.Recorder) (*hostchannel.Server, error) {
-	log := env.Log.With(zap.String("vm", vm))
+	log := env.Log.With(logging.String("vm", vm))
 	ev := rec.Events()
 	drops := &dropLog{log: log}
 	return hostchannel.New(hostchannel.Config{
@@ -208,19 +208,19 @@ func newServer(env *cli.Env, sf *serveFlags, vm string, state func() (*hostchann
 			Notify: func(p hostchannel.Peer, m notify.Message, end string) {
 				ev.Notify(p, m, end)
 				st, _ := m.Status()
-				log.Info("guest systemd: notify message", zap.Bool("ready", m.Ready()), zap.String("status", st), zap.Int("fields", len(m.Fields)), zap.String("ended_by", end), zap.Stringer("peer", p))
+				log.Info("guest systemd: notify message", logging.Bool("ready", m.Ready()), logging.String("status", st), logging.Int("fields", len(m.Fields)), logging.String("ended_by", end), logging.Stringer("peer", p))
 			},
 			Fetched: func(p hostchannel.Peer, h hostchannel.Hello, names []string, bytes int64) {
 				ev.Fetched(p, h, names, bytes)
-				log.Info(fmt.Sprintf("sent %d channel credential(s), %d bytes", len(names), bytes), zap.Strings("credentials", names), zap.String("boot_id", h.BootID), zap.Stringer("peer", p))
+				log.Info(fmt.Sprintf("sent %d channel credential(s), %d bytes", len(names), bytes), logging.Strings("credentials", names), logging.String("boot_id", h.BootID), logging.Stringer("peer", p))
 			},
 			Report: func(p hostchannel.Peer, h hostchannel.Hello, r proto.Report) string {
 				ack := ev.Report(p, h, r)
 				st := rec.Status()
 				if r.Outcome == proto.OutcomeReady {
-					log.Info(st.Summary, zap.String("agent", r.AgentVersion), zap.Stringer("peer", p))
+					log.Info(st.Summary, logging.String("agent", r.AgentVersion), logging.Stringer("peer", p))
 				} else {
-					log.Error(st.Summary, zap.Strings("failures", st.Failures), zap.Stringer("peer", p))
+					log.Error(st.Summary, logging.Strings("failures", st.Failures), logging.Stringer("peer", p))
 				}
 				if err := rec.Err(); err != nil {
 					log.Error("write status: " + err.Error())
@@ -235,7 +235,7 @@ func newServer(env *cli.Env, sf *serveFlags, vm string, state func() (*hostchann
 // dropLog logs dropped connections, at most dropBurst per second; the
 // rest are counted and the count logged with the next line.
 type dropLog struct {
-	log *zap.Logger
+	log *logging.Logger
 
 	mu         sync.Mutex
 	window     time.Time
@@ -260,9 +260,9 @@ func (d *dropLog) dropped(p hostchannel.Peer, err error) {
 	suppressed := d.suppressed
 	d.suppressed = 0
 	d.mu.Unlock()
-	fields := []zap.Field{zap.Stringer("peer", p)}
+	fields := []zapcore.Field{logging.Stringer("peer", p)}
 	if suppressed > 0 {
-		fields = append(fields, zap.Int("not_logged_before", suppressed))
+		fields = append(fields, logging.Int("not_logged_before", suppressed))
 	}
 	lvl := d.log.Warn
 	if errors.Is(err, hostchannel.ErrBusy) || errors.Is(err, hostchannel.ErrEmpty) || errors.Is(err, hostchannel.ErrNoReport) {
