@@ -98,3 +98,19 @@ func TestNoswapLookup(t *testing.T) {
 		t.Error("an unreadable mountinfo must count as no noswap")
 	}
 }
+
+func TestKeyIDIn(t *testing.T) {
+	for _, tt := range []struct{ msg, want string }{
+		{"manifest: signed by unknown ed25519 key 0123456789abcdef (trusted: 1)", "0123456789abcdef"},
+		{"ed25519 key 0123456789abcdef", "0123456789abcdef"},
+		{"ed25519 key 0123456789ABCDEF then ed25519 key fedcba9876543210", "fedcba9876543210"},
+		{"ed25519 key 0123456789abcde", ""},
+		{"ed25519 key ", ""},
+		{"no key here", ""},
+		{"", ""},
+	} {
+		if got := keyIDIn(tt.msg); got != tt.want {
+			t.Errorf("keyIDIn(%q) = %q, want %q", tt.msg, got, tt.want)
+		}
+	}
+}
