@@ -104,6 +104,10 @@ type Store struct {
 	maxSize   int // Options.MaxSize, defaulted
 	stateRoot *os.Root
 	stateName string
+	// lastState is what this Replace last wrote to the state file, so an
+	// identical second write (intent = final, as for a fresh store) can
+	// be skipped; nil at the start of each Replace and after a failure.
+	lastState []byte
 	mu        sync.Mutex
 	closed    bool
 	// afterRename, set only by tests, runs after each rename in phase 2. If
@@ -299,6 +303,9 @@ func (s *Store) Replace(entries []Entry) (Result, error) {
 	if s.closed {
 		return Result{}, ErrClosed
 	}
+	// Skip only a repeat of this call's own write: between calls the file
+	// may have changed under us.
+	s.lastState = nil
 	prev, err := s.readState()
 	if err != nil {
 		return Result{}, err

@@ -751,3 +751,47 @@ func BenchmarkReplace100(b *testing.B) {
 		}
 	}
 }
+
+// TestFreshStoreStateWrittenOnce: for a fresh store the intent and the
+// final record are the same, so the state file is written once; what it
+// records is still every file, by inode.
+func TestFreshStoreStateWrittenOnce(t *testing.T) {
+	dir := filepath.Join(shmDir(t), "credstore")
+	opts := testOpts(t)
+	s := openStore(t, dir, opts)
+	mustReplace(t, s, entries("a", "value-a", "b", "value-b"))
+	first, err := os.Stat(opts.StatePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.readState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"a", "b"} {
+		fi, err := os.Lstat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id, _ := idOf(fi); !st.owns(name, id.ino) {
+			t.Errorf("state does not record %s's inode %d", name, id.ino)
+		}
+	}
+	// A second Replace of the same set records the old inodes (intent),
+	// then only the new ones: two writes, a new state file.
+	mustReplace(t, s, entries("a", "value-a2", "b", "value-b2"))
+	second, err := os.Stat(opts.StatePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.SameFile(first, second) {
+		t.Error("the state file was not rewritten by the second Replace")
+	}
+	st, err = s.readState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(st.files["a"]) + len(st.files["b"]); n != 2 {
+		t.Errorf("state records %d inodes for a and b after the second Replace, want 2", n)
+	}
+}

@@ -167,6 +167,12 @@ func (s *Store) readState() (*state, error) {
 // directory, mode 0600, written, fsynced, renamed over the target, then the
 // directory fsynced. A target that is not a regular file is refused.
 func (s *Store) writeState(st *state) (err error) {
+	data := st.marshal()
+	if s.lastState != nil && bytes.Equal(data, s.lastState) {
+		// This Store wrote exactly this a moment ago (under its lock):
+		// a fresh store's intent and final set are the same.
+		return nil
+	}
 	fi, err := s.stateRoot.Lstat(s.stateName)
 	switch {
 	case err == nil && !fi.Mode().IsRegular():
@@ -189,7 +195,7 @@ func (s *Store) writeState(st *state) (err error) {
 	if err := f.Chmod(stateMode); err != nil {
 		return err
 	}
-	if _, err := f.Write(st.marshal()); err != nil {
+	if _, err := f.Write(data); err != nil {
 		return err
 	}
 	if err := f.Sync(); err != nil {
@@ -201,7 +207,12 @@ func (s *Store) writeState(st *state) (err error) {
 	if err := s.stateRoot.Rename(tmp, s.stateName); err != nil {
 		return err
 	}
-	return syncDir(s.stateRoot)
+	s.lastState = nil
+	if err := syncDir(s.stateRoot); err != nil {
+		return err
+	}
+	s.lastState = data
+	return nil
 }
 
 // stateTempPrefix names the state file's temporary files, so that Open can
