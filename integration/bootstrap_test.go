@@ -107,7 +107,51 @@ func TestBootstrapEndToEnd(t *testing.T) {
 	if err := json.Unmarshal(b, &guest); err != nil || guest.Policy != "signature" || guest.ManifestSource != "channel" || !guest.Fetch.Acknowledged {
 		t.Errorf("guest status: policy %q, manifest_source %q, acknowledged %v (%v)", guest.Policy, guest.ManifestSource, guest.Fetch.Acknowledged, err)
 	}
-	for what, out := range map[string]string{"serve": serveOut.String(), "load": load.stderr + load.stdout, "status": string(b)} {
+	// The manifest came by channel, so no firmware holds it: the agent
+	// saved it next to status.json, and verify and list re-check its
+	// signature there.
+	saved := filepath.Join(work, "guest-status", "manifest")
+	if fi, err := os.Stat(saved); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("saved manifest %s: %v (want mode 0600)", saved, err)
+	}
+	var want struct {
+		KeyID string `json:"key_id"`
+	}
+	if err := json.Unmarshal(b, &want); err != nil || len(want.KeyID) != 16 {
+		t.Fatalf("status key_id %q (%v)", want.KeyID, err)
+	}
+	debugArgs := []string{"--trust-key", filepath.Join(work, "host.pub"), "--credstore", store, "--status-dir", filepath.Join(work, "guest-status"),
+		"--system-credentials", "", "--search-path", store, "--json"}
+	verify := run(t, built.guest, nil, append([]string{"verify", "--dmi-table", filepath.Join(work, "no-such-DMI"), "--vm", "demo"}, debugArgs...)...)
+	list := run(t, built.guest, nil, append([]string{"list"}, debugArgs...)...)
+	for what, r := range map[string]result{"verify": verify, "list": list} {
+		var got struct {
+			Policy       string `json:"policy"`
+			KeyID        string `json:"key_id"`
+			ManifestFrom string `json:"manifest_from"`
+			ManifestFile string `json:"manifest_file"`
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &got); r.code != 0 || err != nil || got.Policy != "signature" || got.KeyID != want.KeyID || got.ManifestFrom != "saved" || got.ManifestFile != saved {
+			t.Errorf("%s: exit %d, %+v (%v); want 0, policy signature, key %s, from saved %s\n%s", what, r.code, got, err, want.KeyID, saved, r.stderr)
+		}
+	}
+	// One byte changed: refused, naming the file.
+	env, err := os.ReadFile(saved)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env[len(env)/2] ^= 1
+	if err := os.WriteFile(saved, env, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tampered := run(t, built.guest, nil, "verify", "--dmi-table", filepath.Join(work, "no-such-DMI"), "--vm", "demo", "--trust-key", filepath.Join(work, "host.pub"),
+		"--credstore", store, "--status-dir", filepath.Join(work, "guest-status"), "--system-credentials", "", "--search-path", store)
+	if tampered.code != 1 || !strings.Contains(tampered.stderr, saved) || !strings.Contains(tampered.stdout, "does not verify") {
+		t.Errorf("verify with a changed saved manifest: exit %d, want 1 naming %s:\n%s%s", tampered.code, saved, tampered.stdout, tampered.stderr)
+	}
+
+	for what, out := range map[string]string{"serve": serveOut.String(), "load": load.stderr + load.stdout, "status": string(b),
+		"verify": verify.stdout + verify.stderr, "list": list.stdout + list.stderr, "tampered verify": tampered.stdout + tampered.stderr} {
 		for name, v := range vals {
 			if name != "ENVIRONMENT" && strings.Contains(out, string(v)) {
 				t.Errorf("%s output holds the value of %s", what, name)
@@ -121,6 +165,11 @@ func TestBootstrapEndToEnd(t *testing.T) {
 		"--channel", "unix:"+sock, "--timeout", "2s")
 	if load2.code != 1 || !strings.Contains(load2.stderr, "already-fetched") {
 		t.Errorf("second load: exit %d, want 1 with already-fetched:\n%s", load2.code, load2.stderr)
+	}
+	for _, name := range []string{"manifest", ".manifest.tmp"} {
+		if _, err := os.Lstat(filepath.Join(work, "guest-status2", name)); !os.IsNotExist(err) {
+			t.Errorf("the failed load left %s in its status folder (%v)", name, err)
+		}
 	}
 }
 

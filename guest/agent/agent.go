@@ -41,6 +41,17 @@ const (
 	stateFile        = "credstore.state"
 )
 
+// ManifestFile is the copy of the manifest a load fetched by channel
+// (bootstrap mode), kept in the status folder next to StatusFile for the
+// debug commands; see saveManifest.
+const ManifestFile = "manifest"
+
+// MaxManifestFile bounds a read of ManifestFile. The largest manifest is
+// MaxEntries entries of at most 299 bytes each (a 255-byte name, a varint
+// size, a SHA-256, an attribute byte) plus a header of under 1 KiB:
+// about 1.2 MiB.
+const MaxManifestFile = 2 << 20
+
 // Config is what one load does.
 type Config struct {
 	// Root is the file system firmware is read from ("/" in production).
@@ -219,6 +230,9 @@ func load(cfg Config, now func() time.Time, rep *Report, ch *channel) error {
 	}
 
 	t2 := now()
+	if err := saveManifest(cfg.StatusDir, rep.ManifestSource, v); err != nil {
+		return cli.WithCode(cli.ExitIO, err)
+	}
 	// Channel credentials are not bound by systemd's 1 MiB import limit
 	// (firmware ones are, by the parser); the manifest bounds them.
 	store, err := credstore.Open(cfg.Credstore, credstore.Options{AllowPersistent: cfg.AllowPersistent, StatePath: filepath.Join(cfg.StatusDir, stateFile), MaxSize: manifest.MaxEntrySize})

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/vmcred/vmcred/guest/fetch"
@@ -84,4 +87,40 @@ func (ch *channel) bootstrap(rep *Report) (*oemstring.Entry, string) {
 	}
 	ch.prefetched, ch.bootstrapped = rest, true
 	return me, ""
+}
+
+// saveManifest keeps the manifest a load accepted as dir/ManifestFile
+// (atomically, mode 0600) when it came by channel, and removes an earlier
+// copy otherwise. load calls it once everything is verified, just before
+// the credstore write: a load that fails verification returns before it
+// and leaves any earlier copy as it was, like the credstore; a save that
+// fails fails the load (exit 3) with the credstore untouched, and
+// writeFileAtomic leaves no partial file.
+//
+// Why only a manifest fetched by channel (bootstrap mode): the host serves
+// it once per pack and no firmware holds it, so without a copy `vmcred-guest
+// verify`, `list` and `show` would have nothing to check the credstore
+// against. A firmware manifest stays in firmware, where those commands read
+// it (and which wins over a saved copy anyway), and it can carry the
+// channel token, a secret that must not be copied to another file. A
+// bootstrap manifest is tokenless by construction (it travels with no
+// token); one that carries a token anyway is not saved. What is saved are
+// the exact signed bytes: names, sizes, SHA-256 digests, the VM name and
+// the channel address, never a value. The commands re-verify its signature
+// against the trust keys before using it: being on disk proves nothing.
+func saveManifest(dir, source string, v verified) error {
+	if dir == "" {
+		return nil
+	}
+	path := filepath.Join(dir, ManifestFile)
+	if source == ManifestFromChannel && v.tokenless && v.envelope != nil {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("create status folder: %w", err)
+		}
+		return writeFileAtomic(path, v.envelope, 0o600)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove stale manifest copy %s: %w", path, err)
+	}
+	return nil
 }

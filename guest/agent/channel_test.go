@@ -79,6 +79,10 @@ func packWithChannel(t *testing.T, key ed25519.PrivateKey, channelAddr string, f
 type fakeHost struct {
 	path  string
 	serve []proto.Credential
+	// bootstrap: accept the all-zero token and zero nonce the agent sends
+	// in bootstrap mode (and only those), as serve does for a pack made
+	// with --manifest-by-channel.
+	bootstrap bool
 
 	mu      sync.Mutex
 	hellos  []proto.Hello
@@ -92,6 +96,13 @@ func startHost(t *testing.T, serve map[string][]byte) *fakeHost {
 		h.serve = append(h.serve, proto.Credential{Name: n, Value: credential.NewSecret(v)})
 	}
 	slices.SortFunc(h.serve, func(a, b proto.Credential) int { return strings.Compare(a.Name, b.Name) })
+	h.listen(t)
+	return h
+}
+
+// listen starts serving h on the Unix socket h.path until the test ends.
+func (h *fakeHost) listen(t *testing.T) {
+	t.Helper()
 	l, err := net.Listen("unix", h.path)
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +126,6 @@ func startHost(t *testing.T, serve map[string][]byte) *fakeHost {
 			}()
 		}
 	}()
-	return h
 }
 
 func (h *fakeHost) conversation(c net.Conn) {
@@ -130,7 +140,11 @@ func (h *fakeHost) conversation(c net.Conn) {
 	h.mu.Lock()
 	h.hellos = append(h.hellos, hello)
 	h.mu.Unlock()
-	if string(hello.Token.Reveal()) != testToken || hello.BootNonce != testNonce {
+	ok := string(hello.Token.Reveal()) == testToken && hello.BootNonce == testNonce
+	if h.bootstrap {
+		ok = bytes.Equal(hello.Token.Reveal(), make([]byte, proto.TokenSize)) && hello.BootNonce == [manifest.NonceSize]byte{}
+	}
+	if !ok {
 		s.WriteError(proto.CodeBadToken, "no")
 		return
 	}

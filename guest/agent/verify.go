@@ -49,6 +49,10 @@ type verified struct {
 	// fetch did not bring.
 	fetchFailed int
 	expose      []credstore.Entry
+	// envelope is the accepted manifest's signed bytes, and tokenless
+	// says it carries no channel token (saveManifest).
+	envelope  []byte
+	tokenless bool
 }
 
 // verify applies the policy to what arrived and decides what is exposed.
@@ -94,6 +98,7 @@ func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstrin
 		}
 		return v, nil
 	}
+	v.envelope, v.tokenless = me.Value.Reveal(), m.Token.Len() == 0
 	rep.Policy = PolicyDigest
 	if ver.Trusted {
 		rep.Policy = PolicySignature

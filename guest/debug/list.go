@@ -88,7 +88,17 @@ type List struct {
 	Summary     string            `json:"summary,omitempty"`
 	LoadedAt    *time.Time        `json:"loaded_at,omitempty"`
 	Credstore   string            `json:"credstore,omitempty"`
-	Findings    []Finding         `json:"findings"`
+	// ManifestFrom is ManifestFromSaved when the status folder holds the
+	// copy of the manifest the last load fetched by channel (status mode);
+	// ManifestFile is that file, and Policy and KeyID say how its
+	// signature checks now: "signature" (a trusted key) or "refused" (a
+	// saved copy needs trust keys). All four are absent otherwise (status
+	// mode reads no firmware).
+	ManifestFrom string    `json:"manifest_from,omitempty"`
+	ManifestFile string    `json:"manifest_file,omitempty"`
+	Policy       string    `json:"policy,omitempty"`
+	KeyID        string    `json:"key_id,omitempty"`
+	Findings     []Finding `json:"findings"`
 
 	in Inspector
 }
@@ -119,14 +129,46 @@ func ListFromFirmware(rep firmware.Report, verified map[string]string) List {
 // status file, with each credential's file as LoadCredential= finds it now
 // on the search path, plus credstore files the report does not name. The
 // List is worth printing even with an error, which carries exit code 3
-// when the status file or the credstore cannot be read.
-func ListStatus(in Inspector, trustFrom string) (List, error) {
+// when the status file, the saved manifest or the credstore cannot be
+// read.
+//
+// When the last load fetched the manifest by channel (bootstrap mode) and
+// saved it, its signature is checked against pol.TrustKeys (required, as
+// for the agent's bootstrap) and the List says by which key; list checks
+// no more than that (`verify` does). It reads no firmware: the agent saves
+// a copy only when firmware held no manifest, and firmware does not change
+// within a boot; when the status file says the manifest came from
+// firmware, firmware wins and a copy is ignored. pol.TrustFrom names the
+// trust folder in advice.
+func ListStatus(in Inspector, pol Policy) (List, error) {
+	trustFrom := pol.TrustFrom
 	l := List{Mode: ModeStatus, Credentials: []Credential{}, Skipped: []Skipped{}, StatusFile: in.statusPath(), Credstore: in.Credstore, in: in}
 	var errs []error
 	sf, fds, err := readStatusFile(in)
 	l.Findings = append(l.Findings, fds...)
 	if err != nil {
 		errs = append(errs, err)
+	}
+	var lm liveManifest
+	if sf == nil || sf.rep.ManifestSource != agent.ManifestFromFirmware {
+		lm = in.savedManifest()
+	}
+	l.Findings = append(l.Findings, lm.findings...)
+	if lm.err != nil {
+		errs = append(errs, cli.WithCode(cli.ExitIO, lm.err))
+	}
+	if lm.entry != nil {
+		o := lm.open(pol.TrustKeys)
+		l.ManifestFrom, l.ManifestFile, l.KeyID = lm.from, lm.file, o.keyID
+		switch {
+		case o.refused != nil:
+			l.Policy = "refused"
+			l.Findings = append(l.Findings, lm.finding(o.refused, trustFrom))
+		case o.trusted:
+			l.Policy = agent.PolicySignature
+		default:
+			l.Policy = agent.PolicyDigest
+		}
 	}
 	folders := in.scan()
 	var store *folder
@@ -487,6 +529,10 @@ func (l List) writeStatusText(w io.Writer) {
 		}
 	}
 	kv(w, "Last load", load)
+	if l.ManifestFrom == ManifestFromSaved {
+		kv(w, "Manifest", describeManifest(l.Policy, l.KeyID))
+		kv(w, "", savedText(l.ManifestFile))
+	}
 	kv(w, "Status file", l.StatusFile)
 	kv(w, "Credstore", l.Credstore)
 	fmt.Fprintln(w)

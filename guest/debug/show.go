@@ -21,7 +21,9 @@ type Shown struct {
 	Name string `json:"name"`
 	// Known is false when no source, report or folder has the name.
 	Known bool `json:"known"`
-	// Manifest is the live manifest's entry; null without one.
+	// Manifest is the manifest's entry (the live firmware's manifest, or
+	// the copy the last load saved when firmware holds none); null without
+	// one.
 	Manifest *ShownManifest `json:"manifest"`
 	// LastLoad is the credential in the last load's report; null when the
 	// report does not name it or there is no report.
@@ -39,8 +41,13 @@ type Shown struct {
 	Findings       []Finding `json:"findings"`
 }
 
-// ShownManifest is what the live manifest says of the credential.
+// ShownManifest is what the manifest says of the credential.
 type ShownManifest struct {
+	// From is where the manifest came from: ManifestFromFirmware or
+	// ManifestFromSaved.
+	From string `json:"from"`
+	// File is the saved copy read, when From is "saved".
+	File     string `json:"file,omitempty"`
 	Size     uint64 `json:"size"`
 	SHA256   string `json:"sha256"`
 	Delivery string `json:"delivery"`
@@ -149,11 +156,7 @@ func Show(in Inspector, name string, fw firmware.Report, fwErr error, pol Policy
 			add(f)
 		}
 	}
-	var me *oemstring.Entry
 	for i, e := range fw.Parsed.Entries {
-		if e.Name == agent.ManifestName {
-			me = &fw.Parsed.Entries[i]
-		}
 		if e.Name == name {
 			value = &fw.Parsed.Entries[i]
 			sum := e.Value.SHA256()
@@ -166,11 +169,13 @@ func Show(in Inspector, name string, fw firmware.Report, fwErr error, pol Policy
 		}
 	}
 	slices.SortFunc(sh.Sources, func(a, b ShownSource) int { return a.Index - b.Index })
-	if me != nil {
-		o := openManifest(me.Value.Reveal(), pol.TrustKeys)
+	lm := findManifest(in, fw, fwErr)
+	add(lm.findings...)
+	if lm.entry != nil {
+		o := lm.open(pol.TrustKeys)
 		if o.m != nil {
 			if ent, ok := o.m.Lookup(name); ok {
-				sm := &ShownManifest{Size: ent.Size, SHA256: fmt.Sprintf("%x", ent.SHA256[:]), Delivery: ent.Delivery.String(), Static: ent.Static, VM: o.m.VM, KeyID: o.keyID}
+				sm := &ShownManifest{From: lm.from, Size: ent.Size, SHA256: fmt.Sprintf("%x", ent.SHA256[:]), Delivery: ent.Delivery.String(), Static: ent.Static, VM: o.m.VM, KeyID: o.keyID}
 				switch {
 				case o.refused != nil:
 					sm.Signature = "refused"
@@ -180,6 +185,9 @@ func Show(in Inspector, name string, fw firmware.Report, fwErr error, pol Policy
 					sm.Signature = "not-checked"
 				default:
 					sm.Signature = "unsigned"
+				}
+				if lm.from == ManifestFromSaved {
+					sm.File = lm.file
 				}
 				sh.Manifest = sm
 				expected = sm.SHA256
@@ -195,7 +203,7 @@ func Show(in Inspector, name string, fw firmware.Report, fwErr error, pol Policy
 			}
 		}
 		if o.refused != nil {
-			add(manifestFinding(agent.ManifestName+": "+o.refused.Error(), pol.TrustFrom))
+			add(lm.finding(o.refused, pol.TrustFrom))
 		}
 	}
 
@@ -379,6 +387,9 @@ func (sh Shown) WriteText(w io.Writer) error {
 			sig = "signed by ed25519 key " + m.KeyID + " (not checked: no trust keys)"
 		}
 		kv(w, "", sig+", vm "+m.VM)
+		if m.From == ManifestFromSaved {
+			kv(w, "", savedText(m.File))
+		}
 	} else {
 		kv(w, "Manifest", "n/a (not in the live manifest, or no manifest)")
 	}

@@ -177,7 +177,14 @@ func reportFindings(rep agent.Report, trustFrom string) []Finding {
 			out = append(out, f)
 		}
 	}
-	out = append(out, sourceFindings(rep.Sources)...)
+	for _, f := range sourceFindings(rep.Sources) {
+		if f.Code == CodeDMIMissing && rep.ManifestSource == agent.ManifestFromChannel {
+			// Bootstrap mode: the manifest came by channel because no
+			// firmware carried it (Firecracker has none at all).
+			f.Severity = SeverityWarning
+		}
+		out = append(out, f)
+	}
 	out = append(out, skippedFindings(fromAgentSkipped(rep.Skipped))...)
 	return out
 }

@@ -46,15 +46,21 @@ type Verification struct {
 	// Policy is how the credentials were checked: "signature", "digest",
 	// "unverified", or "refused" (the manifest was not accepted; rows then
 	// compare against its unverified digests) or "none" (no manifest).
-	Policy    string     `json:"policy"`
-	KeyID     string     `json:"key_id,omitempty"`
-	TrustKeys int        `json:"trust_keys"`
-	TrustFrom string     `json:"trust_from,omitempty"`
-	VM        string     `json:"vm,omitempty"`
-	IssuedAt  *time.Time `json:"issued_at,omitempty"`
-	NotAfter  *time.Time `json:"not_after,omitempty"`
-	Channel   string     `json:"channel,omitempty"`
-	Credstore string     `json:"credstore"`
+	Policy string `json:"policy"`
+	// ManifestFrom is where the manifest came from: ManifestFromFirmware,
+	// or ManifestFromSaved (the copy the last load fetched by channel and
+	// saved, used only when firmware holds none); "" without a manifest.
+	ManifestFrom string `json:"manifest_from,omitempty"`
+	// ManifestFile is the saved copy read, when ManifestFrom is "saved".
+	ManifestFile string     `json:"manifest_file,omitempty"`
+	KeyID        string     `json:"key_id,omitempty"`
+	TrustKeys    int        `json:"trust_keys"`
+	TrustFrom    string     `json:"trust_from,omitempty"`
+	VM           string     `json:"vm,omitempty"`
+	IssuedAt     *time.Time `json:"issued_at,omitempty"`
+	NotAfter     *time.Time `json:"not_after,omitempty"`
+	Channel      string     `json:"channel,omitempty"`
+	Credstore    string     `json:"credstore"`
 	// Credentials has one row per manifest entry, then the unlisted ones.
 	Credentials []VerifiedCredential `json:"credentials"`
 	Skipped     []Skipped            `json:"skipped"`
@@ -123,7 +129,13 @@ func openManifest(b []byte, keys []ed25519.PublicKey) opened {
 // Verify checks the live firmware sources against the manifest and policy
 // as `vmcred-guest load` does, and then every credstore file, systemd's own
 // copies and the file LoadCredential= picks against the manifest's
-// digests. It writes nothing. fwErr is firmware.Read's error. The error
+// digests. It writes nothing. fwErr is firmware.Read's error.
+//
+// The manifest is the live firmware's; when firmware holds none (bootstrap
+// mode), the copy the last load saved in in.StatusDir after fetching it by
+// channel (findManifest). That copy gets the same checks as a firmware
+// manifest, signature first, and trust keys are required for it as the
+// agent requires them for bootstrap. The error
 // carries exit code 1 for a verification failure and 3 when something
 // could not be read (a failure found elsewhere wins: it is certain).
 //
@@ -139,6 +151,18 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 	add := func(f ...Finding) { fds = append(fds, f...) }
 	add(sourceFindings(fw.Sources)...)
 	add(skippedFindings(v.Skipped)...)
+	lm := findManifest(in, fw, fwErr)
+	add(lm.findings...)
+	if fwErr != nil && lm.from == ManifestFromSaved {
+		// No firmware source at all, and the last load took its manifest
+		// by channel: no firmware is expected (Firecracker has none).
+		fwErr = nil
+		for i := range fds {
+			if fds[i].Code == CodeDMIMissing {
+				fds[i].Severity = SeverityWarning
+			}
+		}
+	}
 	if fwErr != nil {
 		if !slices.ContainsFunc(fds, func(f Finding) bool { return f.Code == CodeDMIMissing }) {
 			add(Finding{Code: CodeSourceUnreadable, Severity: SeverityError, Message: fwErr.Error(), Fix: fixDMISysfs})
@@ -147,12 +171,15 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 		return v, cli.WithCode(cli.ExitIO, fmt.Errorf("read firmware: %w", fwErr))
 	}
 
-	var me *oemstring.Entry
+	me := lm.entry
+	v.ManifestFrom = lm.from
+	if lm.from == ManifestFromSaved {
+		v.ManifestFile = lm.file
+	}
 	delivered := map[string]oemstring.Entry{}
 	var order []string
-	for i, e := range fw.Parsed.Entries {
+	for _, e := range fw.Parsed.Entries {
 		if e.Name == agent.ManifestName {
-			me = &fw.Parsed.Entries[i]
 			continue
 		}
 		delivered[e.Name] = e
@@ -297,12 +324,12 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 			v.Credentials = append(v.Credentials, r)
 		}
 	default:
-		o := openManifest(me.Value.Reveal(), pol.TrustKeys)
+		o := lm.open(pol.TrustKeys)
 		v.KeyID = o.keyID
 		switch {
 		case o.refused != nil:
 			v.Policy = "refused"
-			add(manifestFinding(agent.ManifestName+": "+o.refused.Error(), pol.TrustFrom))
+			add(lm.finding(o.refused, pol.TrustFrom))
 		case o.trusted:
 			v.Policy = agent.PolicySignature
 		default:
@@ -323,7 +350,7 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 			v.NotAfter = ptr(m.NotAfter.UTC())
 		}
 		if err := m.Check(in.now(), pol.VM); err != nil {
-			add(manifestFinding(agent.ManifestName+": "+err.Error(), pol.TrustFrom))
+			add(lm.finding(err, pol.TrustFrom))
 		}
 		for _, ent := range m.Entries {
 			listed[ent.Name] = true
@@ -403,7 +430,11 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 	switch {
 	case failed:
 		v.Result = "failed"
-		return v, cli.WithCode(cli.ExitFailure, fmt.Errorf("verification failed: %s", plural(countErrors(v.Findings), "problem")))
+		msg := plural(countErrors(v.Findings), "problem")
+		if v.ManifestFrom == ManifestFromSaved && v.Policy == "refused" {
+			msg += "; the saved manifest " + v.ManifestFile + " was not accepted"
+		}
+		return v, cli.WithCode(cli.ExitFailure, fmt.Errorf("verification failed: %s", msg))
 	case unread:
 		return v, cli.WithCode(cli.ExitIO, errors.New("verification incomplete: some sources or files could not be read"))
 	}
@@ -431,26 +462,14 @@ func (v Verification) WriteJSON(w io.Writer) error { return writeJSON(w, v) }
 
 // WriteText writes v for a person on an 80-column console.
 func (v Verification) WriteText(w io.Writer) error {
-	man := "none"
-	switch {
-	case v.Policy == "refused":
-		man = "refused (see below)"
-		if v.KeyID != "" {
-			man += ", signed by ed25519 key " + v.KeyID
-		}
-	case v.Policy == agent.PolicySignature:
-		man = "signed by trusted ed25519 key " + v.KeyID
-	case v.Policy == agent.PolicyDigest && v.KeyID != "":
-		man = "signed by ed25519 key " + v.KeyID + ", signature not checked (no trust keys)"
-	case v.Policy == agent.PolicyDigest:
-		man = "unsigned, digests only"
-	case v.Policy == agent.PolicyUnverified:
-		man = "none (--allow-unverified: compared with the firmware's values)"
-	}
+	man := describeManifest(v.Policy, v.KeyID)
 	if v.VM != "" {
 		man += ", vm " + v.VM
 	}
 	kv(w, "Manifest", man)
+	if v.ManifestFrom == ManifestFromSaved {
+		kv(w, "", savedText(v.ManifestFile))
+	}
 	if v.IssuedAt != nil {
 		na := "n/a"
 		if v.NotAfter != nil {
@@ -500,7 +519,11 @@ func (v Verification) WriteText(w io.Writer) error {
 	fmt.Fprintln(w)
 	switch v.Result {
 	case "ok":
-		wrap(w, "", fmt.Sprintf("OK: %s match the manifest in the firmware, the credstore and where LoadCredential= finds them.", plural(len(v.Credentials), "credential")))
+		where := "the manifest in the firmware"
+		if v.ManifestFrom == ManifestFromSaved {
+			where = "the saved manifest"
+		}
+		wrap(w, "", fmt.Sprintf("OK: %s match %s, the credstore and where LoadCredential= finds them.", plural(len(v.Credentials), "credential"), where))
 	case "failed":
 		wrap(w, "", fmt.Sprintf("FAILED: %s.", plural(countErrors(v.Findings), "problem")))
 	default:

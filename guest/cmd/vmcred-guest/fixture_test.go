@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/vmcred/vmcred/guest/agent"
 	"github.com/vmcred/vmcred/guest/credstore"
 	"github.com/vmcred/vmcred/guest/debug"
+	proto "github.com/vmcred/vmcred/shared/channel"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/credential"
 	"github.com/vmcred/vmcred/shared/logging"
@@ -192,8 +194,13 @@ func (tr *tree) trust(pub ed25519.PublicKey) {
 // loadAt.
 func (tr *tree) load(trusted ...ed25519.PublicKey) {
 	tr.t.Helper()
+	tr.loadWith(tr.loadConfig(trusted))
+}
+
+// loadConfig is the agent's configuration for the tree.
+func (tr *tree) loadConfig(trusted []ed25519.PublicKey) agent.Config {
 	now := loadAt
-	_, _ = agent.Load(agent.Config{
+	return agent.Config{
 		Root:              os.DirFS(tr.root),
 		Credstore:         tr.path("run/credstore"),
 		StatusDir:         tr.path("run/vmcred"),
@@ -207,7 +214,13 @@ func (tr *tree) load(trusted ...ed25519.PublicKey) {
 			now = now.Add(1250 * time.Microsecond)
 			return t
 		},
-	})
+	}
+}
+
+// loadWith runs the real agent with cfg.
+func (tr *tree) loadWith(cfg agent.Config) {
+	tr.t.Helper()
+	_, _ = agent.Load(cfg)
 	// The agent ran with the tree's paths; a VM's status file has the
 	// guest's own. Timings are fixed so the goldens do not depend on how
 	// often the agent reads its clock.
@@ -223,6 +236,74 @@ func (tr *tree) load(trusted ...ed25519.PublicKey) {
 	if err := agent.WriteStatus(tr.path("run/vmcred"), rep); err != nil {
 		tr.t.Fatal(err)
 	}
+}
+
+// bootstrap boots the tree as Firecracker does (no firmware at all) and
+// runs the real agent in bootstrap mode against a host on the Unix socket
+// fc.vsock_5000 at the tree's root: the host serves, once, a manifest
+// signed with k that lists creds as channel credentials and carries the
+// channel address but no token, then the credentials, and acknowledges
+// the report.
+func (tr *tree) bootstrap(k ed25519.PrivateKey, creds []cred) {
+	tr.t.Helper()
+	if err := os.RemoveAll(tr.path("sys/firmware")); err != nil {
+		tr.t.Fatal(err)
+	}
+	sock := tr.path("fc.vsock_5000")
+	b := manifest.NewBuilder("demo", [manifest.NonceSize]byte{}, issuedAt)
+	b.SetNotAfter(issuedAt.Add(7 * 24 * time.Hour))
+	b.SetChannel("unix:"+sock, credential.Secret{})
+	for _, c := range creds {
+		if err := b.Add(c.name, credential.NewSecret(c.value), manifest.DeliveryChannel, c.static); err != nil {
+			tr.t.Fatal(err)
+		}
+	}
+	m, err := b.Manifest()
+	if err != nil {
+		tr.t.Fatal(err)
+	}
+	body, err := m.MarshalBinary()
+	if err != nil {
+		tr.t.Fatal(err)
+	}
+	env, err := manifest.Sign(body, k)
+	if err != nil {
+		tr.t.Fatal(err)
+	}
+	serve := []proto.Credential{{Name: agent.ManifestName, Value: credential.NewSecret(env)}}
+	for _, c := range creds {
+		serve = append(serve, proto.Credential{Name: c.name, Value: credential.NewSecret(c.value)})
+	}
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		tr.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer l.Close()
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if proto.ReadMagic(c) != nil {
+			return
+		}
+		s := proto.NewServer(c)
+		if _, err := s.ReadHello(); err != nil || s.WriteCredentials(serve) != nil {
+			return
+		}
+		if r, err := s.ReadReport(); err == nil {
+			_ = s.WriteAck("host recorded: " + r.Outcome.String())
+		}
+	}()
+	cfg := tr.loadConfig([]ed25519.PublicKey{k.Public().(ed25519.PublicKey)})
+	cfg.Channel, cfg.Timeout = "unix:"+sock, 10*time.Second
+	tr.loadWith(cfg)
+	l.Close()
+	<-done
 }
 
 // defaults are the production ones with the tree as --root. Files are
@@ -283,7 +364,9 @@ type scenario struct {
 // altered, one missing, one unlisted under vmcred's prefix, a bad
 // string); one where systemd 252 truncated a credential in @system; a
 // manifest signed by an unknown key; a good load shadowed by a different
-// file in /etc/credstore; and a boot where the agent never ran.
+// file in /etc/credstore; a boot where the agent never ran; and a good
+// load in bootstrap mode (Firecracker: no firmware, everything by
+// channel, the manifest saved in the status folder).
 func scenarios() []scenario {
 	return []scenario{
 		{"good", func(tr *tree) {
@@ -352,6 +435,12 @@ func scenarios() []scenario {
 			tr.trust(k.Public().(ed25519.PublicKey))
 			tr.load(k.Public().(ed25519.PublicKey))
 			tr.write("etc/credstore/db-password", tr.value("db-password-old", 20), 0o400)
+		}},
+		{"bootstrap", func(tr *tree) {
+			k := key(1)
+			creds := []cred{{name: "api-key", value: tr.value("api-key", 32)}, {name: "db-password", value: tr.value("db-password", 24)}, {name: "ENVIRONMENT", value: tr.value("ENVIRONMENT", 12), static: true}}
+			tr.trust(k.Public().(ed25519.PublicKey))
+			tr.bootstrap(k, creds)
 		}},
 		{"no-status", func(tr *tree) {
 			k := key(1)

@@ -63,8 +63,12 @@ func (d defaults) runList(ctx context.Context, env *cli.Env, args []string) erro
 	src.register(fs)
 	var loc where
 	loc.register(fs, d, true, true)
+	// Only --trust-key of the policy flags: list checks the signature of
+	// the manifest the last load saved (bootstrap mode), nothing more.
+	var pol policyFlags
+	fs.StringArrayVar(&pol.trustKeys, "trust-key", nil, "check the signature of the manifest the last load saved (bootstrap mode) with this public key or folder of *.pub files; repeatable (default: "+d.trustDir+" when it holds any)")
 	asJSON := registerJSON(fs)
-	usage := "vmcred-guest list [--json] [--status-dir DIR] [--credstore DIR]\n" +
+	usage := "vmcred-guest list [--json] [--status-dir DIR] [--credstore DIR] [--trust-key FILE|DIR]\n" +
 		"                         [--dmi-table FILE | --dmi-entries DIR] [--fw-cfg DIR]\n\n" +
 		"With no flags: the last load's report (--status-dir) and what LoadCredential= finds now.\n" +
 		"With --credstore DIR alone: that folder, as systemd-creds list shows it, with digests.\n" +
@@ -91,7 +95,14 @@ func (d defaults) runList(ctx context.Context, env *cli.Env, args []string) erro
 		l, err := debug.ListCredstore(in, loc.credstore)
 		return emit(env, *asJSON, l, err)
 	default:
-		l, err := debug.ListStatus(in, d.trustDir)
+		keys, from, err := d.trust(fs, &pol, loc.root)
+		if err != nil {
+			return err
+		}
+		if from == "" {
+			from = d.trustDir
+		}
+		l, err := debug.ListStatus(in, debug.Policy{TrustKeys: keys, TrustFrom: from})
 		return emit(env, *asJSON, l, err)
 	}
 }

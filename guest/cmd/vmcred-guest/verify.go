@@ -8,7 +8,8 @@ import (
 )
 
 // runVerify re-verifies the live sources, the credstore, systemd's copies
-// and what LoadCredential= picks against the manifest, writing nothing.
+// and what LoadCredential= picks against the manifest (the firmware's, or
+// the copy the last load saved when firmware holds none), writing nothing.
 // Exit 0 when all is well, 1 on a verification failure, 3 when something
 // could not be read.
 func (d defaults) runVerify(ctx context.Context, env *cli.Env, args []string) error {
@@ -19,6 +20,7 @@ func (d defaults) runVerify(ctx context.Context, env *cli.Env, args []string) er
 	pol.register(fs)
 	var loc where
 	loc.register(fs, d, false, false)
+	fs.StringVar(&loc.statusDir, "status-dir", d.statusDir, "read the manifest the last load saved (bootstrap mode) from this folder, used when firmware holds none")
 	asJSON := registerJSON(fs)
 	if err := cli.Parse(env, fs, "vmcred-guest verify [--json] [source and policy flags as for load]\n\nExit codes: 0 verified, 1 verification failure, 3 unreadable.", args); err != nil {
 		return err

@@ -1,0 +1,147 @@
+package debug
+
+import (
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"strings"
+
+	"github.com/vmcred/vmcred/guest/agent"
+	"github.com/vmcred/vmcred/guest/firmware"
+	"github.com/vmcred/vmcred/shared/credential"
+	"github.com/vmcred/vmcred/shared/oemstring"
+)
+
+// Where a view's manifest came from (the manifest_from fields).
+const (
+	// ManifestFromFirmware: the vmcred.manifest credential in the live
+	// firmware.
+	ManifestFromFirmware = "firmware"
+	// ManifestFromSaved: the copy the last load saved in the status folder
+	// (agent.ManifestFile) after fetching it by channel (bootstrap mode).
+	ManifestFromSaved = "saved"
+)
+
+// errSavedNeedsKey refuses a saved manifest when no trust keys are given.
+var errSavedNeedsKey = errors.New("it came by channel with the values it vouches for, so only a signature by a trusted key can verify it, and no trust keys were given")
+
+// liveManifest is the manifest a view checks, and where it came from.
+type liveManifest struct {
+	entry    *oemstring.Entry // nil when there is none
+	from     string           // ManifestFromFirmware, ManifestFromSaved, or "" for none
+	file     string           // the saved copy, as the guest names it
+	findings []Finding        // why the saved copy could not be read
+	err      error            // the same, for an exit code
+}
+
+// findManifest picks the manifest the views check. Firmware wins: a
+// manifest in the live firmware is the one the host passed this boot, and
+// the agent saves no copy of it. Only when firmware holds none (fwErr nil
+// or firmware.ErrNoSource: no source at all, as on Firecracker) is the
+// copy the last load saved after fetching it by channel used; when the
+// firmware could not be read, whether it holds one is unknown, so the
+// saved copy is not used either.
+func findManifest(in Inspector, fw firmware.Report, fwErr error) liveManifest {
+	for i, e := range fw.Parsed.Entries {
+		if e.Name == agent.ManifestName {
+			return liveManifest{entry: &fw.Parsed.Entries[i], from: ManifestFromFirmware}
+		}
+	}
+	if fwErr != nil && !errors.Is(fwErr, firmware.ErrNoSource) {
+		return liveManifest{}
+	}
+	return in.savedManifest()
+}
+
+// savedManifest reads the copy of the manifest the last load saved, if
+// there is one. Its bytes are only ever opened, never printed.
+func (in Inspector) savedManifest() liveManifest {
+	if in.StatusDir == "" {
+		return liveManifest{}
+	}
+	path := filepath.Join(in.StatusDir, agent.ManifestFile)
+	b, _, err := agent.ReadFileCapped(in.real(path), agent.MaxManifestFile+1)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return liveManifest{}
+	case err == nil && len(b) > agent.MaxManifestFile:
+		err = fmt.Errorf("over %d bytes", agent.MaxManifestFile)
+	}
+	if err != nil {
+		reason := strings.ReplaceAll(err.Error(), in.real(path), path)
+		if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+			reason = pe.Err.Error()
+		}
+		fd := Finding{Code: CodeStatusUnreadable, Severity: SeverityError, Credential: agent.ManifestName,
+			Message: fmt.Sprintf("cannot read %s, the manifest the last load saved: %s", path, reason),
+			Fix:     "check the file with `ls -l`; the agent writes a regular file, mode 0600, root"}
+		if unreadable(err) {
+			fd.Message = fmt.Sprintf("cannot read %s, the manifest the last load saved: permission denied", path)
+			fd.Fix = fixRunAsRoot
+		}
+		return liveManifest{file: path, findings: []Finding{fd}, err: fmt.Errorf("read saved manifest %s: %w", path, err)}
+	}
+	e := oemstring.Entry{Name: agent.ManifestName, Value: credential.NewSecret(b), Source: agent.SourceChannel}
+	return liveManifest{entry: &e, from: ManifestFromSaved, file: path}
+}
+
+// open opens the manifest with the trusted keys as openManifest does. A
+// saved copy is held to the agent's bootstrap rule: without trust keys it
+// is refused (its digests are still decoded, to compare as unverified).
+func (lm liveManifest) open(keys []ed25519.PublicKey) opened {
+	if lm.from == ManifestFromSaved && len(keys) == 0 {
+		o := openManifest(lm.entry.Value.Reveal(), nil)
+		o.trusted, o.refused = false, errSavedNeedsKey
+		return o
+	}
+	return openManifest(lm.entry.Value.Reveal(), keys)
+}
+
+// finding turns why the manifest was refused (by open or Check) into a
+// finding; for a saved copy it names the file.
+func (lm liveManifest) finding(err error, trustFrom string) Finding {
+	if lm.from != ManifestFromSaved {
+		return manifestFinding(agent.ManifestName+": "+err.Error(), trustFrom)
+	}
+	where := lm.file + " (the manifest the last load fetched by channel and saved)"
+	if errors.Is(err, errSavedNeedsKey) {
+		return Finding{Code: CodeNoTrustKeys, Severity: SeverityError, Credential: agent.ManifestName,
+			Message: where + " was not checked: " + err.Error(),
+			Fix:     "pass --trust-key " + DefaultTrustDir + " (the folder vmcred-guest.service trusts) or the host's PREFIX.pub"}
+	}
+	f := manifestFinding(agent.ManifestName+": "+err.Error(), trustFrom)
+	f.Message = where + ": " + f.Message
+	switch f.Code {
+	case CodeManifestBadSignature, CodeManifestInvalid, CodeManifestUnsigned:
+		f.Fix = fmt.Sprintf("the file changed after the load accepted it: find what wrote to %s (root's alone); restarting the VM makes the host pack and the agent save a fresh one", lm.file)
+	}
+	return f
+}
+
+// describeManifest is how the human views name a manifest's standing.
+func describeManifest(policy, keyID string) string {
+	switch {
+	case policy == "refused":
+		s := "refused (see below)"
+		if keyID != "" {
+			s += ", signed by ed25519 key " + keyID
+		}
+		return s
+	case policy == agent.PolicySignature:
+		return "signed by trusted ed25519 key " + keyID
+	case policy == agent.PolicyDigest && keyID != "":
+		return "signed by ed25519 key " + keyID + ", signature not checked (no trust keys)"
+	case policy == agent.PolicyDigest:
+		return "unsigned, digests only"
+	case policy == agent.PolicyUnverified:
+		return "none (--allow-unverified: compared with the firmware's values)"
+	}
+	return "none"
+}
+
+// savedText is the line the human views add for a saved copy.
+func savedText(file string) string {
+	return "from " + file + ", the copy the last load saved (no manifest in firmware)"
+}
