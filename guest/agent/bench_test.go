@@ -39,15 +39,7 @@ func benchTable(b *testing.B, n, size int, key ed25519.PrivateKey) []byte {
 		}
 		strs = append(strs, string(s.Reveal()))
 	}
-	m, err := mb.Manifest()
-	if err != nil {
-		b.Fatal(err)
-	}
-	body, err := m.MarshalBinary()
-	if err != nil {
-		b.Fatal(err)
-	}
-	env, err := manifest.Sign(body, key)
+	env, err := mb.Envelope(key)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -32,15 +32,8 @@ func bootstrapHost(t *testing.T, key ed25519.PrivateKey, vm string, vals, served
 			t.Fatal(err)
 		}
 	}
-	m, err := b.Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := m.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if envelope, err = manifest.Sign(body, key); err != nil {
+	var err error
+	if envelope, err = b.Envelope(key); err != nil {
 		t.Fatal(err)
 	}
 	if served == nil {

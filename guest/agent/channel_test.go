@@ -57,15 +57,7 @@ func packWithChannel(t *testing.T, key ed25519.PrivateKey, channelAddr string, f
 		}
 		p.all[n] = v
 	}
-	m, err := b.Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := m.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	env, err := manifest.Sign(body, key)
+	env, err := b.Envelope(key)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,20 +60,7 @@ func pack(t *testing.T, o packOpts, values map[string][]byte) packed {
 		}
 		p.strs = append(p.strs, format(t, o.prefix, n, values[n]))
 	}
-	m, err := b.Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := m.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var env []byte
-	if o.key != nil {
-		env, err = manifest.Sign(body, o.key)
-	} else {
-		env, err = manifest.WrapUnsigned(body)
-	}
+	env, err := b.Envelope(o.key)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -101,22 +101,7 @@ func envelope(t *testing.T, k ed25519.PrivateKey, vm string, notAfter time.Time)
 	if err := b.Add("api-key", credential.NewSecret([]byte("x")), manifest.DeliverySMBIOS, false); err != nil {
 		t.Fatal(err)
 	}
-	m, err := b.Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := m.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if k == nil {
-		env, err := manifest.WrapUnsigned(body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return env
-	}
-	env, err := manifest.Sign(body, k)
+	env, err := b.Envelope(k)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -66,21 +66,7 @@ func BuildManifest(params ManifestParams, creds []ManifestCredential, deliveries
 			return credential.Secret{}, fmt.Errorf("manifest: %w", err)
 		}
 	}
-	m, err := b.Manifest()
-	if err != nil {
-		return credential.Secret{}, err
-	}
-	body, err := m.MarshalBinary()
-	if err != nil {
-		return credential.Secret{}, err
-	}
-	defer clear(body)
-	var env []byte
-	if params.Key != nil {
-		env, err = manifest.Sign(body, params.Key)
-	} else {
-		env, err = manifest.WrapUnsigned(body)
-	}
+	env, err := b.Envelope(params.Key)
 	if err != nil {
 		return credential.Secret{}, err
 	}

@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"crypto/ed25519"
 	"fmt"
 	"time"
 
@@ -69,6 +70,26 @@ func (b *Builder) Manifest() (*Manifest, error) {
 		return nil, fmt.Errorf("build manifest: %w", err)
 	}
 	return &m, nil
+}
+
+// Envelope builds the manifest (as Manifest does), encodes it and wraps
+// it: signed with key, or unsigned when key is nil. The encoding holds the
+// channel token, if one was set, so the intermediate copy is cleared and
+// the result must be treated as a secret.
+func (b *Builder) Envelope(key ed25519.PrivateKey) ([]byte, error) {
+	m, err := b.Manifest()
+	if err != nil {
+		return nil, err
+	}
+	body, err := m.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	defer clear(body)
+	if key == nil {
+		return WrapUnsigned(body)
+	}
+	return Sign(body, key)
 }
 
 func wholeSeconds(t time.Time) time.Time {

@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"crypto/ed25519"
 	"errors"
 	"strings"
 	"testing"
@@ -145,5 +146,45 @@ func TestBuilderRejects(t *testing.T) {
 	}
 	if _, err := zero.Manifest(); !errors.Is(err, ErrInvalid) {
 		t.Errorf("zero Builder Manifest = %v, want ErrInvalid (no vm name)", err)
+	}
+}
+
+// TestBuilderEnvelope: signed with a key, the envelope opens as trusted
+// with that key and holds the manifest Manifest returns; with nil it is
+// unsigned; a builder whose manifest is invalid gives the same error as
+// Manifest, and a bad key is refused.
+func TestBuilderEnvelope(t *testing.T) {
+	b := NewBuilder("vm", fixtureNonce(), fixtureTime)
+	if err := b.Add("a", credential.NewSecret([]byte("v")), DeliverySMBIOS, false); err != nil {
+		t.Fatal(err)
+	}
+	want, err := b.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := b.Envelope(testKey(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, ver, err := Open(env, []ed25519.PublicKey{testPub(1)})
+	if err != nil || !ver.Trusted || ver.KeyID != KeyID(testPub(1)) {
+		t.Fatalf("Open(signed) = %v, %+v", err, ver)
+	}
+	if diff := cmp.Diff(want.Entries[0].Name, m.Entries[0].Name); diff != "" || m.VM != "vm" {
+		t.Errorf("opened manifest differs: vm %q (-want +got):\n%s", m.VM, diff)
+	}
+	env, err = b.Envelope(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ver, err := Open(env, nil); err != nil || ver.KeyID != "" {
+		t.Errorf("Open(unsigned) = %v, key %q", err, ver.KeyID)
+	}
+	if _, err := b.Envelope(ed25519.PrivateKey{1, 2, 3}); !errors.Is(err, ErrInvalidKey) {
+		t.Errorf("Envelope(short key) = %v, want ErrInvalidKey", err)
+	}
+	var zero Builder
+	if _, err := zero.Envelope(testKey(1)); !errors.Is(err, ErrInvalid) {
+		t.Errorf("zero Builder Envelope = %v, want ErrInvalid", err)
 	}
 }

@@ -112,20 +112,7 @@ func (tr *tree) manifest(k ed25519.PrivateKey, creds []cred) string {
 			tr.t.Fatal(err)
 		}
 	}
-	m, err := b.Manifest()
-	if err != nil {
-		tr.t.Fatal(err)
-	}
-	body, err := m.MarshalBinary()
-	if err != nil {
-		tr.t.Fatal(err)
-	}
-	var env []byte
-	if k != nil {
-		env, err = manifest.Sign(body, k)
-	} else {
-		env, err = manifest.WrapUnsigned(body)
-	}
+	env, err := b.Envelope(k)
 	if err != nil {
 		tr.t.Fatal(err)
 	}
@@ -258,15 +245,7 @@ func (tr *tree) bootstrap(k ed25519.PrivateKey, creds []cred) {
 			tr.t.Fatal(err)
 		}
 	}
-	m, err := b.Manifest()
-	if err != nil {
-		tr.t.Fatal(err)
-	}
-	body, err := m.MarshalBinary()
-	if err != nil {
-		tr.t.Fatal(err)
-	}
-	env, err := manifest.Sign(body, k)
+	env, err := b.Envelope(k)
 	if err != nil {
 		tr.t.Fatal(err)
 	}
