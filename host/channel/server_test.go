@@ -334,30 +334,14 @@ func TestFlood(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	var peak uint64
-	stop := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		for {
-			var m runtime.MemStats
-			runtime.ReadMemStats(&m)
-			peak = max(peak, m.HeapInuse)
-			select {
-			case <-stop:
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
-	}()
+	peakHeap := sampleHeap(10 * time.Millisecond)
 	start := time.Now()
 	for _, c := range conns {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		_, _ = io.Copy(io.Discard, c)
 		c.Close()
 	}
-	close(stop)
-	<-sampled
+	peak := peakHeap()
 	t.Logf("%d connections ended within %v; heap in use %d KiB before, peak %d KiB", n, time.Since(start), base.HeapInuse>>10, peak>>10)
 	if peak > 64<<20 {
 		t.Errorf("heap in use peaked at %d MiB during the flood; want < 64 MiB", peak>>20)
@@ -383,7 +367,7 @@ func TestWrongTokensAtSpeed(t *testing.T) {
 	runtime.ReadMemStats(&base)
 
 	const workers, perWorker = 16, 63 // 1008 connections
-	var refused, junk sync.WaitGroup
+	var refused sync.WaitGroup
 	errs := make(chan error, workers*perWorker)
 	start := time.Now()
 	for w := range workers {
@@ -424,26 +408,10 @@ func TestWrongTokensAtSpeed(t *testing.T) {
 			}
 		}()
 	}
-	var peak uint64
-	stop := make(chan struct{})
-	junk.Add(1)
-	go func() {
-		defer junk.Done()
-		for {
-			var m runtime.MemStats
-			runtime.ReadMemStats(&m)
-			peak = max(peak, m.HeapInuse)
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-	}()
+	peakHeap := sampleHeap(5 * time.Millisecond)
 	refused.Wait()
 	took := time.Since(start)
-	close(stop)
-	junk.Wait()
+	peak := peakHeap()
 	close(errs)
 	for err := range errs {
 		t.Error(err)
@@ -457,6 +425,31 @@ func TestWrongTokensAtSpeed(t *testing.T) {
 	creds, ack := fetchAndReport(t, path, goodHello())
 	if len(creds) != 1 || creds[0].Name != "k" || ack == "" {
 		t.Errorf("after the abuse the right guest got %d credential(s), ack %q", len(creds), ack)
+	}
+}
+
+// sampleHeap samples the heap in use every interval until the returned
+// function is called, which returns the peak.
+func sampleHeap(interval time.Duration) (peak func() uint64) {
+	var highest uint64
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			highest = max(highest, m.HeapInuse)
+			select {
+			case <-stop:
+				return
+			case <-time.After(interval):
+			}
+		}
+	}()
+	return func() uint64 {
+		close(stop)
+		<-done
+		return highest
 	}
 }
 
