@@ -287,6 +287,12 @@ func (st Status) WriteText(w io.Writer) error {
 		policy += ", ed25519 key " + rep.KeyID
 	}
 	kv(w, "Policy", policy)
+	switch rep.ManifestSource {
+	case agent.ManifestFromFirmware:
+		kv(w, "Manifest", "from firmware")
+	case agent.ManifestFromChannel:
+		kv(w, "Manifest", "by channel (bootstrap mode), saved as "+filepath.Join(filepath.Dir(st.StatusFile), agent.ManifestFile))
+	}
 	kv(w, "VM", orNA(rep.VM))
 	na := "n/a"
 	if rep.NotAfter != nil {
