@@ -571,6 +571,8 @@ func TestLeakHunt(t *testing.T) {
 	store := filepath.Join(shm, "store")
 	h.dirs[store] = kindCredstore
 	gst := func(name string) string { return p("gst-" + name) }
+	storeFC := filepath.Join(shm, "store-fc")
+	h.dirs[storeFC] = kindCredstore
 	tampered := p("tables", "a-tampered.dmi")
 	var guestLoad func(table, status, trust string, extra ...string) []string
 	guestBase := func(table, status string, extra ...string) []string {
@@ -691,6 +693,24 @@ func TestLeakHunt(t *testing.T) {
 		if snaps, _ := serve.watch.finish(); len(snaps[fmt.Sprintf("argv of pid %d (vmcred-host)", serve.cmd.Process.Pid)]) == 0 {
 			t.Errorf("never read serve's argv from /proc while it ran")
 		}
+
+		// Bootstrap mode (the firecracker pack): everything, the manifest
+		// included, by channel; the agent keeps the manifest in its status
+		// folder, which the hunt scans like every other file.
+		fcServe := h.start(t, "vmcred-host serve (bootstrap)", serveOpts, host, "serve", "--vm", "demo", "--listen", "unix:"+sock, "--runtime-dir", p("rt-fc"), "--status-dir", p("host-status"))
+		waitForSocket(t, sock)
+		code, _, stderr = h.run(t, "vmcred-guest load (bootstrap)", runOpts{}, guest, "load", "--dmi-table", p("tables", "missing.dmi"), "--trust-key", p("keys", "k.pub"), "--vm", "demo",
+			"--credstore", storeFC, "--status-dir", gst("bootstrap"), "--system-credentials", "", "--channel", "unix:"+sock, "--timeout", "5s")
+		if code != 0 {
+			t.Errorf("load (bootstrap): exit %d: %s", code, stderr)
+		}
+		if _, err := os.Stat(filepath.Join(gst("bootstrap"), "manifest")); err != nil {
+			t.Errorf("the bootstrap load kept no manifest: %v", err)
+		}
+		fcServe.cmd.Process.Signal(syscall.SIGTERM)
+		if code, _, stderr := h.finish(t, fcServe, serveOpts); code != 0 {
+			t.Errorf("serve (bootstrap): exit %d after SIGTERM: %s", code, stderr)
+		}
 	})
 
 	t.Run("host/run", func(t *testing.T) {
@@ -779,12 +799,15 @@ func TestLeakHunt(t *testing.T) {
 			{"wrong token", map[string]string{"dmi-table": tableB, "trust-key": p("keys", "k.pub"), "credstore": store, "status-dir": gst("wrong-token"), "system-credentials": "", "search-path": store}},
 			{"wrong key", map[string]string{"dmi-table": tableA, "trust-key": p("keys", "other.pub"), "credstore": store, "status-dir": gst("wrong-key"), "system-credentials": "", "search-path": store}},
 			{"private key as trust key", map[string]string{"dmi-table": tableA, "trust-key": p("keys", "k.key"), "credstore": store, "status-dir": gst("good"), "system-credentials": "", "search-path": store}},
+			{"bootstrap", map[string]string{"dmi-table": p("tables", "missing.dmi"), "trust-key": p("keys", "k.pub"), "vm": "demo", "credstore": storeFC, "status-dir": gst("bootstrap"), "system-credentials": "", "search-path": storeFC}},
+			{"bootstrap, no firmware flag", map[string]string{"trust-key": p("keys", "k.pub"), "vm": "demo", "credstore": storeFC, "status-dir": gst("bootstrap"), "system-credentials": "", "search-path": storeFC}},
 			{"nothing there", map[string]string{"dmi-table": p("tables", "missing.dmi"), "credstore": filepath.Join(shm, "missing"), "status-dir": p("empty"), "system-credentials": "", "search-path": filepath.Join(shm, "missing")}},
 		}
 		// Exit codes the command-line contract fixes, where this test knows them.
 		want := map[string]int{
 			"list/good": 0, "list/credstore only": 0, "show/good": 0, "verify/good": 0, "verify/tampered": 1,
 			"status/good": 0, "status/tampered": 1, "status/nothing there": 3,
+			"verify/bootstrap": 0, "status/bootstrap": 0, "list/bootstrap, no firmware flag": 0, "verify/bootstrap, no firmware flag": 0, "show/bootstrap": 0,
 		}
 		cmds := helpCommands(t, guest)
 		for _, cmd := range cmds {
