@@ -112,3 +112,30 @@ func TestParseDirents(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParseDirents: whatever the buffer, parseDirents never panics or
+// reads past it, and every name it reports is a real one (not empty, . or
+// .., no NUL) found in the buffer.
+func FuzzParseDirents(f *testing.F) {
+	var good []byte
+	for _, r := range [][]byte{dirent(".", syscall.DT_DIR), dirent("..", syscall.DT_DIR), dirent("api-key", syscall.DT_REG), dirent(".vmcred-tmp:X", syscall.DT_UNKNOWN)} {
+		good = append(good, r...)
+	}
+	f.Add(good)
+	f.Add(good[:len(good)-5])
+	f.Add(dirent(strings.Repeat("n", 255), syscall.DT_LNK))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, buf []byte) {
+		err := parseDirents(buf, func(name string, dtype uint8) {
+			if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "\x00") {
+				t.Errorf("reported name %q", name)
+			}
+			if !strings.Contains(string(buf), name) {
+				t.Errorf("reported name %q is not in the buffer", name)
+			}
+		})
+		if err != nil && !strings.Contains(err.Error(), "directory entry") {
+			t.Errorf("error %q does not say what was wrong", err)
+		}
+	})
+}
