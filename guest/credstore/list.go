@@ -80,15 +80,7 @@ func list(dir string, openMountinfo func() (io.ReadCloser, error)) ([]FileInfo, 
 	}
 	slices.Sort(names)
 
-	noswap := map[uint64]bool{} // by device, read lazily
-	isNoswap := func(dev uint64) bool {
-		v, ok := noswap[dev]
-		if !ok {
-			v = readNoswap(openMountinfo, dev)
-			noswap[dev] = v
-		}
-		return v
-	}
+	isNoswap := NoswapLookup(openMountinfo)
 
 	out := []FileInfo{}
 	for _, name := range names {
@@ -116,17 +108,41 @@ func list(dir string, openMountinfo func() (io.ReadCloser, error)) ([]FileInfo, 
 			}
 		}
 		info := FileInfo{Name: name, Size: fi.Size(), Mode: fi.Mode().Perm(), Filesystem: kind}
-		switch {
-		case fi.Mode().Perm()&0o377 != 0:
-			info.Security = Insecure
-		case kind == Ramfs, kind == Tmpfs && isNoswap(id.dev):
-			info.Security = Secure
-		default:
-			info.Security = Weak
-		}
+		info.Security = Rate(info.Mode, kind, func() bool { return isNoswap(id.dev) })
 		out = append(out, info)
 	}
 	return out, nil
+}
+
+// Rate rates a credential file with permission bits perm on a filesystem
+// of type kind as `systemd-creds list` does: Insecure with any permission
+// besides the owner's read bit, Secure on ramfs or on tmpfs whose mount
+// has noswap (asked only then), Weak otherwise.
+func Rate(perm fs.FileMode, kind Kind, noswap func() bool) Security {
+	switch {
+	case perm&0o377 != 0:
+		return Insecure
+	case kind == Ramfs, kind == Tmpfs && noswap():
+		return Secure
+	}
+	return Weak
+}
+
+// NoswapLookup returns a function reporting whether the mount of a device
+// has the noswap option, by the rule of systemd-creds (the first
+// mountinfo line with the device's MAJOR:MINOR; per-mount or superblock
+// options; any failure counts as no). It reads the mountinfo open returns
+// once per device asked about. It is not safe for concurrent use.
+func NoswapLookup(open func() (io.ReadCloser, error)) func(dev uint64) bool {
+	byDev := map[uint64]bool{}
+	return func(dev uint64) bool {
+		v, ok := byDev[dev]
+		if !ok {
+			v = readNoswap(open, dev)
+			byDev[dev] = v
+		}
+		return v
+	}
 }
 
 // readNoswap reports whether mountinfo says dev's mount has noswap. Any

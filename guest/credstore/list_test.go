@@ -89,6 +89,40 @@ func TestMountNoswap(t *testing.T) {
 	}
 }
 
+// TestNoswapLookup: the first line per device decides, answers are
+// cached per device, and an unreadable mountinfo counts as no noswap.
+func TestNoswapLookup(t *testing.T) {
+	const (
+		shm   = "30 25 0:27 / /dev/shm rw,nosuid,nodev shared:4 - tmpfs tmpfs rw,size=1024k\n"
+		creds = "41 24 0:35 / /run/credentials/@system ro,nosuid,nodev,noexec,relatime,nosymfollow shared:18 master:3 - tmpfs tmpfs rw,size=1024k,nr_inodes=1024,mode=700,noswap\n"
+		vfs   = "42 24 0:36 / /run/x rw,noswap - tmpfs tmpfs rw\n"
+		bad   = "50 1 0:50 / /bad rw,relatime shared:1\n"
+	)
+	mountinfo := shm + creds + vfs + bad + strings.Replace(creds, "0:35", "0:27", 1)
+	opens := 0
+	look := NoswapLookup(func() (io.ReadCloser, error) {
+		opens++
+		return io.NopCloser(strings.NewReader(mountinfo)), nil
+	})
+	for _, tc := range []struct {
+		dev  uint64
+		want bool
+	}{{makedev(0, 27), false}, {makedev(0, 35), true}, {makedev(0, 36), true}, {makedev(0, 50), false}, {makedev(0, 99), false}} {
+		if got := look(tc.dev); got != tc.want {
+			maj, mnr := devMajorMinor(tc.dev)
+			t.Errorf("%d:%d: noswap %v, want %v", maj, mnr, got, tc.want)
+		}
+	}
+	look(makedev(0, 35))
+	if opens != 5 {
+		t.Errorf("mountinfo opened %d times for 5 devices and a repeat, want 5", opens)
+	}
+	failing := NoswapLookup(func() (io.ReadCloser, error) { return nil, os.ErrPermission })
+	if failing(makedev(0, 35)) {
+		t.Error("an unreadable mountinfo must count as no noswap")
+	}
+}
+
 // The real mountinfo has a line for the device of a real directory: the
 // decoding of st_dev matches the kernel's.
 func TestMountNoswapRealDevice(t *testing.T) {
@@ -305,5 +339,30 @@ func TestFilesystemKind(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing")
 	if _, err := FilesystemKind(missing); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), missing) {
 		t.Errorf("FilesystemKind(missing) err = %v, want ErrNotExist naming the path", err)
+	}
+}
+
+// TestRate: systemd-creds' rating, and noswap asked only for tmpfs.
+func TestRate(t *testing.T) {
+	for _, tc := range []struct {
+		perm   fs.FileMode
+		kind   Kind
+		noswap bool
+		want   Security
+		asked  bool
+	}{
+		{0o400, Ramfs, false, Secure, false},
+		{0o400, Tmpfs, true, Secure, true},
+		{0o400, Tmpfs, false, Weak, true},
+		{0o000, Kind(0xEF53), true, Weak, false},
+		{0o600, Ramfs, false, Insecure, false},
+		{0o440, Tmpfs, true, Insecure, false},
+		{0o404, Kind(0xEF53), false, Insecure, false},
+	} {
+		asked := false
+		got := Rate(tc.perm, tc.kind, func() bool { asked = true; return tc.noswap })
+		if got != tc.want || asked != tc.asked {
+			t.Errorf("Rate(%v, %v, noswap %v) = %s (noswap asked: %v), want %s (%v)", tc.perm, tc.kind, tc.noswap, got, asked, tc.want, tc.asked)
+		}
 	}
 }

@@ -20,9 +20,9 @@ import (
 // openat, fstat, read and close per file. credstore.List's own lstat pass
 // on top of the hashing cost a fifth syscall per file, which kept `list
 // --credstore` over 1000 credentials 10% behind `systemd-creds list`; the
-// fused pass is ahead of it (BENCHMARKS.md). The rating rules are
-// credstore's (TestListHashedAgreesWithCredstoreList keeps them in step)
-// until credstore exports a way to rate a file from its fstat.
+// fused pass is ahead of it (BENCHMARKS.md). It rates with credstore's
+// Rate and NoswapLookup; TestListHashedAgreesWithCredstoreList checks the
+// two listings agree.
 //
 // Entries that are not credentials are returned in skipped. The error is
 // about the folder itself; a file's is in its digest.
@@ -48,7 +48,7 @@ func listHashed(dir string) (files []credstore.FileInfo, sums map[string]digest,
 		}
 	}
 	sums = hashWith(d, names)
-	noswap := noswapLookup(func() (io.ReadCloser, error) { return os.Open("/proc/self/mountinfo") })
+	noswap := credstore.NoswapLookup(func() (io.ReadCloser, error) { return os.Open("/proc/self/mountinfo") })
 	for _, n := range names {
 		dg := sums[n]
 		switch {
@@ -62,16 +62,11 @@ func listHashed(dir string) (files []credstore.FileInfo, sums map[string]digest,
 		if dg.kind != 0 {
 			fi.Filesystem = dg.kind
 		}
-		switch {
-		case dg.err != nil:
+		if dg.err != nil {
 			// Unreadable: rated by what could be learnt, which is nothing.
 			fi.Security = credstore.Weak
-		case dg.perm&0o377 != 0:
-			fi.Security = credstore.Insecure
-		case fi.Filesystem == credstore.Ramfs, fi.Filesystem == credstore.Tmpfs && noswap(dg.dev):
-			fi.Security = credstore.Secure
-		default:
-			fi.Security = credstore.Weak
+		} else {
+			fi.Security = credstore.Rate(dg.perm, fi.Filesystem, func() bool { return noswap(dg.dev) })
 		}
 		files = append(files, fi)
 	}

@@ -3,10 +3,8 @@
 package debug
 
 import (
-	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -72,33 +70,6 @@ func TestListHashedAgreesWithCredstoreList(t *testing.T) {
 }
 
 // TestNoswapLookup mirrors credstore's mountinfo cases.
-func TestNoswapLookup(t *testing.T) {
-	const (
-		shm   = "30 25 0:27 / /dev/shm rw,nosuid,nodev shared:4 - tmpfs tmpfs rw,size=1024k\n"
-		creds = "41 24 0:35 / /run/credentials/@system ro,nosuid,nodev,noexec,relatime,nosymfollow shared:18 master:3 - tmpfs tmpfs rw,size=1024k,nr_inodes=1024,mode=700,noswap\n"
-		vfs   = "42 24 0:36 / /run/x rw,noswap - tmpfs tmpfs rw\n"
-		bad   = "50 1 0:50 / /bad rw,relatime shared:1\n"
-	)
-	makedev := func(major, minor uint64) uint64 {
-		return minor&0xff | (major&0xfff)<<8 | (minor&^0xff)<<12 | (major&^0xfff)<<32
-	}
-	mountinfo := shm + creds + vfs + bad + strings.Replace(creds, "0:35", "0:27", 1)
-	look := noswapLookup(func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(mountinfo)), nil })
-	for _, tc := range []struct {
-		dev  uint64
-		want bool
-	}{{makedev(0, 27), false}, {makedev(0, 35), true}, {makedev(0, 36), true}, {makedev(0, 50), false}, {makedev(0, 99), false}} {
-		if got := look(tc.dev); got != tc.want {
-			maj, mnr := devMajorMinor(tc.dev)
-			t.Errorf("%d:%d: noswap %v, want %v", maj, mnr, got, tc.want)
-		}
-	}
-	failing := noswapLookup(func() (io.ReadCloser, error) { return nil, os.ErrPermission })
-	if failing(makedev(0, 35)) {
-		t.Error("an unreadable mountinfo must count as no noswap")
-	}
-}
-
 func TestKeyIDIn(t *testing.T) {
 	for _, tt := range []struct{ msg, want string }{
 		{"manifest: signed by unknown ed25519 key 0123456789abcdef (trusted: 1)", "0123456789abcdef"},
