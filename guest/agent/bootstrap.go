@@ -1,16 +1,12 @@
 package agent
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"time"
 
-	"github.com/vmcred/vmcred/guest/fetch"
-	"github.com/vmcred/vmcred/shared/address"
 	"github.com/vmcred/vmcred/shared/credential"
 	"github.com/vmcred/vmcred/shared/manifest"
 	"github.com/vmcred/vmcred/shared/oemstring"
@@ -37,45 +33,18 @@ const (
 //
 // It returns the manifest as an entry with Source "channel", or a problem.
 func (ch *channel) bootstrap(rep *Report) (*oemstring.Entry, string) {
-	start := time.Now()
-	defer func() { ch.took = time.Since(start) }()
 	addr := ch.cfg.Channel
-	ch.step = &ChannelStep{Address: addr, Received: []string{}}
-	rep.Fetch = ch.step
-	a, err := address.Parse(addr)
-	if err == nil {
-		err = a.CheckDial()
-	}
-	if err != nil {
-		ch.step.Error = "channel address: " + err.Error()
+	got, dialed, err := ch.dial(addr, credential.Secret{}, [manifest.NonceSize]byte{}, rep)
+	switch {
+	case !dialed:
 		return nil, "bootstrap: " + ch.step.Error
-	}
-	timeout := ch.cfg.Timeout
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
-	ctx, cancel := context.WithTimeout(ch.ctx, timeout)
-	defer cancel()
-	var zero [manifest.NonceSize]byte
-	s, err := fetch.Fetch(ctx, fetch.Config{
-		Address: a, Dial: ch.cfg.Dial, Token: credential.Secret{}, Nonce: zero,
-		BootID: readBootID(ch.cfg.Root), AgentVersion: agentVersion(ch.cfg.Version),
-	})
-	ch.session = s
-	if s != nil {
-		ch.step.Attempts = s.Attempts
-	}
-	if err != nil {
-		ch.step.Error = err.Error()
-		ch.timedOut = errors.Is(err, context.DeadlineExceeded)
+	case err != nil:
 		return nil, fmt.Sprintf("bootstrap: fetch %s by channel from %s: %v", ManifestName, addr, err)
 	}
 	var me *oemstring.Entry
-	rest := make([]oemstring.Entry, 0, len(s.Credentials))
-	for i, c := range s.Credentials {
-		ch.step.Received = append(ch.step.Received, c.Name)
-		e := oemstring.Entry{Name: c.Name, Value: c.Value, Source: SourceChannel, Index: i}
-		if c.Name == ManifestName && me == nil {
+	rest := make([]oemstring.Entry, 0, len(got))
+	for _, e := range got {
+		if e.Name == ManifestName && me == nil {
 			me = &e
 			continue
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/vmcred/vmcred/guest/fetch"
 	"github.com/vmcred/vmcred/shared/address"
 	proto "github.com/vmcred/vmcred/shared/channel"
+	"github.com/vmcred/vmcred/shared/credential"
 	"github.com/vmcred/vmcred/shared/manifest"
 	"github.com/vmcred/vmcred/shared/oemstring"
 )
@@ -76,12 +77,26 @@ func (ch *channel) fetch(m *manifest.Manifest, rep *Report) ([]oemstring.Entry, 
 		// Fetched with the manifest already: one fetch per pack.
 		return ch.prefetched, ""
 	}
-	start := time.Now()
-	defer func() { ch.took = time.Since(start) }()
 	addr := m.Channel
 	if ch.cfg.Channel != "" {
 		addr = ch.cfg.Channel
 	}
+	out, _, err := ch.dial(addr, m.Token, m.Nonce, rep)
+	if err != nil {
+		return nil, ch.step.Error
+	}
+	return out, ""
+}
+
+// dial fetches from the channel at addr with token and nonce, within
+// Config.Timeout: the one fetch of a load, firmware or bootstrap mode. It
+// records the attempt as rep.Fetch (ch.step, whose Error is set on
+// failure), keeps the session for the report, and returns what the host
+// sent as entries with Source "channel". dialed is false when addr itself
+// was refused and nothing was dialed.
+func (ch *channel) dial(addr string, token credential.Secret, nonce [manifest.NonceSize]byte, rep *Report) (_ []oemstring.Entry, dialed bool, _ error) {
+	start := time.Now()
+	defer func() { ch.took = time.Since(start) }()
 	ch.step = &ChannelStep{Address: addr, Received: []string{}}
 	rep.Fetch = ch.step
 	a, err := address.Parse(addr)
@@ -90,7 +105,7 @@ func (ch *channel) fetch(m *manifest.Manifest, rep *Report) ([]oemstring.Entry, 
 	}
 	if err != nil {
 		ch.step.Error = "channel address: " + err.Error()
-		return nil, ch.step.Error
+		return nil, false, err
 	}
 	timeout := ch.cfg.Timeout
 	if timeout <= 0 {
@@ -99,7 +114,7 @@ func (ch *channel) fetch(m *manifest.Manifest, rep *Report) ([]oemstring.Entry, 
 	ctx, cancel := context.WithTimeout(ch.ctx, timeout)
 	defer cancel()
 	s, err := fetch.Fetch(ctx, fetch.Config{
-		Address: a, Dial: ch.cfg.Dial, Token: m.Token, Nonce: m.Nonce,
+		Address: a, Dial: ch.cfg.Dial, Token: token, Nonce: nonce,
 		BootID: readBootID(ch.cfg.Root), AgentVersion: agentVersion(ch.cfg.Version),
 	})
 	ch.session = s
@@ -109,14 +124,14 @@ func (ch *channel) fetch(m *manifest.Manifest, rep *Report) ([]oemstring.Entry, 
 	if err != nil {
 		ch.step.Error = err.Error()
 		ch.timedOut = errors.Is(err, context.DeadlineExceeded)
-		return nil, ch.step.Error
+		return nil, true, err
 	}
 	out := make([]oemstring.Entry, 0, len(s.Credentials))
 	for i, c := range s.Credentials {
 		ch.step.Received = append(ch.step.Received, c.Name)
 		out = append(out, oemstring.Entry{Name: c.Name, Value: c.Value, Source: SourceChannel, Index: i})
 	}
-	return out, ""
+	return out, true, nil
 }
 
 // report sends the load's outcome, if the host ever answered, and records
