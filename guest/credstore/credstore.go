@@ -1,6 +1,7 @@
 package credstore
 
 import (
+	"bytes"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -104,10 +105,6 @@ type Store struct {
 	maxSize   int // Options.MaxSize, defaulted
 	stateRoot *os.Root
 	stateName string
-	// lastState is what this Replace last wrote to the state file, so an
-	// identical second write (intent = final, as for a fresh store) can
-	// be skipped; nil at the start of each Replace and after a failure.
-	lastState []byte
 	mu        sync.Mutex
 	closed    bool
 	// afterRename, set only by tests, runs after each rename in phase 2. If
@@ -303,9 +300,6 @@ func (s *Store) Replace(entries []Entry) (Result, error) {
 	if s.closed {
 		return Result{}, ErrClosed
 	}
-	// Skip only a repeat of this call's own write: between calls the file
-	// may have changed under us.
-	s.lastState = nil
 	prev, err := s.readState()
 	if err != nil {
 		return Result{}, err
@@ -398,8 +392,12 @@ func (s *Store) Replace(entries []Entry) (Result, error) {
 			errs = append(errs, fmt.Errorf("credstore %s: %w", s.dir, err))
 		}
 	}
-	if err := s.writeState(final); err != nil {
-		errs = append(errs, err)
+	// For a fresh store (the boot case) the final record is the intent
+	// already on disk.
+	if !bytes.Equal(final.marshal(), intent.marshal()) {
+		if err := s.writeState(final); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return res, errors.Join(errs...)
 }

@@ -752,10 +752,10 @@ func BenchmarkReplace100(b *testing.B) {
 	}
 }
 
-// TestFreshStoreStateWrittenOnce: for a fresh store the intent and the
-// final record are the same, so the state file is written once; what it
-// records is still every file, by inode.
-func TestFreshStoreStateWrittenOnce(t *testing.T) {
+// TestStateAfterFreshStore: for a fresh store Replace skips the second
+// state write (the final record equals the intent); the state must still
+// record every file by inode, and a later Replace must still rewrite it.
+func TestStateAfterFreshStore(t *testing.T) {
 	dir := filepath.Join(shmDir(t), "credstore")
 	opts := testOpts(t)
 	s := openStore(t, dir, opts)

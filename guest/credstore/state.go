@@ -168,11 +168,6 @@ func (s *Store) readState() (*state, error) {
 // directory fsynced. A target that is not a regular file is refused.
 func (s *Store) writeState(st *state) (err error) {
 	data := st.marshal()
-	if s.lastState != nil && bytes.Equal(data, s.lastState) {
-		// This Store wrote exactly this a moment ago (under its lock):
-		// a fresh store's intent and final set are the same.
-		return nil
-	}
 	fi, err := s.stateRoot.Lstat(s.stateName)
 	switch {
 	case err == nil && !fi.Mode().IsRegular():
@@ -207,12 +202,7 @@ func (s *Store) writeState(st *state) (err error) {
 	if err := s.stateRoot.Rename(tmp, s.stateName); err != nil {
 		return err
 	}
-	s.lastState = nil
-	if err := syncDir(s.stateRoot); err != nil {
-		return err
-	}
-	s.lastState = data
-	return nil
+	return syncDir(s.stateRoot)
 }
 
 // stateTempPrefix names the state file's temporary files, so that Open can
