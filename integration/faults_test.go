@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/vmcred/vmcred/integration/testenv"
 )
 
 // faultEnv is the environment of the commands the fault tests start.
@@ -35,10 +37,7 @@ func faultDirs(t *testing.T) (work, shm string) {
 	t.Cleanup(func() { os.RemoveAll(work) })
 	shm, err = os.MkdirTemp("/dev/shm", "vc-f-")
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("no writable /dev/shm tmpfs for the credstore: %v", err)
-		}
-		t.Skipf("no writable /dev/shm tmpfs for the credstore (the agent needs tmpfs): %v", err)
+		testenv.SkipOrFail(t, "no writable /dev/shm tmpfs for the credstore (the agent needs tmpfs): %v", err)
 	}
 	t.Cleanup(func() { os.RemoveAll(shm) })
 	return work, shm
@@ -301,10 +300,7 @@ func TestFaultCredstoreFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	if b, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", mnt).CombinedOutput(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mount a 64 KiB tmpfs: %v: %s", err, b)
-		}
-		t.Skipf("cannot mount a tmpfs here (%v: %s); needs CAP_SYS_ADMIN", err, bytes.TrimSpace(b))
+		testenv.SkipOrFail(t, "cannot mount a 64 KiB tmpfs here (%v: %s); needs CAP_SYS_ADMIN", err, bytes.TrimSpace(b))
 	}
 	t.Cleanup(func() {
 		if b, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {

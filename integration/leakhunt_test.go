@@ -21,6 +21,7 @@ import (
 
 	hostchannel "github.com/vmcred/vmcred/host/channel"
 	"github.com/vmcred/vmcred/host/emit"
+	"github.com/vmcred/vmcred/integration/testenv"
 	"github.com/vmcred/vmcred/shared/manifest"
 	"github.com/vmcred/vmcred/shared/smbios"
 )
@@ -288,10 +289,7 @@ func TestLeakHunt(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(base) })
 	shm, err := os.MkdirTemp("/dev/shm", "vc-lh-")
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("no writable /dev/shm tmpfs for the credstore: %v", err)
-		}
-		t.Skipf("no writable /dev/shm tmpfs for the credstore (the agent needs tmpfs): %v", err)
+		testenv.SkipOrFail(t, "no writable /dev/shm tmpfs for the credstore (the agent needs tmpfs): %v", err)
 	}
 	t.Cleanup(func() { os.RemoveAll(shm) })
 	h := &hunt{base: base, shm: shm, values: map[string][]byte{}, files: map[string]string{}, dirs: map[string]string{}, scanned: map[string]bool{}, reported: map[string]bool{}}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/vmcred/vmcred/integration/testenv"
 )
 
 const varsDir = "/run/secrets/vars/per-machine/britton-desktop"
@@ -332,7 +334,7 @@ printf '%s\0' "$@" > "$FAKE_LOG/hypervisor.args"
 // ${runtime_args:-}), with a fake vmcred-host, and checks what pack and
 // serve were given and what the hypervisor receives.
 func TestHostArgsScript(t *testing.T) {
-	bash := needTool(t, "bash", "apt-get install -y bash")
+	bash := testenv.NeedTool(t, "bash", "apt-get install -y bash")
 	dir := t.TempDir()
 	pkg := filepath.Join(dir, "pkg")
 	logDir := filepath.Join(dir, "log")

@@ -11,25 +11,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmcred/vmcred/integration/testenv"
 )
 
 const nixHint = "apt-get install -y --no-install-recommends nix-bin"
-
-// needTool returns the path of a tool the test needs. Without it the test
-// skips with a fix-it hint, except under CI=true, where it fails: CI must
-// never pass by skipping.
-func needTool(t *testing.T, name, hint string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not found (CI=true, so this is a failure): %s", name, hint)
-	}
-	t.Skipf("%s not found: %s", name, hint)
-	return ""
-}
 
 // nixEnv is the environment for nix commands: no nixbld group needed, and
 // nothing written to the real HOME.
@@ -51,7 +37,7 @@ func abs(t *testing.T, rel string) string {
 // --store dummy:// keeps nix from creating /nix/store and /nix/var.
 func nixEval(t *testing.T, expr string) ([]byte, error) {
 	t.Helper()
-	ni := needTool(t, "nix-instantiate", nixHint)
+	ni := testenv.NeedTool(t, "nix-instantiate", nixHint)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, ni, "--store", "dummy://", "--eval", "--strict", "--json", "-E", expr)

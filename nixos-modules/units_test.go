@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/vmcred/vmcred/integration/testenv"
 )
 
 const testKey = "vmcred-ed25519-public 11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
@@ -19,7 +21,7 @@ const testKey = "vmcred-ed25519-public 11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHU
 // TestNixParse runs check.sh over the repository, and over a broken file to
 // show that a syntax error fails it.
 func TestNixParse(t *testing.T) {
-	needTool(t, "nix-instantiate", nixHint)
+	testenv.NeedTool(t, "nix-instantiate", nixHint)
 	run := func(args ...string) (string, error) {
 		cmd := exec.Command("./check.sh", args...)
 		cmd.Env = nixEnv(t)

@@ -14,24 +14,15 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/vmcred/vmcred/integration/testenv"
 	"github.com/vmcred/vmcred/shared/credential"
 )
-
-// skipOrFail skips with a fix-it hint on a developer machine and fails in
-// CI, so CI never passes by skipping.
-func skipOrFail(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf(format, args...)
-	}
-	t.Skipf(format, args...)
-}
 
 // shmDir returns a fresh directory on tmpfs (/dev/shm), removed at cleanup.
 func shmDir(t testing.TB) string {
 	t.Helper()
 	if k, err := FilesystemKind("/dev/shm"); err != nil || k != Tmpfs {
-		skipOrFail(t, "/dev/shm is not tmpfs here (kind %v, err %v): mount one there to run in-memory tests", k, err)
+		testenv.SkipOrFail(t, "/dev/shm is not tmpfs here (kind %v, err %v): mount one there to run in-memory tests", k, err)
 	}
 	d, err := os.MkdirTemp("/dev/shm", "vmcred-credstore-test-")
 	if err != nil {
@@ -61,7 +52,7 @@ func mountFS(t testing.TB, fstype, data string) string {
 	}
 	d := t.TempDir()
 	if err := syscall.Mount(fstype, d, fstype, syscall.MS_NOSUID|syscall.MS_NODEV|syscall.MS_NOEXEC, data); err != nil {
-		skipOrFail(t, "mount -t %s -o %s %s: %v (needs CAP_SYS_ADMIN and kernel support)", fstype, data, d, err)
+		testenv.SkipOrFail(t, "mount -t %s -o %s %s: %v (needs CAP_SYS_ADMIN and kernel support)", fstype, data, d, err)
 	}
 	t.Cleanup(func() {
 		if err := syscall.Unmount(d, 0); err != nil {

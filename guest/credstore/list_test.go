@@ -15,6 +15,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/vmcred/vmcred/integration/testenv"
 )
 
 // makedev is glibc's gnu_dev_makedev, the inverse of devMajorMinor.
@@ -134,7 +136,7 @@ func TestMountNoswapRealDevice(t *testing.T) {
 		id, _ := idOf(fi)
 		f, err := os.Open(mountinfoPath)
 		if err != nil {
-			skipOrFail(t, "no %s: %v (mount /proc)", mountinfoPath, err)
+			testenv.SkipOrFail(t, "no %s: %v (mount /proc)", mountinfoPath, err)
 		}
 		if _, err := mountNoswap(f, id.dev); err != nil {
 			t.Errorf("mountNoswap for %s (dev %#x): %v", dir, id.dev, err)
@@ -287,7 +289,7 @@ func TestListBindMountedFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := syscall.Mount(srcFile, target, "", syscall.MS_BIND, ""); err != nil {
-		skipOrFail(t, "bind mount %s: %v", target, err)
+		testenv.SkipOrFail(t, "bind mount %s: %v", target, err)
 	}
 	t.Cleanup(func() { syscall.Unmount(target, 0) })
 	kind, _ := FilesystemKind(src)

@@ -13,23 +13,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-)
 
-// needTool returns the path of a tool the test needs. Without it the test
-// skips with a fix-it hint, except under CI=true, where it fails: CI must
-// never pass by skipping.
-func needTool(t *testing.T, name, hint string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not found (CI=true, so this is a failure): %s", name, hint)
-	}
-	t.Skipf("%s not found: %s", name, hint)
-	return ""
-}
+	"github.com/vmcred/vmcred/integration/testenv"
+)
 
 // Our units, where they go in the verify root, and the names systemd-analyze
 // uses for them in its messages.
@@ -69,7 +55,7 @@ func TestFilesEmbedded(t *testing.T) {
 // dependencies resolve and ordering cycles through sysinit.target show up.
 // Any message about our units fails the test.
 func TestSystemdAnalyzeVerify(t *testing.T) {
-	sa := needTool(t, "systemd-analyze", "apt-get install -y --no-install-recommends systemd")
+	sa := testenv.NeedTool(t, "systemd-analyze", "apt-get install -y --no-install-recommends systemd")
 	out, err := verify(t, sa, nil)
 	var ours []string
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
@@ -93,7 +79,7 @@ func TestSystemdAnalyzeVerify(t *testing.T) {
 // TestSystemdAnalyzeVerifyCatchesProblems makes sure the check above is not
 // vacuous: a misspelt directive and a missing executable must be reported.
 func TestSystemdAnalyzeVerifyCatchesProblems(t *testing.T) {
-	sa := needTool(t, "systemd-analyze", "apt-get install -y --no-install-recommends systemd")
+	sa := testenv.NeedTool(t, "systemd-analyze", "apt-get install -y --no-install-recommends systemd")
 	for _, tc := range []struct {
 		name   string
 		mutate func(t *testing.T, root string)

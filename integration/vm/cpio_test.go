@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/vmcred/vmcred/integration/testenv"
 )
 
 // File types for archive entries (the S_IF* bits of a cpio newc mode).
@@ -130,7 +132,7 @@ func (c *cpioWriter) header(ino uint32, name string, mode, nlink uint32, size in
 func TestArchive(t *testing.T) {
 	cpio, err := exec.LookPath("cpio")
 	if err != nil {
-		skipOrFail(t, "cpio not found: run integration/vm/setup.sh --tier1")
+		testenv.SkipOrFail(t, "cpio not found: run integration/vm/setup.sh --tier1")
 	}
 	a := archive{}
 	a.file("bin/tool", 0o755, []byte("#!/bin/sh\n"))

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmcred/vmcred/integration/testenv"
 )
 
 // Repository files the systemd guest uses as they are shipped.
@@ -282,7 +284,7 @@ func TestTier2(t *testing.T) {
 		t.Skip("VMCRED_VM_TIER=1: tier 2 not requested")
 	}
 	if s.env.Rootfs == "" {
-		skipOrFail(t, "no tier-2 image: run integration/vm/setup.sh (without --tier1; debootstrap takes 1-4 min)")
+		testenv.SkipOrFail(t, "no tier-2 image: run integration/vm/setup.sh (without --tier1; debootstrap takes 1-4 min)")
 	}
 	s.requireCommands(t, []string{"vmcred-host pack", "vmcred-host keygen", "vmcred-guest load", "vmcred-guest list", "vmcred-guest status"})
 	units := map[string][]byte{}

@@ -20,6 +20,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vmcred/vmcred/integration/testenv"
 )
 
 // Markers the guest prints on the serial console (init.sh, the tier-2 units).
@@ -70,23 +72,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// skipOrFail skips on a developer's machine that lacks something, and fails
-// under CI=true, so CI never passes by skipping.
-func skipOrFail(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf(format+" (CI=true: failing instead of skipping)", args...)
-	}
-	t.Skipf(format, args...)
-}
-
 // getSuite returns the shared suite, skipping (or failing in CI) when
 // setup.sh has not run.
 func getSuite(t *testing.T) *suite {
 	t.Helper()
 	suiteOnce.Do(func() { theSuite, suiteSkip, suiteErr = newSuite() })
 	if suiteSkip != "" {
-		skipOrFail(t, "%s", suiteSkip)
+		testenv.SkipOrFail(t, "%s", suiteSkip)
 	}
 	if suiteErr != nil {
 		t.Fatal(suiteErr)
