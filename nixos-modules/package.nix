@@ -18,8 +18,10 @@ buildGo126Module {
   inherit version;
 
   # Only what the binaries are built from, so that editing docs, tests in
-  # integration/ or these modules does not rebuild them. The same files
-  # TestVendorHash vendors.
+  # integration/ or these modules does not rebuild them, plus
+  # integration/testenv, which the tests of host/ and guest/ import (go mod
+  # vendor resolves test imports too). The same files TestVendorHash
+  # vendors.
   src = lib.fileset.toSource {
     root = ../.;
     fileset = lib.fileset.unions [
@@ -28,6 +30,7 @@ buildGo126Module {
       ../host
       ../guest
       ../shared
+      ../integration/testenv
     ];
   };
 

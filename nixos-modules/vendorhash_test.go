@@ -15,9 +15,11 @@ import (
 
 // TestVendorHash recomputes package.nix's vendorHash the way buildGoModule
 // does (the NAR hash of what `go mod vendor` writes for package.nix's src:
-// go.mod, go.sum, host/, guest/, shared/) and, when it is stale, prints the
-// new value: a failure under CI=true (the Nix package would not build), a
-// skip elsewhere. It changes with go.mod and with the imports of those
+// go.mod, go.sum, host/, guest/, shared/, integration/testenv/) and, when
+// it is stale, prints the new value: a failure under CI=true (the Nix
+// package would not build), a skip elsewhere. A src that lacks one of
+// vmcred's own packages that it imports fails everywhere: that is no
+// matter of being offline. It changes with go.mod and with the imports of those
 // folders. Offline: the modules come from the local module cache
 // (`go mod download` fills it).
 func TestVendorHash(t *testing.T) {
@@ -36,7 +38,7 @@ func TestVendorHash(t *testing.T) {
 
 	// A copy of exactly package.nix's src.
 	src := filepath.Join(t.TempDir(), "src")
-	for _, p := range []string{"go.mod", "go.sum", "host", "guest", "shared"} {
+	for _, p := range []string{"go.mod", "go.sum", "host", "guest", "shared", "integration/testenv"} {
 		if err := copyTree(filepath.Join("..", p), filepath.Join(src, p)); err != nil {
 			t.Fatal(err)
 		}
@@ -48,6 +50,9 @@ func TestVendorHash(t *testing.T) {
 	vendor.Dir = src
 	vendor.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOPROXY=off", "GOWORK=off", "GOTOOLCHAIN=local")
 	if out, err := vendor.CombinedOutput(); err != nil {
+		if strings.Contains(string(out), "no required module provides package github.com/vmcred/vmcred/") {
+			t.Fatalf("package.nix's src lacks a package of vmcred's that its code or tests import; add it to the fileset and to this test's list:\n%s", out)
+		}
 		msg := "go mod vendor (offline; run `go mod download` first): " + err.Error() + "\n" + string(out)
 		testenv.SkipOrFail(t, "%s", msg)
 	}
