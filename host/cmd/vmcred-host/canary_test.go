@@ -49,13 +49,13 @@ func TestCanaryPack(t *testing.T) {
 		{"qemu", []string{"--hypervisor", "qemu"}},
 		{"qemu-systemd-inline", []string{"--hypervisor", "qemu", "--mode", "systemd", "--inline"}},
 		{"qemu-microvm", []string{"--hypervisor", "qemu-microvm"}},
-		{"cloud-hypervisor", []string{"--hypervisor", "cloud-hypervisor", "--channel", "unix:/run/x.vsock_9"}},
+		{"cloud-hypervisor", []string{"--hypervisor", "cloud-hypervisor"}},
 		{"cloud-hypervisor-api", []string{"--hypervisor", "cloud-hypervisor", "--ch-api", "@TMP@/api.sock"}},
 		{"json", []string{"--hypervisor", "json"}},
 		{"json-out", []string{"--hypervisor", "json", "--target", "cloud-hypervisor", "--ch-api", "@TMP@/api.sock", "--out", "@TMP@/out/plan.json"}},
 		{"json-microvm", []string{"--hypervisor", "json", "--target", "qemu-microvm"}},
 		{"dmi", []string{"--hypervisor", "dmi", "--out", "@TMP@/out/table.dmi"}},
-		{"overflow", []string{"--hypervisor", "qemu", "--overflow", "channel", "--channel", "vsock-stream:2:9", "--smbios-reserve", "65000"}},
+		{"overflow", []string{"--hypervisor", "qemu", "--overflow", "channel", "--smbios-reserve", "65090"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -131,11 +131,18 @@ func TestCanaryRun(t *testing.T) {
 	}{
 		{"qemu", []string{"--hypervisor", "qemu"}},
 		{"qemu-microvm", []string{"--hypervisor", "qemu-microvm"}},
-		{"cloud-hypervisor", []string{"--hypervisor", "cloud-hypervisor", "--channel", "unix:/run/x.vsock_9"}},
+		// The secret goes in the session, which finds no agent here
+		// (nothing listens at --connect); the hypervisor's argv and
+		// environment are what this checks.
+		{"cloud-hypervisor", []string{"--hypervisor", "cloud-hypervisor", "--connect", "unix:@TMP@/no-agent.sock", "--sign-key", "@KEY@", "--timeout", "300ms"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			tmp := t.TempDir()
+			keyFile, _ := goldenKey(t, tmp)
+			for i, a := range tc.args {
+				tc.args[i] = strings.ReplaceAll(strings.ReplaceAll(a, "@TMP@", tmp), "@KEY@", keyFile)
+			}
 			rt := filepath.Join(tmp, "run")
 			args := append([]string{"run", "--vm", "canary-vm",
 				"--cred", "api-key=file:" + secretFile(t, tmp, "api-key", value),

@@ -1,4 +1,10 @@
-package fetch
+// Package vsocknotify sends sd_notify messages to a vsock NOTIFY_SOCKET
+// (an agent started outside systemd, e.g. from an initramfs, next to PID
+// 1's vmm.notify_socket), which go-systemd's daemon.SdNotify cannot: it
+// only speaks unixgram. The transports are net.Conn: Dial opens a Unix
+// stream or, through github.com/mdlayher/vsock, an AF_VSOCK stream; tests
+// use Unix sockets. Guest packages only. It does not log.
+package vsocknotify
 
 import (
 	"context"

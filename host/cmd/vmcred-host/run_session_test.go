@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
 	"fmt"
 	"net"
 	"os"
@@ -14,27 +16,36 @@ import (
 	"time"
 
 	"github.com/vmcred/vmcred/host/readiness"
-	"github.com/vmcred/vmcred/shared/address"
 	proto "github.com/vmcred/vmcred/shared/channel"
 	"github.com/vmcred/vmcred/shared/manifest"
 	"github.com/vmcred/vmcred/shared/oemstring"
 )
 
-// fakeAgent is run's "hypervisor" and its guest in one: it reads the OEM
-// strings run passed (-smbios type=11,path=FILE), opens the manifest,
-// sends systemd's READY=1 the way PID 1 does (write, half-close, wait for
-// EOF), then plays the vmcred agent on the manifest's channel: HELLO,
-// CREDENTIALS (checked against the manifest), REPORT with args[0]
-// ("ready" or "failed"), ACK. After a failed report it waits for SIGTERM.
-// It uses shared packages only: host code must not import the guest's.
+// fakeAgent is run's "hypervisor" and its guest agent in one: it reads the
+// OEM strings run passed (-smbios type=11,path=FILE), listens on the Unix
+// socket args[1] as the agent does, and plays one session: CHALLENGE, the
+// MANIFEST (its signature checked with the public key in file args[2], its
+// challenge with the one sent), CREDENTIALS (each value checked against
+// the manifest, firmware ones against the OEM strings), REPORT with
+// args[0] ("ready" or "failed"), ACK. After a failed report it waits for
+// SIGTERM. It uses shared packages only: host code must not import the
+// guest's.
 func fakeAgent(args []string) int {
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(os.Stderr, "fake-agent: "+format+"\n", a...)
 		return 80
 	}
-	outcome := args[0]
+	outcome, sock := args[0], args[1]
+	pubText, err := os.ReadFile(args[2])
+	if err != nil {
+		return fail("%v", err)
+	}
+	pub, err := manifest.ParsePublicKey(pubText)
+	if err != nil {
+		return fail("%v", err)
+	}
 	p := oemstring.NewParser(oemstring.PrefixText, oemstring.PrefixBinary, oemstring.PrefixVmcred)
-	for _, a := range args[1:] {
+	for _, a := range args[3:] {
 		path, ok := strings.CutPrefix(a, "type=11,path=")
 		if !ok {
 			continue
@@ -45,43 +56,36 @@ func fakeAgent(args []string) int {
 		}
 		p.AddString("smbios", string(b))
 	}
-	var m *manifest.Manifest
 	firmware := map[string]oemstring.Entry{}
 	for _, e := range p.Result().Entries {
 		firmware[e.Name] = e
-		if e.Name == "vmcred.manifest" {
-			var err error
-			if m, _, err = manifest.Open(e.Value.Reveal(), nil); err != nil {
-				return fail("open manifest: %v", err)
-			}
-		}
 	}
-	if m == nil {
-		return fail("no manifest")
-	}
-	a, err := address.Parse(m.Channel)
-	if err != nil || a.Kind != address.Unix {
-		return fail("channel %q: want a Unix socket in this test (%v)", m.Channel, err)
-	}
-	// PID 1's READY=1 first, as systemd ≥ 256 sends it.
-	if c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: a.Path, Net: "unix"}); err == nil {
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		c.Write([]byte("READY=1\nSTATUS=Ready."))
-		c.CloseWrite()
-		c.Read(make([]byte, 1))
-		c.Close()
-	}
-	c, err := net.Dial("unix", a.Path)
+	l, err := net.Listen("unix", sock)
 	if err != nil {
-		return fail("dial: %v", err)
+		return fail("listen: %v", err)
+	}
+	defer l.Close()
+	c, err := l.Accept()
+	if err != nil {
+		return fail("accept: %v", err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	cl := proto.NewClient(c)
-	if err := cl.WriteHello(proto.Hello{Token: m.Token, BootNonce: m.Nonce, BootID: "fake-boot", AgentVersion: "fake-agent"}); err != nil {
-		return fail("hello: %v", err)
+	conn := proto.NewAgent(c)
+	var nonce [proto.ChallengeSize]byte
+	rand.Read(nonce[:])
+	if err := conn.WriteChallenge(proto.Challenge{Nonce: nonce, BootID: "fake-boot", AgentVersion: "fake-agent"}); err != nil {
+		return fail("challenge: %v", err)
 	}
-	creds, err := cl.ReadCredentials()
+	env, err := conn.ReadManifest()
+	if err != nil {
+		return fail("manifest: %v", err)
+	}
+	m, _, err := manifest.Open(env, []ed25519.PublicKey{pub})
+	if err != nil || m.Challenge != nonce || m.VM != "v" || m.Generation != 1 {
+		return fail("manifest not for this session: %v", err)
+	}
+	creds, err := conn.ReadCredentials()
 	if err != nil {
 		return fail("credentials: %v", err)
 	}
@@ -89,13 +93,13 @@ func fakeAgent(args []string) int {
 	for _, c := range creds {
 		got[c.Name] = c
 	}
-	r := proto.Report{Outcome: proto.OutcomeReady, Summary: "fake agent", AgentVersion: "fake-agent"}
+	r := proto.Report{Outcome: proto.OutcomeReady, Summary: "fake agent", AgentVersion: "fake-agent", Generation: m.Generation}
 	for _, e := range m.Entries {
 		v := firmware[e.Name].Value
 		if e.Delivery == manifest.DeliveryChannel {
 			v = got[e.Name].Value
 		}
-		cr := proto.CredentialReport{Name: e.Name, Size: e.Size, Delivery: proto.Delivery(e.Delivery.String()), Verification: proto.VerifiedDigest}
+		cr := proto.CredentialReport{Name: e.Name, Size: e.Size, Delivery: proto.Delivery(e.Delivery.String()), Verification: proto.VerifiedSignature}
 		if err := e.Matches(v); err != nil {
 			cr.Verification, cr.Error = proto.VerifyMismatch, err.Error()
 			r.Outcome = proto.OutcomeFailed
@@ -106,10 +110,10 @@ func fakeAgent(args []string) int {
 		r.Outcome = proto.OutcomeFailed
 		r.Credentials[0].Verification, r.Credentials[0].Error = proto.VerifyMismatch, "fake mismatch"
 	}
-	if err := cl.WriteReport(r); err != nil {
+	if err := conn.WriteReport(r); err != nil {
 		return fail("report: %v", err)
 	}
-	ack, err := cl.ReadAck()
+	ack, err := conn.ReadAck()
 	if err != nil {
 		return fail("ack: %v", err)
 	}
@@ -178,24 +182,29 @@ func shortTemp(t *testing.T) string {
 	return d
 }
 
-// TestRunServesChannel: run binds --listen first, packs with that address
-// (the 2 MiB credential overflows to the channel), starts the hypervisor,
-// serves the guest, and tells its own service manager READY=1 once the
-// agent reports ready.
-func TestRunServesChannel(t *testing.T) {
+// TestRunDialsAgent: run packs (the 2 MiB credential overflows to the
+// session), starts the hypervisor, dials the agent at --connect while it
+// comes up, runs the session, and records the report for wait; the
+// service manager hears STATUS= with the outcome.
+func TestRunDialsAgent(t *testing.T) {
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	notify := catchNotify(t)
 	tmp := shortTemp(t)
+	keyFile, pub := goldenKey(t, tmp)
+	pubFile := filepath.Join(tmp, "k.pub")
+	if err := os.WriteFile(pubFile, must(manifest.MarshalPublicKey(pub)), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	big := bytes.Repeat([]byte("0123456789abcdef"), 2<<20/16)
-	sock, status := filepath.Join(tmp, "vm.sock"), filepath.Join(tmp, "status")
+	sock, status := filepath.Join(tmp, "agent.sock"), filepath.Join(tmp, "status")
 	h := newHarness(t)
-	code := h.run("run", "--vm", "v", "--hypervisor", "qemu", "--runtime-dir", filepath.Join(tmp, "run"),
+	code := h.run("run", "--vm", "v", "--hypervisor", "qemu", "--runtime-dir", filepath.Join(tmp, "run"), "--sign-key", keyFile,
 		"--cred", "big=file:"+secretFile(t, tmp, "big", big), "--cred", "small=file:"+secretFile(t, tmp, "small", []byte("s3cret")),
-		"--overflow", "channel", "--listen", "unix:"+sock, "--status-dir", status,
-		"--", self, helperMarker, "fake-agent", "ready")
+		"--overflow", "channel", "--connect", "unix:"+sock, "--status-dir", status, "--timeout", "20s",
+		"--", self, helperMarker, "fake-agent", "ready", sock, pubFile)
 	if code != 0 {
 		t.Fatalf("run: exit %d\nstdout %s\nlog %s", code, h.stdout.String(), h.log.String())
 	}
@@ -203,18 +212,11 @@ func TestRunServesChannel(t *testing.T) {
 		t.Errorf("agent output %q", h.stdout.String())
 	}
 	st, err := readiness.Read(status, "v")
-	if err != nil || st.State != readiness.Ready || st.Boot == nil || !st.Boot.Ready {
+	if err != nil || st.State != readiness.Ready || st.Generation != 1 || st.Session == nil || len(st.Session.Credentials) != 1 {
 		t.Fatalf("status %+v, %v", st, err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(notify.all(), "READY=1\nSTATUS=guest v: 2 credentials verified") && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := notify.all(); !strings.Contains(got, "READY=1\nSTATUS=guest v: 2 credentials verified") {
+	if got := notify.all(); !strings.Contains(got, "STATUS=guest v: 2 credentials verified") {
 		t.Errorf("sd_notify messages %q", got)
-	}
-	if _, err := os.Stat(sock); !os.IsNotExist(err) {
-		t.Errorf("socket left after run: %v", err)
 	}
 	if strings.Contains(h.log.String(), "s3cret") {
 		t.Error("the log holds a value")
@@ -222,30 +224,45 @@ func TestRunServesChannel(t *testing.T) {
 }
 
 // TestRunExitOnFailure: a failed report stops the hypervisor and run
-// exits 1 naming the failure; no READY=1 is sent.
+// exits 1 naming the failure.
 func TestRunExitOnFailure(t *testing.T) {
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	notify := catchNotify(t)
 	tmp := shortTemp(t)
+	keyFile, pub := goldenKey(t, tmp)
+	pubFile := filepath.Join(tmp, "k.pub")
+	if err := os.WriteFile(pubFile, must(manifest.MarshalPublicKey(pub)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(tmp, "agent.sock")
 	h := newHarness(t)
-	code := h.run("run", "--vm", "v", "--hypervisor", "qemu", "--runtime-dir", filepath.Join(tmp, "run"),
-		"--cred", "k=file:"+secretFile(t, tmp, "k", []byte("value")), "--listen", "unix:"+filepath.Join(tmp, "vm.sock"),
-		"--status-dir", filepath.Join(tmp, "status"), "--exit-on-failure",
-		"--", self, helperMarker, "fake-agent", "failed")
+	code := h.run("run", "--vm", "v", "--hypervisor", "qemu", "--runtime-dir", filepath.Join(tmp, "run"), "--sign-key", keyFile,
+		"--cred", "k=file:"+secretFile(t, tmp, "k", []byte("value")), "--connect", "unix:"+sock,
+		"--status-dir", filepath.Join(tmp, "status"), "--exit-on-failure", "--timeout", "20s",
+		"--", self, helperMarker, "fake-agent", "failed", sock, pubFile)
 	if code != 1 || !strings.Contains(h.log.String(), "fake mismatch") || !strings.Contains(h.log.String(), "--exit-on-failure") {
 		t.Errorf("run: exit %d, want 1 naming the failure; log %s", code, h.log.String())
 	}
-	if strings.Contains(notify.all(), "READY=1") {
-		t.Errorf("READY=1 sent after a failed report: %q", notify.all())
+}
+
+func TestRunSessionUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{"run", "--vm", "v", "--hypervisor", "qemu", "--static", "a=b", "--exit-on-failure", "--", "true"},
+		{"run", "--vm", "v", "--hypervisor", "qemu", "--static", "a=b", "--connect", "unix:/x", "--", "true"},
+		{"run", "--vm", "v", "--hypervisor", "qemu", "--static", "a=b", "--connect", "vsock:3:5000", "--sign-key", "/k", "--", "true"},
+	} {
+		h := newHarness(t)
+		if code := h.run(args...); code != 2 {
+			t.Errorf("%v: exit %d, want 2: %s", args, code, h.log.String())
+		}
 	}
 }
 
-func TestRunListenUsage(t *testing.T) {
-	h := newHarness(t)
-	if code := h.run("run", "--vm", "v", "--hypervisor", "qemu", "--static", "a=b", "--exit-on-failure", "--", "true"); code != 2 {
-		t.Errorf("exit %d, want 2: %s", code, h.log.String())
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
 	}
+	return b
 }

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/vmcred/vmcred/guest/agent"
+	"github.com/vmcred/vmcred/shared/address"
+	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/logging"
+)
+
+const agentUsage = "vmcred-guest agent --vm NAME --trust-key FILE [--listen ADDR] [--peer-cid N] [source flags] [flags]"
+
+// runAgent is the long-lived boot service (Type=notify): it loads what
+// firmware carries, listens on a privileged vsock port for the host's
+// sessions, sends READY=1 once the credstore is complete, and keeps
+// listening for the life of the boot.
+func runAgent(ctx context.Context, env *cli.Env, args []string) error {
+	fs := cli.NewFlagSet("agent")
+	var src sourceFlags
+	src.register(fs)
+	var pol policyFlags
+	pol.register(fs)
+	var st storeFlags
+	st.register(fs)
+	listen := fs.String("listen", "vsock::"+strconv.Itoa(agent.DefaultPort), "listen for the host's sessions on `ADDR`: vsock:CID:PORT with a privileged PORT (1-1023; only root can bind it, so the host knows who answers), or unix:PATH for a simulated VM")
+	peerCID := fs.Uint32("peer-cid", address.CIDHost, "accept AF_VSOCK sessions only from context ID `N` (2, the host; 1 for a host process inside the guest over vsock loopback)")
+	once := fs.Bool("once", false, "exit after the first session that leaves the credstore complete (or after the boot load, if firmware completes it)")
+	if err := cli.Parse(env, fs, agentUsage, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return cli.Usagef("agent takes no arguments")
+	}
+	a, err := address.Parse(*listen)
+	if err != nil {
+		return cli.Usagef("--listen: %v", err)
+	}
+	if err := agent.CheckListen(a); err != nil {
+		return cli.Usagef("--listen: %v", err)
+	}
+	cfg, err := config(env, &src, &pol, &st)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var readyOnce sync.Once
+	onReport := func(rep agent.Report, err error) {
+		logReport(env.Log, rep)
+		logSession(env.Log, rep)
+		switch {
+		case err != nil:
+			env.Log.Warn(oneLine(rep.Summary))
+			notifySelf(ctx, env, "STATUS="+oneLine("last session failed: "+err.Error()))
+		case rep.Outcome == agent.OutcomeReady:
+			env.Log.Info(rep.Summary, logging.String("credstore", rep.Credstore), logging.Int("generation", int(rep.Generation)))
+			state := "STATUS=" + oneLine(rep.Summary)
+			readyOnce.Do(func() { state = daemon.SdNotifyReady + "\n" + state })
+			notifySelf(ctx, env, state)
+			if *once {
+				cancel()
+			}
+		default:
+			env.Log.Info(rep.Summary)
+			notifySelf(ctx, env, "STATUS="+oneLine(rep.Summary))
+		}
+	}
+	ag, err := agent.New(cfg, agent.Options{OnReport: onReport, AcceptPeer: agent.PeerCID(*peerCID)})
+	if err != nil {
+		return err
+	}
+	// Bind before the boot load: the port is held for the whole boot, so
+	// no other process can take it in between.
+	l, err := agent.Listen(a)
+	if err != nil {
+		return cli.WithCode(cli.ExitIO, err)
+	}
+	env.Log.Info(fmt.Sprintf("listening for the host's sessions on %s", a), logging.String("vm", cfg.VM))
+	if _, err := ag.Boot(); err != nil {
+		env.Log.Warn("boot load: " + err.Error())
+	}
+	if err := ag.Serve(ctx, l); err != nil {
+		return cli.WithCode(cli.ExitIO, fmt.Errorf("serve %s: %w", a, err))
+	}
+	return nil
+}
