@@ -25,13 +25,10 @@ func Listen(a address.Address) (net.Listener, error) {
 		return nil, err
 	}
 	if a.IsVsock() {
-		var l net.Listener
-		var err error
-		if a.CID == address.CIDAny {
-			l, err = vsock.Listen(a.Port, nil)
-		} else {
-			l, err = vsock.ListenContextID(a.CID, a.Port, nil)
-		}
+		// ListenContextID, not Listen: Listen asks /dev/vsock for the
+		// local CID, and the unit's PrivateDevices=yes hides /dev/vsock
+		// (an AF_VSOCK socket needs no device node).
+		l, err := vsock.ListenContextID(a.CID, a.Port, nil)
 		if err != nil {
 			if errors.Is(err, syscall.EACCES) {
 				return nil, fmt.Errorf("listen %s: %w (binding a vsock port up to %d needs CAP_NET_BIND_SERVICE: run the agent as root)", a, err, address.PrivilegedPorts)
