@@ -532,7 +532,9 @@ let
         microvm.extraArgsScript = "${i.script}";
         assertions = [
           {
-            assertion = vm.channel.enable -> config.microvm.vsock.cid != null;
+            # (cloud-hypervisor: or a --vsock of the user's in its extraArgs)
+            assertion = vm.channel.enable -> (config.microvm.vsock.cid != null
+              || (i.hypervisor == "cloud-hypervisor" && lib.any (a: a == "--vsock" || lib.hasPrefix "--vsock=" a) (config.microvm.cloud-hypervisor.extraArgs or [ ])));
             message = "services.vmcred.vms.${name}: the channel needs a vsock device in the VM: set microvm.vsock.cid.";
           }
           {

@@ -46,8 +46,15 @@ type vmEval struct {
 	Warnings            []string
 }
 
-// evalCase evaluates tests/cases/NAME.nix, or an absolute case file.
+// evalCase evaluates tests/cases/NAME.nix, or an absolute case file, for
+// an x86_64-linux host.
 func evalCase(t *testing.T, name string) (*hostEval, error) {
+	t.Helper()
+	return evalCaseOn(t, name, "x86_64-linux")
+}
+
+// evalCaseOn evaluates a case for a host of the given Nix system.
+func evalCaseOn(t *testing.T, name, system string) (*hostEval, error) {
 	t.Helper()
 	ni := testenv.NeedTool(t, "nix-instantiate", nixHint)
 	file := name
@@ -59,7 +66,7 @@ func evalCase(t *testing.T, name string) (*hostEval, error) {
 	// --read-write-mode with a throwaway store: the stand-in pkgs write the
 	// scripts' text there (builtins.toFile) so that it can be read back.
 	cmd := exec.CommandContext(ctx, ni, "--read-write-mode", "--store", filepath.Join(t.TempDir(), "store"),
-		"--eval", "--strict", "--json", abs(t, "tests/harness.nix"), "--arg", "case", file)
+		"--eval", "--strict", "--json", abs(t, "tests/harness.nix"), "--arg", "case", file, "--argstr", "system", system)
 	cmd.Env = nixEnv(t)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -97,12 +104,17 @@ func mustEvalCase(t *testing.T, name string) *hostEval {
 // written to a temporary file that imports the case.
 func evalVariant(t *testing.T, base, extra string) (*hostEval, error) {
 	t.Helper()
+	return evalVariantOn(t, base, extra, "x86_64-linux")
+}
+
+func evalVariantOn(t *testing.T, base, extra, system string) (*hostEval, error) {
+	t.Helper()
 	f := filepath.Join(t.TempDir(), "variant.nix")
 	src := fmt.Sprintf("{ lib, pkgs, vmcred, microvm, ... }: {\n  imports = [ %s ];\n%s\n}\n", abs(t, filepath.Join("tests", "cases", base+".nix")), extra)
 	if err := os.WriteFile(f, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return evalCase(t, f)
+	return evalCaseOn(t, f, system)
 }
 
 // directives returns the values of KEY= in SECTION of a unit file's text,
@@ -389,5 +401,72 @@ func TestRealEvalBadInputs(t *testing.T) {
 				t.Errorf("no failed assertion with %q; failed: %q", tc.want, all)
 			}
 		})
+	}
+}
+
+func mustVariant(t *testing.T, base, extra string) *hostEval {
+	t.Helper()
+	r, err := evalVariant(t, base, extra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestRealEvalAarch64Virt: on aarch64 microvm.nix's QEMU default is the
+// `virt` machine with direct kernel boot, where the guest sees no SMBIOS
+// table: credentials go by fw_cfg (pack's qemu-microvm target).
+func TestRealEvalAarch64Virt(t *testing.T) {
+	r, err := evalCaseOn(t, "qemu-microvm", "aarch64-linux")
+	if err != nil {
+		t.Fatal(err)
+	}
+	noFailures(t, r)
+	vm := r.Vms["qvm"]
+	if vm.QemuMachine != "virt" {
+		t.Fatalf("machine %s, want microvm.nix's aarch64 default virt", vm.QemuMachine)
+	}
+	pack, _ := scriptLines(t, "qvm", vm)
+	wantContains(t, "pack", pack, "--hypervisor qemu-microvm")
+	wantRunnerCallsScript(t, "qvm", vm)
+	wantContains(t, "microvm-run", vm.MicrovmRun, "qemu-system-aarch64", "-M 'virt,")
+}
+
+// TestRealEvalCloudHypervisorSocketOverride: a --vsock socket= in
+// microvm.cloud-hypervisor.extraArgs moves microvm.nix's vsock socket, and
+// vmcred's channel listener with it.
+func TestRealEvalCloudHypervisorSocketOverride(t *testing.T) {
+	r := mustVariant(t, "cloud-hypervisor", `microvm.vms.chvm.config = { microvm.vsock.cid = lib.mkForce null; microvm.cloud-hypervisor.extraArgs = [ "--vsock" "cid=7,socket=/run/chvm/vsock.sock" ]; };`)
+	noFailures(t, r)
+	vm := r.Vms["chvm"]
+	wantContains(t, "microvm-run", vm.MicrovmRun, "cid=7,socket=/run/chvm/vsock.sock")
+	_, serve := scriptLines(t, "chvm", vm)
+	wantContains(t, "serve", serve, "--listen unix:/run/chvm/vsock.sock_8889")
+
+	r = mustVariant(t, "cloud-hypervisor", `microvm.vms.chvm.config.microvm.cloud-hypervisor.extraArgs = [ "--vsock=socket=relative.vsock" ];`)
+	_, serve = scriptLines(t, "chvm", r.Vms["chvm"])
+	wantContains(t, "serve", serve, "--listen unix:/var/lib/microvms/chvm/relative.vsock_8889")
+}
+
+// TestRealEvalSecretsUnits: microvm@<name> waits for the units that deploy
+// its secrets.
+func TestRealEvalSecretsUnits(t *testing.T) {
+	r := mustVariant(t, "qemu-microvm", `services.vmcred.vms.qvm.secretsUnits = [ "sops-install-secrets.service" ];`)
+	drop := unit(t, r.Units, "microvm@qvm.service.d/overrides.conf")
+	wantDirectives(t, "drop-in", drop, "Unit", "After", "sops-install-secrets.service")
+	wantDirectives(t, "drop-in", drop, "Unit", "Wants", "sops-install-secrets.service")
+
+	r = mustEvalCase(t, "qemu-microvm")
+	drop = unit(t, r.Units, "microvm@qvm.service.d/overrides.conf")
+	if a := directives(drop, "Unit", "After"); len(a) != 0 {
+		t.Errorf("without secret units the drop-in orders After=%q", a)
+	}
+}
+
+// TestRealEvalNoVhostVsockForHybrid: vhost_vsock is for QEMU only.
+func TestRealEvalNoVhostVsockForHybrid(t *testing.T) {
+	r := mustEvalCase(t, "cloud-hypervisor")
+	if contains(r.KernelModules, "vhost_vsock") {
+		t.Errorf("boot.kernelModules %v: a cloud-hypervisor-only host needs no vhost_vsock", r.KernelModules)
 	}
 }
