@@ -470,3 +470,55 @@ func TestRealEvalNoVhostVsockForHybrid(t *testing.T) {
 		t.Errorf("boot.kernelModules %v: a cloud-hypervisor-only host needs no vhost_vsock", r.KernelModules)
 	}
 }
+
+// TestFlakeOutputs evaluates flake.nix's outputs with stand-in inputs (as
+// tests/harness.nix does): the modules, a package per system and the
+// overlay are there, and the modules are the files the harness tests.
+func TestFlakeOutputs(t *testing.T) {
+	expr := fmt.Sprintf(`
+let
+  lib = import %s;
+  pkgsFor = system: import %s { inherit lib system; };
+  nixpkgs = { inherit lib; legacyPackages = lib.genAttrs [ "x86_64-linux" "aarch64-linux" ] pkgsFor; };
+  flake = (import %s).outputs { self = flake; inherit nixpkgs; };
+  pkgs = pkgsFor "x86_64-linux";
+in {
+  nixosModules = builtins.attrNames flake.nixosModules;
+  host = toString flake.nixosModules.host;
+  guest = toString flake.nixosModules.guest;
+  default = map toString flake.nixosModules.default.imports;
+  packages = lib.mapAttrs (_: ps: lib.mapAttrs (_: p: p.name) ps) flake.packages;
+  overlay = (flake.overlays.default pkgs pkgs).vmcred.name;
+}`, abs(t, "tests/nix-compat.nix"), abs(t, "tests/standin/pkgs.nix"), abs(t, "../flake.nix"))
+	out, err := nixEval(t, expr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r struct {
+		NixosModules []string
+		Host, Guest  string
+		Default      []string
+		Packages     map[string]map[string]string
+		Overlay      string
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("decode: %v\n%s", err, out)
+	}
+	if !equalStrings(r.NixosModules, []string{"default", "guest", "host"}) {
+		t.Errorf("nixosModules = %q", r.NixosModules)
+	}
+	if r.Host != abs(t, "host.nix") || r.Guest != abs(t, "guest.nix") {
+		t.Errorf("nixosModules.host = %s, .guest = %s: want this folder's host.nix and guest.nix", r.Host, r.Guest)
+	}
+	if !equalStrings(r.Default, []string{r.Host, r.Guest}) {
+		t.Errorf("nixosModules.default imports %q, want host and guest", r.Default)
+	}
+	for _, sys := range []string{"x86_64-linux", "aarch64-linux"} {
+		if p := r.Packages[sys]; p["default"] != "package.nix" || p["vmcred"] != "package.nix" {
+			t.Errorf("packages.%s = %v, want default and vmcred from package.nix", sys, p)
+		}
+	}
+	if r.Overlay != "package.nix" {
+		t.Errorf("overlays.default gives vmcred = %q, want package.nix's package", r.Overlay)
+	}
+}
