@@ -19,8 +19,8 @@
 #    intact; other host units order after it.
 #
 # Evaluates without microvm.nix (then services.vmcred.vms must be empty).
-# Uses only the part of nixpkgs `lib` that tests/stub-lib.nix provides, so the
-# module can be evaluated offline by the tests.
+# Tested offline with nixpkgs' real lib and microvm.nix's real modules
+# (tests/harness.nix, tests/guest-harness.nix; nixos-modules/README.md).
 { config, lib, pkgs, options, ... }:
 
 let

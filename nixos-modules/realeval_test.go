@@ -54,7 +54,7 @@ func evalCase(t *testing.T, name string) (*hostEval, error) {
 }
 
 // evalCaseOn evaluates a case for a host of the given Nix system.
-func evalCaseOn(t *testing.T, name, system string) (*hostEval, error) {
+func evalCaseOn(t *testing.T, name, system string, more ...string) (*hostEval, error) {
 	t.Helper()
 	ni := testenv.NeedTool(t, "nix-instantiate", nixHint)
 	file := name
@@ -67,6 +67,7 @@ func evalCaseOn(t *testing.T, name, system string) (*hostEval, error) {
 	// scripts' text there (builtins.toFile) so that it can be read back.
 	cmd := exec.CommandContext(ctx, ni, "--read-write-mode", "--store", filepath.Join(t.TempDir(), "store"),
 		"--eval", "--strict", "--json", abs(t, "tests/harness.nix"), "--arg", "case", file, "--argstr", "system", system)
+	cmd.Args = append(cmd.Args, more...)
 	cmd.Env = nixEnv(t)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -520,5 +521,26 @@ in {
 	}
 	if r.Overlay != "package.nix" {
 		t.Errorf("overlays.default gives vmcred = %q, want package.nix's package", r.Overlay)
+	}
+}
+
+// TestRealEvalWithoutMicrovm: the host module evaluates on a host without
+// microvm.nix when it has nothing to do, and says what is missing when it
+// has.
+func TestRealEvalWithoutMicrovm(t *testing.T) {
+	r, err := evalCaseOn(t, "no-vms", "x86_64-linux", "--arg", "withMicrovm", "false")
+	if err != nil {
+		t.Fatal(err)
+	}
+	noFailures(t, r)
+	if len(r.Units) != 0 || len(r.Etc) != 0 {
+		t.Errorf("no VMs, but units %v, etc %v", r.Units, r.Etc)
+	}
+	r, err = evalCaseOn(t, "vm-without-microvm", "x86_64-linux", "--arg", "withMicrovm", "false")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !anyContains(r.FailedAssertions, "microvm.nix's host module is not imported") {
+		t.Errorf("failed assertions %q: want the missing microvm.nix host module named", r.FailedAssertions)
 	}
 }

@@ -38,6 +38,8 @@
   # A NixOS module: the host configuration under test (tests/cases/*.nix).
   case
 , system ? "x86_64-linux"
+  # false: a host without microvm.nix's host module.
+, withMicrovm ? true
 }:
 let
   # nixpkgs lib, with builtins that nix 2.8 lacks filled in (see there).
@@ -59,8 +61,7 @@ let
   host = import ./standin/nixos/lib/eval-config.nix {
     inherit lib pkgs system;
     specialArgs = { inherit vmcred microvm; };
-    modules = [
-      (microvm + "/nixos-modules/host")
+    modules = lib.optional withMicrovm (microvm + "/nixos-modules/host") ++ [
       vmcred.nixosModules.host
       case
     ];
@@ -119,10 +120,10 @@ in
 {
   failedAssertions = failed cfg.assertions;
   inherit (cfg) warnings;
-  microvmVms = builtins.attrNames cfg.microvm.vms;
+  microvmVms = if withMicrovm then builtins.attrNames cfg.microvm.vms else [ ];
   kernelModules = cfg.boot.kernelModules;
   units = pickUnits interesting cfg.systemd.unitFiles;
   etc = lib.mapAttrs (_: e: if e.text != null then e.text else scriptText (toString e.source))
     (lib.filterAttrs (n: _: lib.hasPrefix "vmcred" n) cfg.environment.etc);
-  vms = lib.mapAttrs vmResult cfg.microvm.vms;
+  vms = if withMicrovm then lib.mapAttrs vmResult cfg.microvm.vms else { };
 }
