@@ -388,6 +388,13 @@ func TestRealEvalBadInputs(t *testing.T) {
 		{"no vsock in the VM", "qemu-microvm", `microvm.vms.qvm.config.microvm.vsock.cid = lib.mkForce null;`, "set microvm.vsock.cid"},
 		{"consumer that does not exist", "qemu-microvm", `microvm.vms.qvm.config.services.vmcred-guest.consumers = [ "no-such-service" ];`, "no-such-service, which this configuration does not define"},
 		{"verified mode without the agent", "qemu-microvm", `microvm.vms.qvm.config.services.vmcred-guest.enable = lib.mkForce false;`, "needs the vmcred guest agent"},
+		{"imperative VM without a hypervisor", "imperative", `services.vmcred.vms.impvm.hypervisor = lib.mkForce null;`, "cannot tell the hypervisor (the VM is not in microvm.vms)"},
+		{"imperative QEMU VM without a CID", "imperative", `services.vmcred.vms.impvm.channel.cid = lib.mkForce null;`, "the channel server accepts only that CID"},
+		{"two QEMU VMs on one vsock port", "qemu-microvm", `services.vmcred.vms.other = { hypervisor = "qemu"; channel.cid = 20; static.X = "1"; signingKeyFile = "/run/secrets/other/signing.key"; };`, "give each a different channel.port"},
+		{"hypervisor contradicts microvm.nix", "qemu-microvm", `services.vmcred.vms.qvm.hypervisor = "cloud-hypervisor";`, "but the VM's microvm.nix configuration says qemu-microvm"},
+		{"VM name with a space", "qemu-microvm", `services.vmcred.vms."a b" = { hypervisor = "qemu"; channel.cid = 21; channel.port = 8898; static.X = "1"; signingKeyFile = "/run/secrets/ab/signing.key"; };`, "the VM name must match"},
+		{"credential name with a space", "qemu-microvm", `services.vmcred.vms.qvm.credentials."api key".file = "/run/k";`, "must match"},
+		{"hypervisor vmcred cannot serve", "qemu-microvm", `microvm.vms.qvm.config.microvm.hypervisor = lib.mkForce "crosvm";`, "unsupported hypervisor crosvm"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := evalVariant(t, tc.base, tc.extra)

@@ -22,7 +22,9 @@
 # standin/pkgs.nix); nothing is built.
 #
 # Output (JSON):
-#   failedAssertions  [ message ] of the host and of every declarative VM
+#   failedAssertions  [ message ] of the host; when there is one, the rest
+#                     is empty, as NixOS stops there
+#   (each VM's own failed assertions are in vms.<name>)
 #   warnings          [ message ], likewise
 #   microvmVms        names in microvm.vms (what microvm.nix will install)
 #   kernelModules     the host's boot.kernelModules
@@ -116,9 +118,14 @@ let
       failedAssertions = failed g.assertions;
       warnings = g.warnings;
     };
+  hostFailed = failed cfg.assertions;
 in
-{
-  failedAssertions = failed cfg.assertions;
+# As NixOS: a failed assertion of the host stops the build of its system
+# before anything else is evaluated (nixos/modules/system/activation/
+# top-level.nix), so only the messages are printed then.
+if hostFailed != [ ] then { failedAssertions = hostFailed; inherit (cfg) warnings; microvmVms = [ ]; kernelModules = [ ]; units = { }; etc = { }; vms = { }; }
+else {
+  failedAssertions = hostFailed;
   inherit (cfg) warnings;
   microvmVms = if withMicrovm then builtins.attrNames cfg.microvm.vms else [ ];
   kernelModules = cfg.boot.kernelModules;
