@@ -613,7 +613,7 @@ in
       # configuration is built elsewhere (etcArgsScript).
       environment.etc = lib.mapAttrs' (name: vm: lib.nameValuePair
         (lib.removePrefix "/etc/" (etcArgsScript name))
-        { source = (vmInfo name vm).script; mode = "0555"; })
+        { source = (vmInfo name vm).script; })
         cfg.vms;
 
       # QEMU's vhost-vsock needs vhost_vsock, which a freshly booted host
