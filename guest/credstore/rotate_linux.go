@@ -94,6 +94,9 @@ func (s *Store) Rotate(entries []Entry) (Rotation, error) {
 	if err := p.checkStore(s); err != nil {
 		return Rotation{}, err
 	}
+	if err := p.checkOneMount(s); err != nil {
+		return Rotation{}, err
+	}
 	types, err := s.listTypes()
 	if err != nil {
 		return Rotation{}, err
@@ -350,6 +353,29 @@ func (p *parent) checkStore(s *Store) error {
 		return fmt.Errorf("rotate credstore %s: owned by uid %d, not by this agent (uid %d); refusing to rotate (nothing was changed)", s.dir, st.Uid, os.Geteuid())
 	case st.Mode&0o077 != 0:
 		return fmt.Errorf("rotate credstore %s: mode %#o gives group or other access; refusing to rotate (chmod 0700 %s; nothing was changed)", s.dir, st.Mode&0o7777, s.dir)
+	}
+	return nil
+}
+
+// checkOneMount refuses a store that is a mount point of its own, in this
+// process's mount namespace: neither a hard link nor the exchange can cross
+// it (EXDEV). A systemd unit with ProtectSystem= and
+// ReadWritePaths=/run/credstore (or RuntimeDirectory=credstore) gets
+// exactly that: a bind mount of the store. Kernels without statx's mount
+// ID (before 5.8) skip the check; the link then fails with EXDEV.
+func (p *parent) checkOneMount(s *Store) error {
+	var parentStx, storeStx unix.Statx_t
+	err := control(p.file, func(fd int) error {
+		if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &parentStx); err != nil {
+			return err
+		}
+		return unix.Statx(fd, p.base, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &storeStx)
+	})
+	if err != nil || parentStx.Mask&storeStx.Mask&unix.STATX_MNT_ID == 0 {
+		return nil
+	}
+	if parentStx.Mnt_id != storeStx.Mnt_id {
+		return fmt.Errorf("rotate credstore %s: it is a mount point of its own here, not a plain directory in %s: a rotation builds the new set beside it and exchanges the two, which cannot cross mounts; a systemd unit that rotates needs ReadWritePaths=%s, not ReadWritePaths=%s (nothing was changed)", s.dir, p.path, p.path, s.absDir)
 	}
 	return nil
 }

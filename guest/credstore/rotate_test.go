@@ -19,6 +19,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/vmcred/vmcred/integration/testenv"
 	"github.com/vmcred/vmcred/shared/credential"
 )
 
@@ -661,5 +662,30 @@ func TestRotateClosed(t *testing.T) {
 	s.Close()
 	if _, err := s.Rotate(nil); !errors.Is(err, ErrClosed) {
 		t.Errorf("Rotate on a closed store: err = %v, want ErrClosed", err)
+	}
+}
+
+// TestRotateRefusesMountedStore: a store bind-mounted onto itself (what
+// systemd's ReadWritePaths=/run/credstore makes in a unit's namespace)
+// cannot be exchanged; Rotate says so before touching anything.
+func TestRotateRefusesMountedStore(t *testing.T) {
+	needRoot(t)
+	dir := filepath.Join(shmDir(t), "credstore")
+	s := openStore(t, dir, testOpts(t))
+	mustRotate(t, s, entries("a", "old-value-a"))
+	if err := syscall.Mount(dir, dir, "", syscall.MS_BIND, ""); err != nil {
+		testenv.SkipOrFail(t, "bind-mount %s: %v (needs CAP_SYS_ADMIN)", dir, err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	before := fullSnapshot(t, dir)
+	_, err := s.Rotate(entries("a", "new-value-a"))
+	if err == nil || !strings.Contains(err.Error(), "mount point of its own") || !strings.Contains(err.Error(), "ReadWritePaths=") {
+		t.Fatalf("Rotate of a bind-mounted store: err = %v, want a refusal naming the mount", err)
+	}
+	if d := cmp.Diff(before, fullSnapshot(t, dir)); d != "" {
+		t.Errorf("refused Rotate changed the store (-before +after):\n%s", d)
+	}
+	if l := parentLeftovers(t, dir); len(l) != 0 {
+		t.Errorf("refused Rotate left %q beside the store", l)
 	}
 }
