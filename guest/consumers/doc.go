@@ -11,7 +11,10 @@
 // property, and a unit file's ImportCredential= line is ignored there) name
 // a changed credential, restarts or reloads each per the credential's
 // policy, and waits until it is active again, within the caller's context
-// deadline. [Find] is the same question without acting.
+// deadline. [Find] is the same question without acting. Only service
+// units are considered: sockets, mounts and swaps can take credentials too
+// (for their Exec*= commands), but restarting them is not a rotation's
+// business.
 //
 // The agent's call, once Rotate has returned:
 //

@@ -15,24 +15,24 @@ var ErrExchangeUnsupported = errors.New("the filesystem cannot exchange director
 // Rotation says what Rotate did. Every list holds credential names, sorted.
 type Rotation struct {
 	// Added lists delivered names the store did not have.
-	Added []string
+	Added []string `json:"added,omitempty"`
 	// Changed lists delivered names whose value differs from the file
 	// vmcred had written (or whose file vmcred had not written: after a
 	// lost state file a rotation rewrites, and reports, every name).
-	Changed []string
+	Changed []string `json:"changed,omitempty"`
 	// Unchanged lists delivered names whose value is the same: the very
 	// file (same inode, same bytes) is in the new store.
-	Unchanged []string
+	Unchanged []string `json:"unchanged,omitempty"`
 	// Removed lists files vmcred wrote whose names are no longer
 	// delivered; they are not in the new store.
-	Removed []string
+	Removed []string `json:"removed,omitempty"`
 	// Kept lists names a previous run wrote, no longer delivered, whose
 	// file was carried over untouched because it is no longer the one
 	// vmcred wrote (an admin replaced it).
-	Kept []string
+	Kept []string `json:"kept,omitempty"`
 	// Foreign counts entries of the store vmcred never wrote (an admin's
 	// files, symlinks, sockets): carried over as they were, same inode.
-	Foreign int
+	Foreign int `json:"foreign,omitempty"`
 }
 
 // Changes returns the names whose consumers see something new: Added,
