@@ -689,3 +689,30 @@ func TestRotateRefusesMountedStore(t *testing.T) {
 		t.Errorf("refused Rotate left %q beside the store", l)
 	}
 }
+
+// TestRotateRamfs: on ramfs (never swapped out) a rotation either works or,
+// on a kernel whose ramfs cannot exchange directories, is refused with
+// ErrExchangeUnsupported and changes nothing.
+func TestRotateRamfs(t *testing.T) {
+	mnt := mountFS(t, "ramfs", "mode=0700")
+	dir := filepath.Join(mnt, "credstore")
+	s := openStore(t, dir, testOpts(t))
+	mustReplace(t, s, entries("a", "old-value-a", "b", "old-value-b"))
+	before := fullSnapshot(t, dir)
+	inoB := inodeOf(t, filepath.Join(dir, "b"))
+	rot, err := s.Rotate(entries("a", "new-value-a", "b", "old-value-b"))
+	if errors.Is(err, ErrExchangeUnsupported) {
+		if d := cmp.Diff(before, fullSnapshot(t, dir)); d != "" {
+			t.Errorf("refused Rotate changed the store (-before +after):\n%s", d)
+		}
+		t.Skipf("this kernel's ramfs cannot exchange directories: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	diffRotation(t, Rotation{Changed: []string{"a"}, Unchanged: []string{"b"}}, rot)
+	checkContent(t, dir, "a", "new-value-a")
+	if inodeOf(t, filepath.Join(dir, "b")) != inoB {
+		t.Errorf("unchanged b has a new inode")
+	}
+}
