@@ -38,6 +38,8 @@
   # A NixOS module: the host configuration under test (tests/cases/*.nix).
   case
 , system ? "x86_64-linux"
+  # More output, from the evaluated host: extra = <this function> { config, options }.
+, extra ? (_host: null)
 }:
 let
   lib = import ./third_party/nixpkgs-lib/lib;
@@ -124,4 +126,5 @@ in
   etc = lib.mapAttrs (_: e: if e.text != null then e.text else scriptText (toString e.source))
     (lib.filterAttrs (n: _: lib.hasPrefix "vmcred" n) cfg.environment.etc);
   vms = lib.mapAttrs vmResult cfg.microvm.vms;
+  extra = extra host;
 }
