@@ -1,0 +1,590 @@
+package nixosmodules
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmcred/vmcred/integration/testenv"
+	"github.com/vmcred/vmcred/shared/manifest"
+)
+
+// The tests in this file evaluate vmcred's clan service (clan/) the way a
+// clan evaluates it: clan-core's own service evaluation and vars module
+// (tests/third_party/clan-core, unmodified) inside tests/harness.nix (real
+// nixpkgs lib, microvm.nix's real host module), through tests/clan.nix and
+// tests/clan-seed.nix. The generator scripts they run are clan's own
+// finalScript text for the evaluated generators, run the way clan's
+// Generator.execute runs them.
+
+const (
+	clanHost = "britton-desktop"
+	clanVM   = "test-vm"
+)
+
+var (
+	secretsGen = "vmcred-" + clanVM + "-secrets"
+	signingGen = "vmcred-" + clanVM + "-signing"
+)
+
+// clanFile is one file of a generator, as tests/clan-extra.nix prints it.
+type clanFile struct {
+	Secret       bool
+	Deploy       bool
+	Owner        string
+	Group        string
+	Mode         string
+	NeededFor    string
+	RestartUnits []string
+	Path         *string
+	Value        *string
+}
+
+type clanGenerator struct {
+	Share          bool
+	ValidationHash *string
+	Files          map[string]clanFile
+	Prompts        map[string]struct{ Type string }
+	RuntimeInputs  []string
+	FinalScript    string
+}
+
+type clanVMWiring struct {
+	Hypervisor     *string
+	Static         map[string]string
+	SigningKeyFile *string
+	Credentials    map[string]string
+	Cid            *int
+}
+
+type clanExtra struct {
+	Generators  map[string]clanGenerator
+	OtherFiles  map[string]map[string]clanFile
+	SopsSecrets map[string]clanFile
+	Vmcred      map[string]clanVMWiring
+	MicrovmUser map[string]any
+}
+
+// clanCase is one evaluation of tests/clan-seed.nix: the seed's instance
+// unless Settings (the host role's settings, as JSON) or Instances is set.
+type clanCase struct {
+	Directory    string
+	Settings     map[string]any
+	Instances    map[string]any
+	ExtraModules []string // Nix expressions of modules
+}
+
+func (c clanCase) expr(t *testing.T) string {
+	t.Helper()
+	args := []string{fmt.Sprintf("directory = %q;", c.Directory)}
+	if c.Settings != nil {
+		args = append(args, "settings = "+nixJSON(t, c.Settings)+";")
+	}
+	if c.Instances != nil {
+		args = append(args, "instances = "+nixJSON(t, c.Instances)+";")
+	}
+	if len(c.ExtraModules) > 0 {
+		args = append(args, "extraModules = [ "+strings.Join(c.ExtraModules, " ")+" ];")
+	}
+	return fmt.Sprintf("import %s { %s }", abs(t, "tests/clan-seed.nix"), strings.Join(args, " "))
+}
+
+// nixJSON is v as a Nix expression (through builtins.fromJSON).
+func nixJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("(builtins.fromJSON %q)", string(b))
+}
+
+// clanEval evaluates attribute attr ("" for all) of tests/harness.nix for
+// the case and decodes it into out. The store is a throwaway folder: the
+// stand-in pkgs write scripts there, nothing is built.
+func clanEval(t *testing.T, c clanCase, attr string, out any) error {
+	t.Helper()
+	ni := testenv.NeedTool(t, "nix-instantiate", nixHint)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	args := []string{"--read-write-mode", "--store", filepath.Join(t.TempDir(), "store"),
+		"--eval", "--strict", "--json", abs(t, "tests/harness.nix"),
+		"--arg", "case", c.expr(t),
+		"--arg", "extra", "import " + abs(t, "tests/clan-extra.nix")}
+	if attr != "" {
+		args = append(args, "-A", attr)
+	}
+	cmd := exec.CommandContext(ctx, ni, args...)
+	cmd.Env = nixEnv(t)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("nix-instantiate: %v\n%s", err, stderr.String())
+	}
+	return json.Unmarshal(stdout.Bytes(), out)
+}
+
+func mustClanExtra(t *testing.T, c clanCase) clanExtra {
+	t.Helper()
+	var e clanExtra
+	if err := clanEval(t, c, "extra", &e); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// buildVmcredHost builds the real vmcred-host into a temporary folder.
+func buildVmcredHost(t *testing.T) string {
+	t.Helper()
+	goTool := testenv.NeedTool(t, "go", "install Go (see go.mod)")
+	bin := filepath.Join(t.TempDir(), "vmcred-host")
+	cmd := exec.Command(goTool, "build", "-o", bin, "../host/cmd/vmcred-host")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build vmcred-host: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// GNU coreutils' programs: the stand-in for pkgs.coreutils links the ones
+// this machine has.
+var coreutilsPrograms = strings.Fields(`arch b2sum base32 base64 basename basenc cat chcon chgrp chmod chown
+	chroot cksum comm cp csplit cut date dd df dir dircolors dirname du echo env expand expr factor false
+	fmt fold groups head hostid id install join link ln logname ls md5sum mkdir mkfifo mknod mktemp mv
+	nice nl nohup nproc numfmt od paste pathchk pinky pr printenv printf ptx pwd readlink realpath rm
+	rmdir runcon seq sha1sum sha224sum sha256sum sha384sum sha512sum shred shuf sleep sort split stat
+	stdbuf stty sum sync tac tail tee test timeout touch tr true truncate tsort tty uname unexpand uniq
+	unlink users vdir wc who whoami yes`)
+
+// clanPackages makes, for each package name a generator's runtimeInputs
+// may hold, a folder with that package's programs from this machine
+// (symlinks), standing in for /nix/store/<hash>-<name>: coreutils, openssl,
+// and vmcred's package (the stand-in pkgs names it after package.nix).
+func clanPackages(t *testing.T, vmcredHost string) map[string]string {
+	t.Helper()
+	root := t.TempDir()
+	dirs := map[string]string{}
+	add := func(name string, programs map[string]string) {
+		bin := filepath.Join(root, name, "bin")
+		if err := os.MkdirAll(bin, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for prog, target := range programs {
+			if err := os.Symlink(target, filepath.Join(bin, prog)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dirs[name] = bin
+	}
+	core := map[string]string{}
+	for _, p := range coreutilsPrograms {
+		if path, err := exec.LookPath(p); err == nil {
+			core[p] = path
+		}
+	}
+	for _, p := range []string{"head", "tr", "cat", "printf"} {
+		if core[p] == "" {
+			testenv.SkipOrFail(t, "coreutils program %s not found: apt-get install coreutils", p)
+		}
+	}
+	add("coreutils", core)
+	add("openssl", map[string]string{"openssl": testenv.NeedTool(t, "openssl", "apt-get install -y openssl")})
+	add("package.nix", map[string]string{"vmcred-host": vmcredHost})
+	return dirs
+}
+
+// storeBin matches one PATH entry of clan's finalScript: a runtimeInput's
+// bin folder.
+var storeBin = regexp.MustCompile(`^/nix/store/[0-9a-z]{32}-(.+)/bin$`)
+
+// generatorRun is the result of one generator run: the files of $out.
+type generatorRun struct {
+	Files  map[string][]byte
+	Stderr string
+}
+
+// runGenerator runs a generator's finalScript as clan's
+// Generator.execute does (clan_lib/vars/generator.py): a temporary folder
+// with in/, out/ and (with prompts) prompts/ holding one file per prompt
+// (the value, no newline added); $in, $out, $prompts in the environment;
+// `bash -c <script>` in that folder. The script's PATH line (clan's
+// makeBinPath of runtimeInputs ++ [ coreutils ]) is rewritten to the
+// stand-in package folders, entry by entry; an unknown package fails the
+// test. Clan runs it in a bubblewrap sandbox, this does not. After the
+// script, every declared file must exist, as clan requires.
+func runGenerator(t *testing.T, g clanGenerator, pkgs map[string]string, prompts map[string]string) (generatorRun, error) {
+	t.Helper()
+	tmp := t.TempDir()
+	for _, d := range []string{"in", "out"} {
+		if err := os.Mkdir(filepath.Join(tmp, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := []string{"in=" + filepath.Join(tmp, "in"), "out=" + filepath.Join(tmp, "out"), "HOME=" + tmp}
+	if len(g.Prompts) > 0 {
+		pd := filepath.Join(tmp, "prompts")
+		if err := os.Mkdir(pd, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for name := range g.Prompts {
+			v, ok := prompts[name]
+			if !ok {
+				t.Fatalf("no value for prompt %s", name)
+			}
+			if err := os.WriteFile(filepath.Join(pd, name), []byte(v), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		env = append(env, "prompts="+pd)
+	}
+
+	var lines []string
+	pathSeen := false
+	for _, line := range strings.Split(g.FinalScript, "\n") {
+		if rest, ok := strings.CutPrefix(line, "PATH="); ok && !pathSeen {
+			pathSeen = true
+			var dirs []string
+			for _, e := range strings.Split(rest, ":") {
+				m := storeBin.FindStringSubmatch(e)
+				if m == nil || pkgs[m[1]] == "" {
+					t.Fatalf("finalScript PATH entry %q: no stand-in package for it", e)
+				}
+				dirs = append(dirs, pkgs[m[1]])
+			}
+			line = "PATH=" + strings.Join(dirs, ":")
+		}
+		lines = append(lines, line)
+	}
+	if !pathSeen {
+		t.Fatalf("finalScript has no PATH= line:\n%s", g.FinalScript)
+	}
+	script := filepath.Join(tmp, "final-script")
+	if err := os.WriteFile(script, []byte(strings.Join(lines, "\n")), 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	bash := testenv.NeedTool(t, "bash", "apt-get install bash")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bash, "-c", script)
+	cmd.Dir, cmd.Env = tmp, env
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	run := generatorRun{Files: map[string][]byte{}}
+	err := cmd.Run()
+	run.Stderr = stdout.String() + stderr.String()
+	if err != nil {
+		return run, fmt.Errorf("generator script: %w", err)
+	}
+	for name := range g.Files {
+		b, err := os.ReadFile(filepath.Join(tmp, "out", name))
+		if err != nil {
+			return run, fmt.Errorf("did not generate a file for %q: %w", name, err)
+		}
+		run.Files[name] = b
+	}
+	return run, nil
+}
+
+// clanRepo is a clan repository's vars folder as `clan vars generate`
+// leaves it with the sops and in_repo stores: per generator
+// vars/per-machine/<machine>/<generator>/<file>/secret (sops-encrypted in
+// clan; here the plaintext, a stand-in: only its existence is read at
+// evaluation) or .../value (public), and .validation-hash.
+type clanRepo struct{ dir string }
+
+func (r clanRepo) genDir(gen string) string {
+	return filepath.Join(r.dir, "vars", "per-machine", clanHost, gen)
+}
+
+func (r clanRepo) store(t *testing.T, gen string, g clanGenerator, run generatorRun) {
+	t.Helper()
+	for name, f := range g.Files {
+		kind := "value"
+		if f.Secret {
+			kind = "secret"
+		}
+		p := filepath.Join(r.genDir(gen), name, kind)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, run.Files[name], 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hash := filepath.Join(r.genDir(gen), ".validation-hash")
+	if g.ValidationHash == nil {
+		os.Remove(hash)
+	} else if err := os.WriteFile(hash, []byte(*g.ValidationHash), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// needsGeneration is clan's rule (clan_lib/vars/generator.py
+// Generator.exists, _types.py StoreBase.hash_is_valid): a generator runs
+// when a file is missing or the stored validation hash differs from the
+// evaluated one (neither set counts as equal).
+func (r clanRepo) needsGeneration(gen string, g clanGenerator) bool {
+	for name, f := range g.Files {
+		kind := "value"
+		if f.Secret {
+			kind = "secret"
+		}
+		if _, err := os.Stat(filepath.Join(r.genDir(gen), name, kind)); err != nil {
+			return true
+		}
+	}
+	stored, err := os.ReadFile(filepath.Join(r.genDir(gen), ".validation-hash"))
+	if err != nil {
+		return g.ValidationHash != nil
+	}
+	return g.ValidationHash == nil || *g.ValidationHash != strings.TrimSpace(string(stored))
+}
+
+// generate runs `clan vars generate` for the vmcred generators of e: each
+// one that needs it is run and stored. It returns the names it ran.
+func (r clanRepo) generate(t *testing.T, e clanExtra, pkgs map[string]string, prompts map[string]string) []string {
+	t.Helper()
+	var ran []string
+	for _, gen := range sortedKeys(e.Generators) {
+		g := e.Generators[gen]
+		if !r.needsGeneration(gen, g) {
+			continue
+		}
+		run, err := runGenerator(t, g, pkgs, prompts)
+		if err != nil {
+			t.Fatalf("generator %s: %v\n%s", gen, err, run.Stderr)
+		}
+		r.store(t, gen, g, run)
+		ran = append(ran, gen)
+	}
+	return ran
+}
+
+func (r clanRepo) read(t *testing.T, gen, file string) []byte {
+	t.Helper()
+	for _, kind := range []string{"secret", "value"} {
+		if b, err := os.ReadFile(filepath.Join(r.genDir(gen), file, kind)); err == nil {
+			return b
+		}
+	}
+	t.Fatalf("%s/%s was never generated", gen, file)
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// seedSettings is the host role's settings of tests/clan-seed.nix, as
+// JSON, for cases that change one thing.
+func seedSettings() map[string]any {
+	return map[string]any{
+		"hypervisor": "cloud-hypervisor",
+		"credentials": map[string]any{
+			"API_KEY":     map[string]any{"generate": map[string]any{}},
+			"DB_PASSWORD": map[string]any{"generate": map[string]any{}},
+			"JWT_SECRET":  map[string]any{"generate": map[string]any{"length": 64}},
+		},
+		"staticOEMStrings": []string{
+			"io.systemd.credential:ENVIRONMENT=test",
+			"io.systemd.credential:CLUSTER=britton-desktop",
+		},
+		"vsock":     map[string]any{"cid": 3},
+		"consumers": []string{"demo-oem-credentials"},
+	}
+}
+
+const alnum = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+func onlyFrom(b []byte, alphabet string) bool {
+	for _, c := range b {
+		if !strings.ContainsRune(alphabet, rune(c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// verifyKeyPair checks that the generated signing key pair is one
+// vmcred-host accepts and signs with: the real vmcred-host packs the
+// generated secrets with --sign-key, and the manifest it writes opens
+// (signature verified) with the generated public key.
+func verifyKeyPair(t *testing.T, vmcredHost string, r clanRepo) ed25519.PublicKey {
+	t.Helper()
+	keyFile := filepath.Join(r.genDir(signingGen), "signing.key", "secret")
+	priv, err := manifest.ParsePrivateKey(r.read(t, signingGen, "signing.key"))
+	if err != nil {
+		t.Fatalf("signing.key: %v", err)
+	}
+	pub, err := manifest.ParsePublicKey(r.read(t, signingGen, "signing.pub"))
+	if err != nil {
+		t.Fatalf("signing.pub: %v", err)
+	}
+	if !pub.Equal(priv.Public()) {
+		t.Fatal("signing.pub is not the public half of signing.key")
+	}
+
+	rt := filepath.Join(t.TempDir(), "run")
+	args := []string{"pack", "--vm", clanVM, "--hypervisor", "qemu", "--sign-key", keyFile,
+		"--static", "ENVIRONMENT=test", "--runtime-dir", rt}
+	for _, c := range []string{"API_KEY", "DB_PASSWORD", "JWT_SECRET"} {
+		args = append(args, "--cred", c+"=file:"+filepath.Join(r.genDir(secretsGen), c, "secret"))
+	}
+	cmd := exec.Command(vmcredHost, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("vmcred-host pack --sign-key: %v\n%s", err, out.String())
+	}
+	entries, err := os.ReadDir(rt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(rt, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, b64, ok := strings.Cut(string(b), "vmcred.manifest=")
+		if !ok {
+			continue
+		}
+		env, err := base64.StdEncoding.Strict().DecodeString(strings.TrimSpace(b64))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, v, err := manifest.Open(env, []ed25519.PublicKey{pub})
+		if err != nil {
+			t.Fatalf("the manifest signed with the generated key does not verify with the generated public key: %v", err)
+		}
+		if !strings.Contains(v.String(), manifest.KeyID(pub)) || len(m.Entries) < 4 {
+			t.Fatalf("verification %q, %d entries", v.String(), len(m.Entries))
+		}
+		return pub
+	}
+	t.Fatalf("no manifest among pack's files in %s", rt)
+	return nil
+}
+
+// TestClanGenerators runs the seed instance's generator scripts for real
+// (clan's finalScript text, runtimeInputs on PATH, clan's $out layout),
+// then evaluates again with their results in the clan repository, and
+// checks which changes make clan generate again.
+func TestClanGenerators(t *testing.T) {
+	vmcredHost := buildVmcredHost(t)
+	pkgs := clanPackages(t, vmcredHost)
+	repo := clanRepo{dir: t.TempDir()}
+
+	e := mustClanExtra(t, clanCase{Directory: repo.dir})
+	if got := sortedKeys(e.Generators); strings.Join(got, " ") != secretsGen+" "+signingGen {
+		t.Fatalf("generators %v, want %s and %s", got, secretsGen, signingGen)
+	}
+	if ran := repo.generate(t, e, pkgs, nil); len(ran) != 2 {
+		t.Fatalf("first generate ran %v, want both generators", ran)
+	}
+
+	// Sizes and alphabet; three different values.
+	seen := map[string]bool{}
+	for name, want := range map[string]int{"API_KEY": 32, "DB_PASSWORD": 32, "JWT_SECRET": 64} {
+		v := repo.read(t, secretsGen, name)
+		if len(v) != want || !onlyFrom(v, alnum) {
+			t.Errorf("%s: %d bytes (want %d), only A-Za-z0-9: %v", name, len(v), want, onlyFrom(v, alnum))
+		}
+		if seen[string(v)] {
+			t.Errorf("%s repeats another credential's value", name)
+		}
+		seen[string(v)] = true
+	}
+	pub := verifyKeyPair(t, vmcredHost, repo)
+
+	// Evaluated again with the values in the repository: the secret paths
+	// are sops-nix's, the public key is the generated file.
+	e = mustClanExtra(t, clanCase{Directory: repo.dir})
+	if got := e.Generators[signingGen].Files["signing.pub"].Value; got == nil || *got != string(repo.read(t, signingGen, "signing.pub")) {
+		t.Errorf("signing.pub value %v, want the generated public key", got)
+	}
+	if p, _ := manifest.ParsePublicKey([]byte(*e.Generators[signingGen].Files["signing.pub"].Value)); !p.Equal(pub) {
+		t.Error("the evaluated public key differs from the generated one")
+	}
+	for c, path := range e.Vmcred[clanVM].Credentials {
+		if want := "/run/secrets/vars/per-machine/" + clanHost + "/" + secretsGen + "/" + c; path != want {
+			t.Errorf("credential %s file %s, want %s", c, path, want)
+		}
+	}
+
+	before := map[string]string{}
+	snapshot := func() map[string]string {
+		m := map[string]string{}
+		for _, f := range []string{"API_KEY", "DB_PASSWORD", "JWT_SECRET"} {
+			m[f] = string(repo.read(t, secretsGen, f))
+		}
+		m["signing.key"] = string(repo.read(t, signingGen, "signing.key"))
+		return m
+	}
+	before = snapshot()
+
+	settings := func(change func(s map[string]any)) clanCase {
+		s := seedSettings()
+		change(s)
+		return clanCase{Directory: repo.dir, Settings: s}
+	}
+	for _, tc := range []struct {
+		name string
+		c    clanCase
+		want []string // generators that run
+	}{
+		{"same settings", clanCase{Directory: repo.dir}, nil},
+		{"static strings, CID and hypervisor changed", settings(func(s map[string]any) {
+			s["staticOEMStrings"] = []string{"io.systemd.credential:ENVIRONMENT=prod"}
+			s["vsock"] = map[string]any{"cid": 7}
+			s["hypervisor"] = "qemu"
+		}), nil},
+		{"rotation asked", settings(func(s map[string]any) { s["rotation"] = 1 }), []string{secretsGen}},
+		{"rotation asked, second run", settings(func(s map[string]any) { s["rotation"] = 1 }), nil},
+		{"length changed", settings(func(s map[string]any) {
+			s["rotation"] = 1
+			s["credentials"].(map[string]any)["JWT_SECRET"] = map[string]any{"generate": map[string]any{"length": 48}}
+		}), []string{secretsGen}},
+		{"signing key rotation asked", settings(func(s map[string]any) {
+			s["rotation"] = 1
+			s["credentials"].(map[string]any)["JWT_SECRET"] = map[string]any{"generate": map[string]any{"length": 48}}
+			s["signingKey"] = map[string]any{"rotation": 1}
+		}), []string{signingGen}},
+	} {
+		e := mustClanExtra(t, tc.c)
+		ran := repo.generate(t, e, pkgs, nil)
+		if strings.Join(ran, " ") != strings.Join(tc.want, " ") {
+			t.Errorf("%s: clan vars generate ran %v, want %v", tc.name, ran, tc.want)
+		}
+		after := snapshot()
+		for f, v := range after {
+			changed := v != before[f]
+			wantChanged := (f == "signing.key" && contains(tc.want, signingGen)) || (f != "signing.key" && contains(tc.want, secretsGen))
+			if changed != wantChanged {
+				t.Errorf("%s: %s changed: %v, want %v", tc.name, f, changed, wantChanged)
+			}
+		}
+		before = after
+	}
+	if v := repo.read(t, secretsGen, "JWT_SECRET"); len(v) != 48 {
+		t.Errorf("JWT_SECRET after the length change: %d bytes, want 48", len(v))
+	}
+	verifyKeyPair(t, vmcredHost, repo)
+}
