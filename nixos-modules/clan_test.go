@@ -211,6 +211,7 @@ var storeBin = regexp.MustCompile(`^/nix/store/[0-9a-z]{32}-(.+)/bin$`)
 // generatorRun is the result of one generator run: the files of $out.
 type generatorRun struct {
 	Files  map[string][]byte
+	Modes  map[string]os.FileMode
 	Stderr string
 }
 
@@ -281,7 +282,7 @@ func runGenerator(t *testing.T, g clanGenerator, pkgs map[string]string, prompts
 	cmd.Dir, cmd.Env = tmp, env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	run := generatorRun{Files: map[string][]byte{}}
+	run := generatorRun{Files: map[string][]byte{}, Modes: map[string]os.FileMode{}}
 	err := cmd.Run()
 	run.Stderr = stdout.String() + stderr.String()
 	if err != nil {
@@ -293,6 +294,9 @@ func runGenerator(t *testing.T, g clanGenerator, pkgs map[string]string, prompts
 			return run, fmt.Errorf("did not generate a file for %q: %w", name, err)
 		}
 		run.Files[name] = b
+		if fi, err := os.Lstat(filepath.Join(tmp, "out", name)); err == nil {
+			run.Modes[name] = fi.Mode()
+		}
 	}
 	return run, nil
 }
@@ -587,4 +591,100 @@ func TestClanGenerators(t *testing.T) {
 		t.Errorf("JWT_SECRET after the length change: %d bytes, want 48", len(v))
 	}
 	verifyKeyPair(t, vmcredHost, repo)
+}
+
+// TestClanGeneratorKinds runs the secrets generator for each way of making
+// a value, with hostile alphabets (tr and shell syntax must stay literal),
+// and the failures: an empty prompt, a script that prints nothing or fails.
+func TestClanGeneratorKinds(t *testing.T) {
+	pkgs := clanPackages(t, "/nonexistent/vmcred-host")
+	hostile := `a-z\[]^:`
+	shellish := "'\"$`!*;"
+	s := seedSettings()
+	s["credentials"] = map[string]any{
+		"TOKEN":       map[string]any{"prompt": map[string]any{}},
+		"FROM_SCRIPT": map[string]any{"generate": map[string]any{"script": "printf %s script-value\necho to-stderr >&2"}},
+		"BITS":        map[string]any{"generate": map[string]any{"length": 512, "alphabet": "01"}},
+		"TR_SYNTAX":   map[string]any{"generate": map[string]any{"length": 400, "alphabet": hostile}},
+		"SHELL":       map[string]any{"generate": map[string]any{"length": 400, "alphabet": shellish}},
+		"RENAMED":     map[string]any{"generate": map[string]any{}, "fileName": "renamed-file"},
+	}
+	repo := clanRepo{dir: t.TempDir()}
+	e := mustClanExtra(t, clanCase{Directory: repo.dir, Settings: s})
+	g := e.Generators[secretsGen]
+	if got := strings.Join(sortedKeys(g.Files), " "); got != "BITS FROM_SCRIPT SHELL TOKEN TR_SYNTAX renamed-file" {
+		t.Fatalf("files %s", got)
+	}
+	if p, ok := g.Prompts["TOKEN"]; !ok || p.Type != "hidden" || len(g.Prompts) != 1 {
+		t.Fatalf("prompts %+v, want TOKEN (hidden) only", g.Prompts)
+	}
+
+	const promptValue = "pr0mpt value\nwith two lines"
+	run, err := runGenerator(t, g, pkgs, map[string]string{"TOKEN": promptValue})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, run.Stderr)
+	}
+	// Before generation clan's sops store has no path for the files (it
+	// says /no-such-path); after it, RENAMED loads its renamed file.
+	repo.store(t, secretsGen, g, run)
+	if got := mustClanExtra(t, clanCase{Directory: repo.dir, Settings: s}).Vmcred[clanVM].Credentials["RENAMED"]; got != "/run/secrets/vars/per-machine/"+clanHost+"/"+secretsGen+"/renamed-file" {
+		t.Errorf("RENAMED loads %s", got)
+	}
+	if got := string(run.Files["TOKEN"]); got != promptValue {
+		t.Errorf("TOKEN is %q, want the prompt's value byte for byte", got)
+	}
+	if strings.Contains(run.Stderr, "pr0mpt") {
+		t.Errorf("the prompt's value reached the generator's output: %q", run.Stderr)
+	}
+	if got := string(run.Files["FROM_SCRIPT"]); got != "script-value" {
+		t.Errorf("FROM_SCRIPT is %q (standard error must not go into the value)", got)
+	}
+	bits := run.Files["BITS"]
+	if len(bits) != 512 || !onlyFrom(bits, "01") || !bytes.Contains(bits, []byte("0")) || !bytes.Contains(bits, []byte("1")) {
+		t.Errorf("BITS: %d bytes, only 0 and 1 and both: %q", len(bits), bits)
+	}
+	for name, alphabet := range map[string]string{"TR_SYNTAX": hostile, "SHELL": shellish} {
+		v := run.Files[name]
+		if len(v) != 400 || !onlyFrom(v, alphabet) {
+			t.Errorf("%s: %d bytes, only from %q: %v (%q)", name, len(v), alphabet, onlyFrom(v, alphabet), v)
+		}
+		for _, c := range alphabet {
+			if !strings.ContainsRune(string(v), c) {
+				t.Errorf("%s never drew %q in 400 characters", name, c)
+			}
+		}
+	}
+	// Files in $out are the owner's only (umask 077) while clan encrypts them.
+	for name, mode := range run.Modes {
+		if mode.Perm()&0o077 != 0 {
+			t.Errorf("$out/%s has mode %v: readable by others on the machine running clan vars generate", name, mode)
+		}
+	}
+
+	// Failures: the generator fails naming the credential, never its value.
+	for _, tc := range []struct {
+		name    string
+		creds   map[string]any
+		prompts map[string]string
+		want    string
+	}{
+		{"empty prompt", map[string]any{"TOKEN": map[string]any{"prompt": map[string]any{}}},
+			map[string]string{"TOKEN": ""}, "credential TOKEN of VM test-vm: nothing was entered at the prompt"},
+		{"script prints nothing", map[string]any{"S": map[string]any{"generate": map[string]any{"script": "true"}}},
+			nil, "credential S of VM test-vm: the generate.script printed nothing"},
+		{"script fails", map[string]any{"S": map[string]any{"generate": map[string]any{"script": "printf %s half-a-secret; exit 3"}}},
+			nil, ""},
+	} {
+		s := seedSettings()
+		s["credentials"] = tc.creds
+		e := mustClanExtra(t, clanCase{Directory: repo.dir, Settings: s})
+		run, err := runGenerator(t, e.Generators[secretsGen], pkgs, tc.prompts)
+		if err == nil {
+			t.Errorf("%s: the generator succeeded", tc.name)
+			continue
+		}
+		if !strings.Contains(run.Stderr, tc.want) || strings.Contains(run.Stderr, "half-a-secret") {
+			t.Errorf("%s: output %q, want it to contain %q and no value", tc.name, run.Stderr, tc.want)
+		}
+	}
 }
