@@ -8,8 +8,8 @@ let
   inherit (host) config;
   lib = host.lib or (import ./third_party/nixpkgs-lib/lib);
   vmcredGens = lib.filterAttrs (n: _: lib.hasPrefix "vmcred-" n) config.clan.core.vars.generators;
-  # Other generators (a user's own, named by credentials.<c>.var): only
-  # their files' access rights.
+  # Other generators (a user's own, named by credentials.<c>.var): their
+  # files' access rights and validation hash.
   otherGens = lib.filterAttrs (n: _: !(lib.hasPrefix "vmcred-" n)) config.clan.core.vars.generators;
   fileInfo = f: {
     inherit (f) secret deploy owner group mode neededFor restartUnits;
@@ -27,7 +27,12 @@ in
       finalScript = builtins.readFile g.finalScript;
     })
     vmcredGens;
-  otherFiles = lib.mapAttrs (_: g: lib.mapAttrs (_: f: { inherit (f) secret deploy owner group mode; }) g.files) otherGens;
+  otherGenerators = lib.mapAttrs
+    (_: g: {
+      inherit (g) validationHash;
+      files = lib.mapAttrs (_: f: { inherit (f) secret deploy owner group mode; }) g.files;
+    })
+    otherGens;
   sopsSecrets = lib.mapAttrs (_: s: { inherit (s) owner group mode path restartUnits; }) config.sops.secrets;
   vmcred = lib.mapAttrs
     (_: vm: {
@@ -37,4 +42,7 @@ in
     })
     config.services.vmcred.vms;
   microvmUser = config.users.users.microvm or null;
+  # microvm.vsock.cid of each VM declared on the host.
+  vmCids = lib.mapAttrs (_: vm: if vm.config == null then null else vm.config.config.microvm.vsock.cid)
+    (lib.filterAttrs (_: vm: vm.flake == null) config.microvm.vms);
 }

@@ -9,13 +9,15 @@
 # `settings` replaces the host role's settings (the Go tests vary them);
 # `extraModules` are added to the host's configuration.
 { directory
+  # The machine evaluated: the host, or (guest role) the VM as a clan machine.
+, machine ? "britton-desktop"
 , settings ? null
 , instances ? null
 , extraModules ? [ ]
 }:
+# The module function's `lib` is the harness's (nixpkgs lib).
+{ lib, ... }:
 let
-  lib = import ./third_party/nixpkgs-lib/lib;
-
   # As a user writes it in inventory/services/test-vm.nix (see
   # nixos-modules/clan/README.md, side by side with the seed's).
   seedSettings = {
@@ -41,7 +43,7 @@ let
 
   clan = import ./clan.nix {
     inherit lib directory;
-    machine = "britton-desktop";
+    inherit machine;
     instances =
       if instances != null then instances
       else {
@@ -58,21 +60,23 @@ in
   # The rest of the seed's machines/test-vm/configuration.nix, as the user
   # keeps it in the host's configuration: the service that reads the
   # credentials, unchanged.
-  microvm.vms.test-vm.config = {
-    networking.hostName = "test-vm";
-    systemd.services.demo-oem-credentials = {
-      wantedBy = [ "multi-user.target" ];
-      serviceConfig = {
-        Type = "oneshot";
-        LoadCredential = [
-          "environment:ENVIRONMENT"
-          "cluster:CLUSTER"
-          "api-key:API_KEY"
-          "db-password:DB_PASSWORD"
-          "jwt-secret:JWT_SECRET"
-        ];
+  microvm.vms = lib.optionalAttrs (machine == "britton-desktop") {
+    test-vm.config = {
+      networking.hostName = "test-vm";
+      systemd.services.demo-oem-credentials = {
+        wantedBy = [ "multi-user.target" ];
+        serviceConfig = {
+          Type = "oneshot";
+          LoadCredential = [
+            "environment:ENVIRONMENT"
+            "cluster:CLUSTER"
+            "api-key:API_KEY"
+            "db-password:DB_PASSWORD"
+            "jwt-secret:JWT_SECRET"
+          ];
+        };
+        script = "test -s $CREDENTIALS_DIRECTORY/api-key";
       };
-      script = "test -s $CREDENTIALS_DIRECTORY/api-key";
     };
   };
 }
