@@ -42,7 +42,8 @@
 , extra ? (_host: null)
 }:
 let
-  lib = import ./third_party/nixpkgs-lib/lib;
+  # nixpkgs lib, with builtins that nix 2.8 lacks filled in (see there).
+  lib = import ./nix-compat.nix;
   microvm = ./third_party/microvm.nix;
 
   pkgs = import ./standin/pkgs.nix { inherit lib system; };

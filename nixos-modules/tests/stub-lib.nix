@@ -45,6 +45,7 @@ let
   };
 
   nameValuePair = name: value: { inherit name value; };
+  mapAttrs' = f: set: listToAttrs (map (n: f n set.${n}) (attrNames set));
   optional = cond: elem: if cond then [ elem ] else [ ];
   optionals = cond: list: if cond then list else [ ];
   optionalString = cond: s: if cond then s else "";
@@ -62,7 +63,7 @@ in
   inherit types hasPrefix hasSuffix nameValuePair optional optionals
     optionalString optionalAttrs concatMap mapAttrsToList escapeShellArg;
   inherit all any concatLists concatStringsSep elem filter foldl' length
-    listToAttrs mapAttrs replaceStrings;
+    listToAttrs mapAttrs replaceStrings mapAttrs';
 
   mkOption = attrs: attrs // { _type = "option"; };
   mkEnableOption = name: {

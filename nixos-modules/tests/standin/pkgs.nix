@@ -58,7 +58,8 @@ let
   # A file with this text in the evaluation's store (see above).
   textFile = name: text: executable:
     let
-      file = builtins.toFile name text;
+      # Store path names allow [A-Za-z0-9+._?=-] only.
+      file = builtins.toFile (lib.replaceStrings [ "@" ":" "/" " " ] [ "-" "-" "-" "-" ] name) text;
     in
     mkPackage { inherit name; outPath = file; passthru = { inherit text executable; }; };
 
@@ -76,6 +77,11 @@ let
 
   pkgs = lib.genAttrs names (n: mkPackage { name = n; pname = n; })
     // {
+    # The kernel image's file name (nixpkgs: linux-kernel.target of the
+    # platform), which microvm.nix's runner appends to the kernel's path.
+    linux = mkPackage { name = "linux"; target = if lib.hasPrefix "aarch64" system then "Image" else "bzImage"; };
+    # What types.pkgs checks (microvm.vmHostPackages).
+    _type = "pkgs";
     inherit lib path system runtimeShell;
     # For the other stand-ins (nixos/modules/system.nix): a package by name.
     mkPackageStandIn = name: mkPackage { inherit name; };

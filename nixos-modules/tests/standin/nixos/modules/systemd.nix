@@ -156,6 +156,7 @@ in
     };
     # Set by microvm.nix's guest modules; not rendered here.
     sockets = mkOption { default = { }; type = types.attrsOf (types.submodule { options.enable = mkOption { type = types.bool; default = true; }; }); };
+    mounts = mkOption { default = [ ]; type = types.listOf types.attrs; };
     generators = mkOption { default = { }; type = types.attrsOf types.path; };
     tmpfiles.settings = mkOption { default = { }; type = types.attrsOf types.anything; };
     network.wait-online.enable = mkOption { type = types.bool; default = true; };
