@@ -40,9 +40,13 @@ let
       (lib.filterAttrs (_: c: gens ? ${c.var.generator} && gens.${c.var.generator}.files ? ${c.var.file}) fromVars)
     ++ [{ what = "the signing key (${signingGen}/${vlib.signingKeyFile})"; file = gens.${signingGen}.files.${vlib.signingKeyFile}; }];
 
+  # A var that does not exist gets a path that cannot: the assertion below
+  # names the mistake (NixOS checks assertions before it builds anything).
   pathOf = n: c:
     if c.var == null then gens.${secretsGen}.files.${c.fileName}.path
-    else gens.${c.var.generator}.files.${c.var.file}.path;
+    else if gens ? ${c.var.generator} && gens.${c.var.generator}.files ? ${c.var.file}
+    then gens.${c.var.generator}.files.${c.var.file}.path
+    else "/nonexistent/vmcred-missing-var/${c.var.generator}/${c.var.file}";
 
   restartUnits = lib.optional settings.restartOnChange "microvm@${vm}.service";
 

@@ -49,7 +49,9 @@ rec {
 
   # The alphabet as a `tr` set of octal escapes: no character of it is
   # then read as a range, class or escape by tr, and none needs shell quoting.
-  trSet = a: lib.concatMapStrings (c: octal (codeOf c)) (lib.stringToCharacters a);
+  # (Characters it cannot take are left out; the host role's assertion
+  # refuses such an alphabet.)
+  trSet = a: lib.concatMapStrings (c: let n = codeOf c; in if n == null then "" else octal n) (lib.stringToCharacters a);
 
   # Shell function used by the secrets generator's script (run by clan's
   # finalScript under `set -euo pipefail`, coreutils on PATH): FILE gets
