@@ -69,12 +69,11 @@ type clanVMWiring struct {
 }
 
 type clanExtra struct {
-	Generators      map[string]clanGenerator
-	OtherGenerators map[string]clanGenerator
-	SopsSecrets     map[string]clanFile
-	Vmcred          map[string]clanVMWiring
-	MicrovmUser     map[string]any
-	VMCids          map[string]*int `json:"vmCids"`
+	Generators  map[string]clanGenerator
+	SopsSecrets map[string]clanFile
+	Vmcred      map[string]clanVMWiring
+	MicrovmUser map[string]any
+	VMCids      map[string]*int `json:"vmCids"`
 }
 
 // clanHostEval is what tests/harness.nix prints (see there), with the
@@ -103,10 +102,16 @@ type clanCase struct {
 	Settings     map[string]any
 	Instances    map[string]any
 	ExtraModules []string // Nix expressions of modules
+	// Example: evaluate tests/clan-example.nix (examples/test-vm.nix, its
+	// generators declared by hand) instead; only Directory applies.
+	Example bool
 }
 
 func (c clanCase) expr(t *testing.T) string {
 	t.Helper()
+	if c.Example {
+		return fmt.Sprintf("import %s { directory = %q; }", abs(t, "tests/clan-example.nix"), c.Directory)
+	}
 	args := []string{fmt.Sprintf("directory = %q;", c.Directory)}
 	if c.Machine != "" {
 		args = append(args, fmt.Sprintf("machine = %q;", c.Machine))
@@ -379,8 +384,8 @@ func (r clanRepo) needsGeneration(gen string, g clanGenerator) bool {
 	return g.ValidationHash == nil || *g.ValidationHash != strings.TrimSpace(string(stored))
 }
 
-// generate runs `clan vars generate` for the vmcred generators of e: each
-// one that needs it is run and stored. It returns the names it ran.
+// generate runs `clan vars generate` for the generators of e: each one
+// that needs it is run and stored. It returns the names it ran.
 func (r clanRepo) generate(t *testing.T, e clanExtra, pkgs map[string]string, prompts map[string]string) []string {
 	t.Helper()
 	var ran []string
@@ -1033,10 +1038,10 @@ func TestClanMigrationFromKvmFix(t *testing.T) {
 	}
 	// The service adds no secrets generator (only the signing key); the old
 	// generator's files keep clan's defaults.
-	if got := strings.Join(sortedKeys(after.Extra.Generators), " "); got != signingGen {
-		t.Errorf("vmcred generators %s, want only %s", got, signingGen)
+	if got := strings.Join(sortedKeys(after.Extra.Generators), " "); got != "test-vm-secrets "+signingGen {
+		t.Errorf("generators %s, want the old one and %s", got, signingGen)
 	}
-	old := after.Extra.OtherGenerators["test-vm-secrets"]
+	old := after.Extra.Generators["test-vm-secrets"]
 	for f, info := range old.Files {
 		if info.Owner != "root" || info.Group != "root" || info.Mode != "0400" {
 			t.Errorf("test-vm-secrets/%s: %s:%s %s", f, info.Owner, info.Group, info.Mode)
@@ -1044,7 +1049,7 @@ func TestClanMigrationFromKvmFix(t *testing.T) {
 	}
 	// Regenerate nothing: undoing the fix leaves the old generator's
 	// validation as it was, and clan finds all its files.
-	if a, b := fmt.Sprint(before.Extra.OtherGenerators["test-vm-secrets"].ValidationHash), fmt.Sprint(old.ValidationHash); a != b {
+	if a, b := fmt.Sprint(before.Extra.Generators["test-vm-secrets"].ValidationHash), fmt.Sprint(old.ValidationHash); a != b {
 		t.Errorf("test-vm-secrets validation hash changed from %s to %s", a, b)
 	}
 	if repo.needsGeneration("test-vm-secrets", old) {
@@ -1107,5 +1112,47 @@ func TestClanGuestRole(t *testing.T) {
 	r = mustClanHost(t, clanCase{Directory: repo.dir, Machine: clanVM, Instances: instances(clanHost, "other-host"), ExtraModules: []string{app}})
 	if !anyContains(r.FailedAssertions, "the instance needs exactly one machine in roles.host (has 2)") {
 		t.Errorf("two hosts: failed assertions %q", r.FailedAssertions)
+	}
+}
+
+// TestClanExample evaluates examples/test-vm.nix, which declares its clan
+// vars generators by hand (no service), with clan's real vars module:
+// its generators run, and the host loads their files and the guest trusts
+// the generated key.
+func TestClanExample(t *testing.T) {
+	pkgs := clanPackages(t, buildVmcredHost(t))
+	repo := clanRepo{dir: t.TempDir()}
+	c := clanCase{Directory: repo.dir, Example: true}
+	if ran := repo.generate(t, mustClanExtra(t, c), pkgs, nil); strings.Join(ran, " ") != "test-vm-secrets test-vm-vmcred-signing" {
+		t.Fatalf("generate ran %v", ran)
+	}
+	for f, n := range map[string]int{"api-key": 64, "db-password": 32, "jwt-secret": 64} {
+		if v := repo.read(t, "test-vm-secrets", f); len(v) != n {
+			t.Errorf("%s: %d bytes, want %d", f, len(v), n)
+		}
+	}
+	r := mustClanHost(t, c)
+	if len(r.FailedAssertions) > 0 || len(r.Vms[clanVM].FailedAssertions) > 0 {
+		t.Fatalf("failed assertions: %q %q", r.FailedAssertions, r.Vms[clanVM].FailedAssertions)
+	}
+	base := "/run/secrets/vars/per-machine/" + clanHost + "/"
+	got := directives(r.Units["microvm@test-vm.service.d/overrides.conf"], "Service", "LoadCredential")
+	sort.Strings(got)
+	want := []string{
+		"API_KEY:" + base + "test-vm-secrets/api-key",
+		"DB_PASSWORD:" + base + "test-vm-secrets/db-password",
+		"JWT_SECRET:" + base + "test-vm-secrets/jwt-secret",
+		"vmcred.signing-key:" + base + "test-vm-vmcred-signing/signing.key",
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("LoadCredential= %q, want %q", got, want)
+	}
+	if key := r.Vms[clanVM].Etc["vmcred/trusted.d/key-1.pub"]; key != string(repo.read(t, "test-vm-vmcred-signing", "signing.pub")) {
+		t.Errorf("guest trust key %q is not the generated one", key)
+	}
+	for name, s := range r.Extra.SopsSecrets {
+		if s.Owner != "root" || s.Group != "root" || s.Mode != "0400" {
+			t.Errorf("%s: %s:%s %s", name, s.Owner, s.Group, s.Mode)
+		}
 	}
 }

@@ -1,16 +1,14 @@
 # What the clan tests read from the evaluated host besides tests/harness.nix's
-# standard output (its `extra` argument): the clan vars generators vmcred's
-# service declared, their files' owner, group, mode and path, clan's
-# finalScript text (the exact script `clan vars generate` runs), and the
-# sops-nix secrets clan's vars module derives from them.
+# standard output (its `extra` argument): the clan vars generators (vmcred's
+# service's and any others), their files' owner, group, mode and path,
+# clan's finalScript text (the exact script `clan vars generate` runs), the
+# sops-nix secrets clan's vars module derives from them, and the wiring
+# into services.vmcred.
 host:
 let
   inherit (host) config;
   lib = host.lib or (import ./third_party/nixpkgs-lib/lib);
-  vmcredGens = lib.filterAttrs (n: _: lib.hasPrefix "vmcred-" n) config.clan.core.vars.generators;
-  # Other generators (a user's own, named by credentials.<c>.var): their
-  # files' access rights and validation hash.
-  otherGens = lib.filterAttrs (n: _: !(lib.hasPrefix "vmcred-" n)) config.clan.core.vars.generators;
+  gens = config.clan.core.vars.generators;
   fileInfo = f: {
     inherit (f) secret deploy owner group mode neededFor restartUnits;
     path = if f.secret then f.path else null;
@@ -26,13 +24,7 @@ in
       runtimeInputs = map (p: p.name) g.runtimeInputs;
       finalScript = builtins.readFile g.finalScript;
     })
-    vmcredGens;
-  otherGenerators = lib.mapAttrs
-    (_: g: {
-      inherit (g) validationHash;
-      files = lib.mapAttrs (_: f: { inherit (f) secret deploy owner group mode; }) g.files;
-    })
-    otherGens;
+    gens;
   sopsSecrets = lib.mapAttrs (_: s: { inherit (s) owner group mode path restartUnits; }) config.sops.secrets;
   vmcred = lib.mapAttrs
     (_: vm: {

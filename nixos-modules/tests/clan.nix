@@ -2,7 +2,7 @@
 # (nixos-modules/clan) evaluated by clan-core's own code, for one machine.
 #
 #   import ./clan.nix { lib; directory; machine; instances; }
-#   -> { module; clanLib; service; }
+#   -> { module; machineModule; clanLib; service; }
 #
 # `module` is a NixOS module for tests/harness.nix (its `case`): what a clan
 # machine gets from the inventory, built from
@@ -43,7 +43,7 @@
   # The machine being evaluated.
 , machine
   # inventory.instances, for this service: { <name> = { roles.<role>.machines.<m>.settings = …; … }; }
-, instances
+, instances ? { }
 , meta ? { name = "vmcred-test"; domain = "vmcred.test"; }
 }:
 let
@@ -120,6 +120,17 @@ in
 {
   inherit clanLib service;
 
+  # A clan machine without the service: clan's vars module and the
+  # stand-ins (for configurations that declare generators themselves, like
+  # examples/test-vm.nix).
+  machineModule = {
+    imports = [
+      (clanCore + "/nixosModules/clanCore/vars")
+      machineStandIn
+    ];
+  };
+
+  # The same machine with what the service's instances give it.
   module = {
     imports = [
       (clanCore + "/nixosModules/clanCore/vars")

@@ -34,6 +34,9 @@
 #     of the runner's bin/microvm-run), units (the guest's unit files that
 #     mention vmcred or are consumers), kernelModules, failedAssertions,
 #     warnings
+#   extra             what the `extra` argument returns for the evaluated
+#                     host (null by default; tests/clan-extra.nix for the
+#                     clan tests)
 {
   # A NixOS module: the host configuration under test (tests/cases/*.nix).
   case
