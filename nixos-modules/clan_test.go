@@ -27,6 +27,15 @@ import (
 // tests/clan-seed.nix. The generator scripts they run are clan's own
 // finalScript text for the evaluated generators, run the way clan's
 // Generator.execute runs them.
+//
+// clan's whole inventory evaluation (clanLib.clan) does not run here: it
+// builds each machine with nixpkgs.lib.nixosSystem, i.e. all of NixOS's
+// modules and nixpkgs' packages, and clan-core's flake-parts modules and
+// full clanCore module tree, none of which is available offline. The part
+// of it that matters for a clan service, turning an inventory instance into
+// a machine's NixOS module, is clan's own
+// lib/inventory/distributed-service/service-module.nix, which tests/clan.nix
+// evaluates unmodified (see there for what is a stand-in).
 
 const (
 	clanHost = "britton-desktop"
@@ -397,6 +406,11 @@ func (r clanRepo) generate(t *testing.T, e clanExtra, pkgs map[string]string, pr
 		run, err := runGenerator(t, g, pkgs, prompts)
 		if err != nil {
 			t.Fatalf("generator %s: %v\n%s", gen, err, run.Stderr)
+		}
+		for name, f := range g.Files {
+			if f.Secret && len(run.Files[name]) > 0 && strings.Contains(run.Stderr, string(run.Files[name])) {
+				t.Errorf("generator %s printed the value of its secret %s", gen, name)
+			}
 		}
 		r.store(t, gen, g, run)
 		ran = append(ran, gen)
