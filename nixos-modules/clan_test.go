@@ -94,6 +94,7 @@ type clanHostEval struct {
 	Etc              map[string]string
 	Vms              map[string]struct {
 		Hypervisor          string
+		QemuMachine         string
 		ExtraArgsScriptText *string
 		Units               map[string]string
 		Etc                 map[string]string
@@ -980,11 +981,9 @@ func TestClanAssertions(t *testing.T) {
 				s["credentials"].(map[string]any)["DB_PASSWORD"] = map[string]any{"generate": map[string]any{}, "fileName": "API_KEY"}
 			}),
 			want: "two credentials have the same fileName"},
-		// microvm.nix's own unit name check refuses it before vmcred's
-		// assertion (the VM name must match …) is looked at.
 		{name: "VM name with a space",
 			settings: with(func(s map[string]any) { s["vmName"] = "test vm" }),
-			want:     `"microvm@test vm.service"`},
+			want:     "vmcred instance test-vm (VM test vm): the VM name must match"},
 		{name: "length 0",
 			settings: with(cred(map[string]any{"generate": map[string]any{"length": 0}})),
 			want:     "is not of type `integer between 1 and 4096"},
@@ -1167,6 +1166,37 @@ func TestClanExample(t *testing.T) {
 	for name, s := range r.Extra.SopsSecrets {
 		if s.Owner != "root" || s.Group != "root" || s.Mode != "0400" {
 			t.Errorf("%s: %s:%s %s", name, s.Owner, s.Group, s.Mode)
+		}
+	}
+}
+
+// TestClanHypervisors: the service's hypervisor setting gives a VM declared
+// on the host the matching microvm.nix configuration (QEMU's machine type
+// included), which host.nix checks against its own.
+func TestClanHypervisors(t *testing.T) {
+	repo := generatedRepo(t)
+	for _, tc := range []struct{ hypervisor, vmHypervisor, machine, serve string }{
+		{"qemu", "qemu", "q35", "--expect-cid 3"},
+		{"qemu-microvm", "qemu", "microvm", "--expect-cid 3"},
+		{"firecracker", "firecracker", "", "--listen unix:"},
+	} {
+		s := seedSettings()
+		s["hypervisor"] = tc.hypervisor
+		r := mustClanHost(t, clanCase{Directory: repo.dir, Settings: s})
+		vm := r.Vms[clanVM]
+		if len(r.FailedAssertions)+len(vm.FailedAssertions) > 0 {
+			t.Errorf("%s: failed assertions %q %q", tc.hypervisor, r.FailedAssertions, vm.FailedAssertions)
+			continue
+		}
+		if vm.Hypervisor != tc.vmHypervisor || (tc.machine != "" && vm.QemuMachine != tc.machine) {
+			t.Errorf("%s: the VM is %s (machine %s)", tc.hypervisor, vm.Hypervisor, vm.QemuMachine)
+		}
+		if vm.ExtraArgsScriptText == nil || !strings.Contains(*vm.ExtraArgsScriptText, "--hypervisor "+tc.hypervisor+" ") ||
+			!strings.Contains(*vm.ExtraArgsScriptText, tc.serve) {
+			t.Errorf("%s: extraArgsScript %v", tc.hypervisor, vm.ExtraArgsScriptText)
+		}
+		if got := directives(r.Units["microvm@test-vm.service.d/overrides.conf"], "Service", "LoadCredential"); len(got) != 4 {
+			t.Errorf("%s: LoadCredential= %q", tc.hypervisor, got)
 		}
 	}
 }

@@ -6,8 +6,8 @@
 # The unit below mirrors guest/systemd/vmcred-guest.service directive for
 # directive (nixos-modules/units_test.go compares them); change both together.
 #
-# Uses only the part of nixpkgs `lib` that tests/stub-lib.nix provides, so the
-# module can be evaluated offline by the tests.
+# Tested offline with nixpkgs' real lib and microvm.nix's real modules
+# (tests/harness.nix, tests/guest-harness.nix; nixos-modules/README.md).
 { config, lib, pkgs, options, ... }:
 
 let
@@ -38,7 +38,9 @@ let
       { mode = "0444"; }
       // (if keyIsText k then { text = k; } else { source = k; })
     ))
-    cfg.trustedKeys);
+    # A string that is not a key fails the assertion below instead of a
+    # confusing type error on environment.etc.
+    (lib.filter (k: !builtins.isString k || keyIsText k) cfg.trustedKeys));
 
   loadArgs =
     [ "load" "--credstore" cfg.credstore "--status-dir" statusDir ]

@@ -19,8 +19,8 @@
 #    intact; other host units order after it.
 #
 # Evaluates without microvm.nix (then services.vmcred.vms must be empty).
-# Uses only the part of nixpkgs `lib` that tests/stub-lib.nix provides, so the
-# module can be evaluated offline by the tests.
+# Tested offline with nixpkgs' real lib and microvm.nix's real modules
+# (tests/harness.nix, tests/guest-harness.nix; nixos-modules/README.md).
 { config, lib, pkgs, options, ... }:
 
 let
@@ -532,7 +532,9 @@ let
         microvm.extraArgsScript = "${i.script}";
         assertions = [
           {
-            assertion = vm.channel.enable -> config.microvm.vsock.cid != null;
+            # (cloud-hypervisor: or a --vsock of the user's in its extraArgs)
+            assertion = vm.channel.enable -> (config.microvm.vsock.cid != null
+              || (i.hypervisor == "cloud-hypervisor" && lib.any (a: a == "--vsock" || lib.hasPrefix "--vsock=" a) (config.microvm.cloud-hypervisor.extraArgs or [ ])));
             message = "services.vmcred.vms.${name}: the channel needs a vsock device in the VM: set microvm.vsock.cid.";
           }
           {

@@ -46,8 +46,15 @@ type vmEval struct {
 	Warnings            []string
 }
 
-// evalCase evaluates tests/cases/NAME.nix, or an absolute case file.
+// evalCase evaluates tests/cases/NAME.nix, or an absolute case file, for
+// an x86_64-linux host.
 func evalCase(t *testing.T, name string) (*hostEval, error) {
+	t.Helper()
+	return evalCaseOn(t, name, "x86_64-linux")
+}
+
+// evalCaseOn evaluates a case for a host of the given Nix system.
+func evalCaseOn(t *testing.T, name, system string, more ...string) (*hostEval, error) {
 	t.Helper()
 	ni := testenv.NeedTool(t, "nix-instantiate", nixHint)
 	file := name
@@ -59,7 +66,8 @@ func evalCase(t *testing.T, name string) (*hostEval, error) {
 	// --read-write-mode with a throwaway store: the stand-in pkgs write the
 	// scripts' text there (builtins.toFile) so that it can be read back.
 	cmd := exec.CommandContext(ctx, ni, "--read-write-mode", "--store", filepath.Join(t.TempDir(), "store"),
-		"--eval", "--strict", "--json", abs(t, "tests/harness.nix"), "--arg", "case", file)
+		"--eval", "--strict", "--json", abs(t, "tests/harness.nix"), "--arg", "case", file, "--argstr", "system", system)
+	cmd.Args = append(cmd.Args, more...)
 	cmd.Env = nixEnv(t)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -97,12 +105,17 @@ func mustEvalCase(t *testing.T, name string) *hostEval {
 // written to a temporary file that imports the case.
 func evalVariant(t *testing.T, base, extra string) (*hostEval, error) {
 	t.Helper()
+	return evalVariantOn(t, base, extra, "x86_64-linux")
+}
+
+func evalVariantOn(t *testing.T, base, extra, system string) (*hostEval, error) {
+	t.Helper()
 	f := filepath.Join(t.TempDir(), "variant.nix")
 	src := fmt.Sprintf("{ lib, pkgs, vmcred, microvm, ... }: {\n  imports = [ %s ];\n%s\n}\n", abs(t, filepath.Join("tests", "cases", base+".nix")), extra)
 	if err := os.WriteFile(f, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return evalCase(t, f)
+	return evalCaseOn(t, f, system)
 }
 
 // directives returns the values of KEY= in SECTION of a unit file's text,
@@ -375,6 +388,13 @@ func TestRealEvalBadInputs(t *testing.T) {
 		{"no vsock in the VM", "qemu-microvm", `microvm.vms.qvm.config.microvm.vsock.cid = lib.mkForce null;`, "set microvm.vsock.cid"},
 		{"consumer that does not exist", "qemu-microvm", `microvm.vms.qvm.config.services.vmcred-guest.consumers = [ "no-such-service" ];`, "no-such-service, which this configuration does not define"},
 		{"verified mode without the agent", "qemu-microvm", `microvm.vms.qvm.config.services.vmcred-guest.enable = lib.mkForce false;`, "needs the vmcred guest agent"},
+		{"imperative VM without a hypervisor", "imperative", `services.vmcred.vms.impvm.hypervisor = lib.mkForce null;`, "cannot tell the hypervisor (the VM is not in microvm.vms)"},
+		{"imperative QEMU VM without a CID", "imperative", `services.vmcred.vms.impvm.channel.cid = lib.mkForce null;`, "the channel server accepts only that CID"},
+		{"two QEMU VMs on one vsock port", "qemu-microvm", `services.vmcred.vms.other = { hypervisor = "qemu"; channel.cid = 20; static.X = "1"; signingKeyFile = "/run/secrets/other/signing.key"; };`, "give each a different channel.port"},
+		{"hypervisor contradicts microvm.nix", "qemu-microvm", `services.vmcred.vms.qvm.hypervisor = "cloud-hypervisor";`, "but the VM's microvm.nix configuration says qemu-microvm"},
+		{"VM name with a space", "qemu-microvm", `services.vmcred.vms."a b" = { hypervisor = "qemu"; channel.cid = 21; channel.port = 8898; static.X = "1"; signingKeyFile = "/run/secrets/ab/signing.key"; };`, "the VM name must match"},
+		{"credential name with a space", "qemu-microvm", `services.vmcred.vms.qvm.credentials."api key".file = "/run/k";`, "must match"},
+		{"hypervisor vmcred cannot serve", "qemu-microvm", `microvm.vms.qvm.config.microvm.hypervisor = lib.mkForce "crosvm";`, "unsupported hypervisor crosvm"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := evalVariant(t, tc.base, tc.extra)
@@ -389,5 +409,145 @@ func TestRealEvalBadInputs(t *testing.T) {
 				t.Errorf("no failed assertion with %q; failed: %q", tc.want, all)
 			}
 		})
+	}
+}
+
+func mustVariant(t *testing.T, base, extra string) *hostEval {
+	t.Helper()
+	r, err := evalVariant(t, base, extra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestRealEvalAarch64Virt: on aarch64 microvm.nix's QEMU default is the
+// `virt` machine with direct kernel boot, where the guest sees no SMBIOS
+// table: credentials go by fw_cfg (pack's qemu-microvm target).
+func TestRealEvalAarch64Virt(t *testing.T) {
+	r, err := evalCaseOn(t, "qemu-microvm", "aarch64-linux")
+	if err != nil {
+		t.Fatal(err)
+	}
+	noFailures(t, r)
+	vm := r.Vms["qvm"]
+	if vm.QemuMachine != "virt" {
+		t.Fatalf("machine %s, want microvm.nix's aarch64 default virt", vm.QemuMachine)
+	}
+	pack, _ := scriptLines(t, "qvm", vm)
+	wantContains(t, "pack", pack, "--hypervisor qemu-microvm")
+	wantRunnerCallsScript(t, "qvm", vm)
+	wantContains(t, "microvm-run", vm.MicrovmRun, "qemu-system-aarch64", "-M 'virt,")
+}
+
+// TestRealEvalCloudHypervisorSocketOverride: a --vsock socket= in
+// microvm.cloud-hypervisor.extraArgs moves microvm.nix's vsock socket, and
+// vmcred's channel listener with it.
+func TestRealEvalCloudHypervisorSocketOverride(t *testing.T) {
+	r := mustVariant(t, "cloud-hypervisor", `microvm.vms.chvm.config = { microvm.vsock.cid = lib.mkForce null; microvm.cloud-hypervisor.extraArgs = [ "--vsock" "cid=7,socket=/run/chvm/vsock.sock" ]; };`)
+	noFailures(t, r)
+	vm := r.Vms["chvm"]
+	wantContains(t, "microvm-run", vm.MicrovmRun, "cid=7,socket=/run/chvm/vsock.sock")
+	_, serve := scriptLines(t, "chvm", vm)
+	wantContains(t, "serve", serve, "--listen unix:/run/chvm/vsock.sock_8889")
+
+	r = mustVariant(t, "cloud-hypervisor", `microvm.vms.chvm.config.microvm.cloud-hypervisor.extraArgs = [ "--vsock=socket=relative.vsock" ];`)
+	_, serve = scriptLines(t, "chvm", r.Vms["chvm"])
+	wantContains(t, "serve", serve, "--listen unix:/var/lib/microvms/chvm/relative.vsock_8889")
+}
+
+// TestRealEvalSecretsUnits: microvm@<name> waits for the units that deploy
+// its secrets.
+func TestRealEvalSecretsUnits(t *testing.T) {
+	r := mustVariant(t, "qemu-microvm", `services.vmcred.vms.qvm.secretsUnits = [ "sops-install-secrets.service" ];`)
+	drop := unit(t, r.Units, "microvm@qvm.service.d/overrides.conf")
+	wantDirectives(t, "drop-in", drop, "Unit", "After", "sops-install-secrets.service")
+	wantDirectives(t, "drop-in", drop, "Unit", "Wants", "sops-install-secrets.service")
+
+	r = mustEvalCase(t, "qemu-microvm")
+	drop = unit(t, r.Units, "microvm@qvm.service.d/overrides.conf")
+	if a := directives(drop, "Unit", "After"); len(a) != 0 {
+		t.Errorf("without secret units the drop-in orders After=%q", a)
+	}
+}
+
+// TestRealEvalNoVhostVsockForHybrid: vhost_vsock is for QEMU only.
+func TestRealEvalNoVhostVsockForHybrid(t *testing.T) {
+	r := mustEvalCase(t, "cloud-hypervisor")
+	if contains(r.KernelModules, "vhost_vsock") {
+		t.Errorf("boot.kernelModules %v: a cloud-hypervisor-only host needs no vhost_vsock", r.KernelModules)
+	}
+}
+
+// TestFlakeOutputs evaluates flake.nix's outputs with stand-in inputs (as
+// tests/harness.nix does): the modules, a package per system and the
+// overlay are there, and the modules are the files the harness tests.
+func TestFlakeOutputs(t *testing.T) {
+	expr := fmt.Sprintf(`
+let
+  lib = import %s;
+  pkgsFor = system: import %s { inherit lib system; };
+  nixpkgs = { inherit lib; legacyPackages = lib.genAttrs [ "x86_64-linux" "aarch64-linux" ] pkgsFor; };
+  flake = (import %s).outputs { self = flake; inherit nixpkgs; };
+  pkgs = pkgsFor "x86_64-linux";
+in {
+  nixosModules = builtins.attrNames flake.nixosModules;
+  host = toString flake.nixosModules.host;
+  guest = toString flake.nixosModules.guest;
+  default = map toString flake.nixosModules.default.imports;
+  packages = lib.mapAttrs (_: ps: lib.mapAttrs (_: p: p.name) ps) flake.packages;
+  overlay = (flake.overlays.default pkgs pkgs).vmcred.name;
+}`, abs(t, "tests/nix-compat.nix"), abs(t, "tests/standin/pkgs.nix"), abs(t, "../flake.nix"))
+	out, err := nixEval(t, expr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r struct {
+		NixosModules []string
+		Host, Guest  string
+		Default      []string
+		Packages     map[string]map[string]string
+		Overlay      string
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("decode: %v\n%s", err, out)
+	}
+	if !equalStrings(r.NixosModules, []string{"default", "guest", "host"}) {
+		t.Errorf("nixosModules = %q", r.NixosModules)
+	}
+	if r.Host != abs(t, "host.nix") || r.Guest != abs(t, "guest.nix") {
+		t.Errorf("nixosModules.host = %s, .guest = %s: want this folder's host.nix and guest.nix", r.Host, r.Guest)
+	}
+	if !equalStrings(r.Default, []string{r.Host, r.Guest}) {
+		t.Errorf("nixosModules.default imports %q, want host and guest", r.Default)
+	}
+	for _, sys := range []string{"x86_64-linux", "aarch64-linux"} {
+		if p := r.Packages[sys]; p["default"] != "package.nix" || p["vmcred"] != "package.nix" {
+			t.Errorf("packages.%s = %v, want default and vmcred from package.nix", sys, p)
+		}
+	}
+	if r.Overlay != "package.nix" {
+		t.Errorf("overlays.default gives vmcred = %q, want package.nix's package", r.Overlay)
+	}
+}
+
+// TestRealEvalWithoutMicrovm: the host module evaluates on a host without
+// microvm.nix when it has nothing to do, and says what is missing when it
+// has.
+func TestRealEvalWithoutMicrovm(t *testing.T) {
+	r, err := evalCaseOn(t, "no-vms", "x86_64-linux", "--arg", "withMicrovm", "false")
+	if err != nil {
+		t.Fatal(err)
+	}
+	noFailures(t, r)
+	if len(r.Units) != 0 || len(r.Etc) != 0 {
+		t.Errorf("no VMs, but units %v, etc %v", r.Units, r.Etc)
+	}
+	r, err = evalCaseOn(t, "vm-without-microvm", "x86_64-linux", "--arg", "withMicrovm", "false")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !anyContains(r.FailedAssertions, "microvm.nix's host module is not imported") {
+		t.Errorf("failed assertions %q: want the missing microvm.nix host module named", r.FailedAssertions)
 	}
 }

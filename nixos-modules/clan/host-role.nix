@@ -198,8 +198,10 @@ in
               # Defaults only: host.nix asserts that they agree.
               hypervisor = lib.mkIf (settings.hypervisor != null)
                 (lib.mkDefault (if isQemu then "qemu" else settings.hypervisor));
-              qemu.machine = lib.mkIf isQemu
-                (lib.mkDefault (if settings.hypervisor == "qemu-microvm" then "microvm" else "q35"));
+              # microvm.nix's own default (mkDefault) is the `microvm`
+              # machine on x86_64; `qemu` means q35 (SMBIOS). A user's
+              # definition still wins.
+              qemu.machine = lib.mkIf (settings.hypervisor == "qemu") (lib.mkOverride 900 "q35");
               vsock.cid = lib.mkIf (settings.vsock.cid != null) settings.vsock.cid;
             }
             settings.microvm

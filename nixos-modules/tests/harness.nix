@@ -22,7 +22,9 @@
 # standin/pkgs.nix); nothing is built.
 #
 # Output (JSON):
-#   failedAssertions  [ message ] of the host and of every declarative VM
+#   failedAssertions  [ message ] of the host; when there is one, the rest
+#                     is empty, as NixOS stops there
+#   (each VM's own failed assertions are in vms.<name>)
 #   warnings          [ message ], likewise
 #   microvmVms        names in microvm.vms (what microvm.nix will install)
 #   kernelModules     the host's boot.kernelModules
@@ -41,6 +43,8 @@
   # A NixOS module: the host configuration under test (tests/cases/*.nix).
   case
 , system ? "x86_64-linux"
+  # false: a host without microvm.nix's host module.
+, withMicrovm ? true
   # More output, from the evaluated host: extra = <this function> { config, options }.
 , extra ? (_host: null)
 }:
@@ -64,8 +68,7 @@ let
   host = import ./standin/nixos/lib/eval-config.nix {
     inherit lib pkgs system;
     specialArgs = { inherit vmcred microvm; };
-    modules = [
-      (microvm + "/nixos-modules/host")
+    modules = lib.optional withMicrovm (microvm + "/nixos-modules/host") ++ [
       vmcred.nixosModules.host
       case
     ];
@@ -120,15 +123,20 @@ let
       failedAssertions = failed g.assertions;
       warnings = g.warnings;
     };
+  hostFailed = failed cfg.assertions;
 in
-{
-  failedAssertions = failed cfg.assertions;
+# As NixOS: a failed assertion of the host stops the build of its system
+# before anything else is evaluated (nixos/modules/system/activation/
+# top-level.nix), so only the messages are printed then.
+if hostFailed != [ ] then { failedAssertions = hostFailed; inherit (cfg) warnings; microvmVms = [ ]; kernelModules = [ ]; units = { }; etc = { }; vms = { }; extra = extra host; }
+else {
+  failedAssertions = hostFailed;
   inherit (cfg) warnings;
-  microvmVms = builtins.attrNames cfg.microvm.vms;
+  microvmVms = if withMicrovm then builtins.attrNames cfg.microvm.vms else [ ];
   kernelModules = cfg.boot.kernelModules;
   units = pickUnits interesting cfg.systemd.unitFiles;
   etc = lib.mapAttrs (_: e: if e.text != null then e.text else scriptText (toString e.source))
     (lib.filterAttrs (n: _: lib.hasPrefix "vmcred" n) cfg.environment.etc);
-  vms = lib.mapAttrs vmResult cfg.microvm.vms;
+  vms = if withMicrovm then lib.mapAttrs vmResult cfg.microvm.vms else { };
   extra = extra host;
 }

@@ -28,7 +28,9 @@ in
     environment.systemPackages = mkOption { type = types.listOf types.package; default = [ ]; };
     environment.etc = mkOption {
       default = { };
-      type = types.attrsOf (types.submodule ({ name, ... }: {
+      type = types.attrsOf (types.submodule ({ name, config, ... }: {
+        # etc.nix: a `text` entry's source is that text in the store.
+        config.source = lib.mkIf (config.text != null) (lib.mkDefault (pkgs.writeText (baseNameOf name) config.text));
         options = {
           enable = mkOption { type = types.bool; default = true; };
           target = mkOption { type = types.str; default = name; };
