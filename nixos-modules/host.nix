@@ -13,7 +13,12 @@
 #    the credentials, the static strings and a signed manifest into files
 #    in that folder and prints the hypervisor arguments that point at them
 #    (never a secret in argv), and starts `vmcred-host serve` for the vsock
-#    channel and the guest's report.
+#    channel and the guest's report, failing the VM's start if serve does
+#    not come up. VMs declared in microvm.vms.<name>.config get it (and the
+#    guest module) through microvm.nix's extraModules; every VM's script is
+#    also at /etc/vmcred/vms/<name>/extra-args, for VMs built from a flake
+#    or by `microvm -c` (guest.nix: services.vmcred-guest.hostVM). This
+#    module adds no microvm.vms entry.
 #  - vmcred-ready@<name>.service (oneshot, `vmcred-host wait`) becomes
 #    active once the guest agent reported that every credential arrived
 #    intact; other host units order after it.
@@ -411,14 +416,16 @@ let
         type = types.bool;
         default = true;
         description = ''
-          Set `microvm.extraArgsScript` in the VM's configuration
-          (microvm.vms.<name>.config). Only possible for VMs declared in this
-          configuration; for a VM built from a flake
-          (microvm.vms.<name>.flake) it is skipped, and that flake's
-          configuration must set `microvm.extraArgsScript` to
-          `runtimeArgsScript` itself. A VM that already has an
+          Set `microvm.extraArgsScript` in the VM's configuration, for VMs
+          declared in microvm.vms.<name>.config (through microvm.nix's
+          extraModules). For a VM built from a flake or evaluatedConfig,
+          which this module cannot extend, check instead that its
+          configuration sets it to /etc/vmcred/vms/<name>/extra-args (the
+          guest module's services.vmcred-guest.hostVM does), and fail
+          evaluation with that fix otherwise. A VM that already has an
           extraArgsScript gets a conflicting-definitions error: set this to
-          false and have that script also run `runtimeArgsScript`.
+          false and have that script also run `runtimeArgsScript` (or
+          /etc/vmcred/vms/<name>/extra-args).
         '';
       };
 
@@ -613,7 +620,7 @@ in
       # configuration is built elsewhere (etcArgsScript).
       environment.etc = lib.mapAttrs' (name: vm: lib.nameValuePair
         (lib.removePrefix "/etc/" (etcArgsScript name))
-        { source = (vmInfo name vm).script; mode = "0555"; })
+        { source = (vmInfo name vm).script; })
         cfg.vms;
 
       # QEMU's vhost-vsock needs vhost_vsock, which a freshly booted host
