@@ -227,8 +227,8 @@ in
   roles.host = {
     description = "The machine that runs the VM (microvm.nix host): generates the VM's secrets and signing key and hands them to the VM.";
     interface = hostInterface;
-    perInstance = { settings, instanceName, machine, ... }: {
-      nixosModule = import ./host-role.nix { inherit vlib settings instanceName machine; };
+    perInstance = { settings, instanceName, ... }: {
+      nixosModule = import ./host-role.nix { inherit vlib settings instanceName; };
     };
   };
 

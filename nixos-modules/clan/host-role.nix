@@ -1,6 +1,6 @@
 # The NixOS module the vmcred clan service's `host` role adds to the machine
 # that runs the VM, for one instance (one VM). See default.nix.
-{ vlib, settings, instanceName, machine ? null }:
+{ vlib, settings, instanceName }:
 
 { config, lib, options, ... }:
 
