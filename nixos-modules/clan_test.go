@@ -248,6 +248,7 @@ var storeBin = regexp.MustCompile(`^/nix/store/[0-9a-z]{32}-(.+)/bin$`)
 
 // generatorRun is the result of one generator run: the files of $out.
 type generatorRun struct {
+	Dir    string // the temporary folder (cwd; in/, out/, prompts/)
 	Files  map[string][]byte
 	Modes  map[string]os.FileMode
 	Stderr string
@@ -320,7 +321,7 @@ func runGenerator(t *testing.T, g clanGenerator, pkgs map[string]string, prompts
 	cmd.Dir, cmd.Env = tmp, env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	run := generatorRun{Files: map[string][]byte{}, Modes: map[string]os.FileMode{}}
+	run := generatorRun{Dir: tmp, Files: map[string][]byte{}, Modes: map[string]os.FileMode{}}
 	err := cmd.Run()
 	run.Stderr = stdout.String() + stderr.String()
 	if err != nil {
@@ -716,6 +717,10 @@ func TestClanGeneratorKinds(t *testing.T) {
 			nil, "credential S of VM test-vm: the generate.script printed nothing"},
 		{"script fails", map[string]any{"S": map[string]any{"generate": map[string]any{"script": "printf %s half-a-secret; exit 3"}}},
 			nil, ""},
+		{"file name with shell syntax", map[string]any{"a$(touch pwned)b": map[string]any{"generate": map[string]any{}}},
+			nil, "credential a$(touch pwned)b of VM test-vm: fileName must match"},
+		{"file name leaving $out", map[string]any{"X": map[string]any{"generate": map[string]any{}, "fileName": "../escaped"}},
+			nil, "credential X of VM test-vm: fileName must match"},
 	} {
 		s := seedSettings()
 		s["credentials"] = tc.creds
@@ -727,6 +732,11 @@ func TestClanGeneratorKinds(t *testing.T) {
 		}
 		if !strings.Contains(run.Stderr, tc.want) || strings.Contains(run.Stderr, "half-a-secret") {
 			t.Errorf("%s: output %q, want it to contain %q and no value", tc.name, run.Stderr, tc.want)
+		}
+		for _, f := range []string{"pwned", "escaped", "out/pwned"} {
+			if _, err := os.Lstat(filepath.Join(run.Dir, f)); err == nil {
+				t.Errorf("%s: the generator created %s", tc.name, f)
+			}
 		}
 	}
 }

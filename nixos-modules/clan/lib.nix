@@ -76,7 +76,13 @@ rec {
       file = lib.escapeShellArg c.fileName;
       what = "vmcred: credential ${name} of VM ${vm}";
     in
-    if c.generate != null && c.generate.script == null then ''
+    # `clan vars generate` runs this without looking at NixOS assertions:
+    # a file name that could escape $out or the shell stops here too.
+    if !(validName c.fileName) then ''
+      echo ${lib.escapeShellArg "${what}: fileName must match ${nameRe}"} >&2
+      exit 1
+    ''
+    else if c.generate != null && c.generate.script == null then ''
       vmcred_random ${file} ${toString c.generate.length} '${trSet c.generate.alphabet}'
     ''
     else if c.generate != null then ''
