@@ -79,8 +79,11 @@ in
         imperative `microvm -c` VM): its name in the host's
         services.vmcred.vms. Sets `microvm.extraArgsScript` to
         /etc/vmcred/vms/<name>/extra-args, the script the host installs for
-        that VM. (VMs declared in microvm.vms.<name>.config are wired by the
-        host module; leave this null there.)
+        that VM, and for cloud-hypervisor and Firecracker `channel` to
+        `vsock-stream:2:8889` (the host's default `channel.port`; set
+        `channel` for another). (VMs declared in
+        microvm.vms.<name>.config are wired by the host module; leave this
+        null there.)
       '';
     };
 
@@ -202,6 +205,10 @@ in
   config = lib.mkMerge [
   (lib.optionalAttrs (options ? microvm && options.microvm ? extraArgsScript) {
     microvm.extraArgsScript = mkIf (cfg.hostVM != null) "/etc/vmcred/vms/${cfg.hostVM}/extra-args";
+    # Hybrid vsock: no manifest reaches the VM by firmware, so the agent
+    # must be told where the channel is: the host module's default port.
+    services.vmcred-guest.channel = mkIf (cfg.hostVM != null && builtins.elem config.microvm.hypervisor [ "cloud-hypervisor" "firecracker" ])
+      (lib.mkDefault "vsock-stream:2:8889");
   })
   (mkIf cfg.enable {
     assertions = [

@@ -518,6 +518,15 @@ let
         assertion = (g.microvm.extraArgsScript or null) == etcArgsScript name;
         message = "${at}: VM ${name} is built from ${from}, which this module cannot extend, and its microvm.extraArgsScript is ${builtins.toJSON (g.microvm.extraArgsScript or null)}, so vmcred would not reach it. Fix: in that configuration, import vmcred's guest module (inputs.vmcred.nixosModules.guest) and set services.vmcred-guest.hostVM = \"${name}\" (it sets microvm.extraArgsScript = \"${etcArgsScript name}\", installed by this host); or set ${at}.setExtraArgsScript = false if you wire it yourself.";
       }
+    ]
+    # Its agent must dial the channel this host serves (hybrid vsock: no
+    # manifest by firmware names it).
+    ++ lib.optionals (inMicrovmVms name && !(declarative name) && (vmInfo name vm).hybrid && vm.channel.enable
+      && (g.services.vmcred-guest.enable or false)) [
+      {
+        assertion = g.services.vmcred-guest.channel == (vmInfo name vm).channelAddress;
+        message = "${at}: the agent in VM ${name} (${from}) dials ${builtins.toJSON g.services.vmcred-guest.channel}, but this host serves its channel for it at ${(vmInfo name vm).channelAddress}: set services.vmcred-guest.channel = \"${(vmInfo name vm).channelAddress}\" there.";
+      }
     ];
 
   # QEMU VMs share the host's vsock port space.

@@ -368,6 +368,17 @@ func TestRealEvalFlakeVM(t *testing.T) {
 	if _, ok := r.Etc["vmcred/vms/flkvm/extra-args"]; !ok {
 		t.Errorf("the host does not install /etc/vmcred/vms/flkvm/extra-args")
 	}
+	// hostVM also tells the agent where the channel is (cloud-hypervisor).
+	wantContains(t, "flake VM's agent", lineWith(t, "agent", unit(t, vm.Units, "vmcred-guest.service"), "ExecStart="), "--channel vsock-stream:2:8889")
+
+	// The host serves the channel elsewhere: the flake's agent must follow.
+	r2, err := evalVariant(t, "flake-vm", `services.vmcred.vms.flkvm.channel.port = 8895;`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !anyContains(r2.FailedAssertions, `set services.vmcred-guest.channel = "vsock-stream:2:8895" there`) {
+		t.Errorf("a flake VM's agent on the wrong port: failed assertions %q", r2.FailedAssertions)
+	}
 
 	r = mustEvalCase(t, "flake-vm-unwired")
 	if !anyContains(r.FailedAssertions, `set services.vmcred-guest.hostVM = "flkvm"`) {

@@ -17,7 +17,6 @@ let
           services.vmcred-guest = {
             enable = true;
             trustedKeys = [ "vmcred-ed25519-public AAAAC3NzaC1lZDI1NTE5AAAAIPSLmdOs0Jl8mtSUs8j1" ];
-            channel = "vsock-stream:2:8889";
             hostVM = lib.mkIf wired "flkvm";
           };
         }
