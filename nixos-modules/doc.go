@@ -6,7 +6,10 @@
 // tests/harness.nix and tests/guest-harness.nix), render the expected
 // microvm@ drop-ins, microvm-run scripts and guest units; the generated
 // extraArgsScript runs as microvm.nix's runner runs it; the example covers
-// the seed's setup; package.nix's vendorHash matches go.mod.
+// the seed's setup; package.nix's vendorHash matches go.mod. The clan
+// service (clan/) is evaluated by clan-core's own service evaluation and
+// vars module (tests/clan.nix) and its generator scripts are run for real
+// (clan_test.go).
 //
 // Tests only; nothing imports it. Without nix-instantiate the tests skip
 // with a hint, except under CI=true, where they fail.

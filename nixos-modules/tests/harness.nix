@@ -36,12 +36,17 @@
 #     of the runner's bin/microvm-run), units (the guest's unit files that
 #     mention vmcred or are consumers), kernelModules, failedAssertions,
 #     warnings
+#   extra             what the `extra` argument returns for the evaluated
+#                     host (null by default; tests/clan-extra.nix for the
+#                     clan tests)
 {
   # A NixOS module: the host configuration under test (tests/cases/*.nix).
   case
 , system ? "x86_64-linux"
   # false: a host without microvm.nix's host module.
 , withMicrovm ? true
+  # More output, from the evaluated host: extra = <this function> { config, options }.
+, extra ? (_host: null)
 }:
 let
   # nixpkgs lib, with builtins that nix 2.8 lacks filled in (see there).
@@ -123,7 +128,7 @@ in
 # As NixOS: a failed assertion of the host stops the build of its system
 # before anything else is evaluated (nixos/modules/system/activation/
 # top-level.nix), so only the messages are printed then.
-if hostFailed != [ ] then { failedAssertions = hostFailed; inherit (cfg) warnings; microvmVms = [ ]; kernelModules = [ ]; units = { }; etc = { }; vms = { }; }
+if hostFailed != [ ] then { failedAssertions = hostFailed; inherit (cfg) warnings; microvmVms = [ ]; kernelModules = [ ]; units = { }; etc = { }; vms = { }; extra = extra host; }
 else {
   failedAssertions = hostFailed;
   inherit (cfg) warnings;
@@ -133,4 +138,5 @@ else {
   etc = lib.mapAttrs (_: e: if e.text != null then e.text else scriptText (toString e.source))
     (lib.filterAttrs (n: _: lib.hasPrefix "vmcred" n) cfg.environment.etc);
   vms = if withMicrovm then lib.mapAttrs vmResult cfg.microvm.vms else { };
+  extra = extra host;
 }

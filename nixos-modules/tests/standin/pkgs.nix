@@ -100,6 +100,8 @@ let
       mkPackage { name = if builtins.isPath fn then baseNameOf (toString fn) else "callPackage"; };
 
     writeText = name: text: textFile name text false;
+    # writeScript: the text as it is, executable (clan's vars finalScript).
+    writeScript = name: text: textFile name text true;
     writeShellScript = name: text: textFile name "#!${runtimeShell}\n${text}" true;
     writeShellScriptBin = name: text:
       let s = textFile name "#!${runtimeShell}\n${text}" true; in

@@ -27,6 +27,9 @@ let
   };
   evaluated = lib.evalModules {
     inherit prefix;
+    # As the real eval-config.nix: modules see _class = "nixos" (clan's
+    # vars module checks it).
+    class = "nixos";
     specialArgs = { modulesPath = toString ../modules; } // specialArgs;
     modules = baseModules ++ [ pkgsModule ] ++ extraModules ++ modules;
   };
