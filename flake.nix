@@ -30,6 +30,11 @@
         default = vmcred;
       });
 
+      # The clan service (clan-core's `_class = "clan.service"`): an
+      # inventory instance per VM that generates its secrets and signing key
+      # as clan vars and wires host and guest. nixos-modules/clan/README.md.
+      clan.modules.vmcred = ./nixos-modules/clan/default.nix;
+
       nixosModules = {
         # services.vmcred: the host side, for microvm.nix VMs. Wires the
         # guest side of every VM declared in microvm.vms.<name>.config

@@ -508,6 +508,7 @@ in {
   default = map toString flake.nixosModules.default.imports;
   packages = lib.mapAttrs (_: ps: lib.mapAttrs (_: p: p.name) ps) flake.packages;
   overlay = (flake.overlays.default pkgs pkgs).vmcred.name;
+  clanService = toString flake.clan.modules.vmcred;
 }`, abs(t, "tests/nix-compat.nix"), abs(t, "tests/standin/pkgs.nix"), abs(t, "../flake.nix"))
 	out, err := nixEval(t, expr)
 	if err != nil {
@@ -519,6 +520,7 @@ in {
 		Default      []string
 		Packages     map[string]map[string]string
 		Overlay      string
+		ClanService  string
 	}
 	if err := json.Unmarshal(out, &r); err != nil {
 		t.Fatalf("decode: %v\n%s", err, out)
@@ -536,6 +538,9 @@ in {
 		if p := r.Packages[sys]; p["default"] != "package.nix" || p["vmcred"] != "package.nix" {
 			t.Errorf("packages.%s = %v, want default and vmcred from package.nix", sys, p)
 		}
+	}
+	if r.ClanService != abs(t, "clan/default.nix") {
+		t.Errorf("clan.modules.vmcred = %q, want this folder's clan/default.nix (the service TestClanSeedEvaluation evaluates)", r.ClanService)
 	}
 	if r.Overlay != "package.nix" {
 		t.Errorf("overlays.default gives vmcred = %q, want package.nix's package", r.Overlay)
