@@ -119,9 +119,10 @@ type Change struct {
 // Rotator is the seam for what follows a credstore change without a
 // reboot (DESIGN §8 "Rotation"): restarting or reloading, per Policy, the
 // units that consume a changed credential. The agent calls Rotated after a
-// session replaced the credstore and before it reports; the error, if
-// any, goes into the report's summary. Implementations live in their own
-// package; this one knows nothing of D-Bus.
+// session replaced a set it had exposed before, and before it reports;
+// the error, if any, goes into the report's summary. Implementations live
+// elsewhere (vmcred-guest agent wires guest/consumers); this package knows
+// nothing of D-Bus.
 type Rotator interface {
 	Rotated(ctx context.Context, changes []Change) error
 }
@@ -490,11 +491,17 @@ func (a *Agent) preflight(s *sessionInput) string {
 }
 
 // commit records a ready session's generation and digests and returns
-// what changed, with each credential's policy.
+// what changed, with each credential's policy. The first set the agent
+// exposes is no rotation (its consumers wait for READY=1 and start after
+// it), so it changes nothing to report.
 func (a *Agent) commit(v verified, gen uint64) []Change {
 	now := digests(v.expose)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if len(a.exposed) == 0 {
+		a.generation, a.exposed = gen, now
+		return nil
+	}
 	var changes []Change
 	for name, sum := range now {
 		if old, ok := a.exposed[name]; !ok || old != sum {

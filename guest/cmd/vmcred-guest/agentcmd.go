@@ -8,6 +8,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/vmcred/vmcred/guest/agent"
+	"github.com/vmcred/vmcred/guest/consumers"
 	"github.com/vmcred/vmcred/shared/address"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/logging"
@@ -70,7 +71,8 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 			notifySelf(ctx, env, "STATUS="+oneLine(rep.Summary))
 		}
 	}
-	ag, err := agent.New(cfg, agent.Options{OnReport: onReport, AcceptPeer: agent.PeerCID(*peerCID)})
+	ag, err := agent.New(cfg, agent.Options{OnReport: onReport, AcceptPeer: agent.PeerCID(*peerCID),
+		Rotator: consumersRotator{store: st.credstore, log: env.Log}})
 	if err != nil {
 		return err
 	}
@@ -88,4 +90,31 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 		return cli.WithCode(cli.ExitIO, fmt.Errorf("serve %s: %w", a, err))
 	}
 	return nil
+}
+
+// consumersRotator restarts or reloads, per policy, the running services
+// that use a credential a session changed (guest/consumers, over D-Bus).
+type consumersRotator struct {
+	store string
+	log   *logging.Logger
+}
+
+// Rotated implements agent.Rotator.
+func (r consumersRotator) Rotated(ctx context.Context, changes []agent.Change) error {
+	sd, err := consumers.Connect(ctx)
+	if err != nil {
+		return fmt.Errorf("restart consumers: %w", err)
+	}
+	defer sd.Close()
+	cs := make([]consumers.Change, 0, len(changes))
+	for _, c := range changes {
+		cs = append(cs, consumers.Change{Name: c.Name, Policy: consumers.Policy(c.Policy.String())})
+	}
+	ctx, cancel := context.WithTimeout(ctx, agent.DefaultSessionTimeout)
+	defer cancel()
+	outcomes, err := consumers.Apply(ctx, sd, cs, consumers.Options{Store: r.store, Exclude: []string{"vmcred-guest.service"}})
+	for _, o := range outcomes {
+		r.log.Info("consumer "+o.Unit+": "+string(o.Action)+" "+o.Result, logging.Strings("credentials", o.Credentials))
+	}
+	return err
 }
