@@ -1031,18 +1031,3 @@ func equalMaps(a, b map[string]string) bool {
 	}
 	return true
 }
-
-// fsType names the filesystem holding path: tmpfs, ramfs or other.
-func fsType(path string) (string, error) {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(path, &st); err != nil {
-		return "", err
-	}
-	switch st.Type {
-	case 0x01021994:
-		return "tmpfs", nil
-	case 0x858458f6:
-		return "ramfs", nil
-	}
-	return fmt.Sprintf("0x%x", st.Type), nil
-}

@@ -126,13 +126,11 @@ func FromReport(vm string, rep proto.Report, at time.Time) Status {
 		Credentials: make([]CredentialFinding, 0, len(rep.Credentials))}
 	st := Status{VM: vm, Report: rec, Generation: rep.Generation, UpdatedAt: at.UTC()}
 	verified := 0
-	var failed []string
 	for _, c := range rep.Credentials {
 		rec.Credentials = append(rec.Credentials, CredentialFinding{Name: c.Name, Size: c.Size, SHA256Prefix: c.SHA256Prefix,
 			Delivery: string(c.Delivery), Verification: string(c.Verification), Error: clean(c.Error, proto.MaxErrorTextLen)})
 		switch {
 		case c.Error != "":
-			failed = append(failed, c.Name)
 			if len(st.Failures) < MaxFailures {
 				st.Failures = append(st.Failures, fmt.Sprintf("%s: %s (%s)", c.Name, c.Verification, clean(c.Error, proto.MaxErrorTextLen)))
 			} else {

@@ -45,7 +45,9 @@ func TestTier1Session(t *testing.T) {
 	}
 
 	a := s.initramfs(true)
-	a.file("bin/vsockprobe", 0o755, mustRead(t, probe))
+	if err := a.copyFile("bin/vsockprobe", 0o755, probe); err != nil {
+		t.Fatal(err)
+	}
 	a.file("case/trust.pub", 0o444, mustRead(t, s.pubKey))
 	a.file("case/sign.key", 0o400, mustRead(t, s.signKey))
 	a.file("case/other.key", 0o400, mustRead(t, other+".key"))

@@ -20,10 +20,6 @@ import (
 	"github.com/vmcred/vmcred/shared/credential"
 )
 
-type errReader struct{ err error }
-
-func (e errReader) Read([]byte) (int, error) { return 0, e.err }
-
 func TestReadMagic(t *testing.T) {
 	tests := []struct {
 		name string

@@ -9,19 +9,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	"github.com/vmcred/vmcred/shared/credential"
 )
 
 // canaryToken is recognisable so tests can assert it never shows up in an
 // error or printed value: a credential value.
 const canaryToken = "TOKEN-CANARY-0123456789abcdefghi"
-
-// secretCmp compares Secrets by value; on a mismatch cmp prints them with
-// their String method, which says "<redacted>".
-func secretCmp() cmp.Option {
-	return cmp.Comparer(func(a, b credential.Secret) bool { return a.Equal(b) })
-}
 
 // credView is what tests compare and print instead of a credential: its
 // name, length and a digest, never the value.

@@ -59,7 +59,7 @@ func sessionCredentials(p *plan.Plan, creds []source.Credential, notifyValue cre
 			continue
 		}
 		var v credential.Secret
-		static := !it.Secret
+		var static bool
 		if c, ok := byName[it.Name]; ok {
 			v = credential.NewSecret(append([]byte(nil), c.Value.Reveal()...))
 			static = !c.Secret
