@@ -413,8 +413,11 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 	if problem := a.preflight(sess); problem != "" {
 		step.Error = problem
 		rep := Report{Outcome: OutcomeFailed, Summary: "session refused: " + problem, Problems: []string{problem},
-			Version: a.cfg.Version, Credentials: []CredentialResult{}, Generation: gen}
+			Version: a.cfg.Version, Credentials: []CredentialResult{}, Generation: gen, Fetch: step}
 		a.reply(conn, c, rep, gen, step, false)
+		if a.opts.OnReport != nil {
+			a.opts.OnReport(rep, cli.WithCode(cli.ExitFailure, &Failure{Problems: []string{problem}}))
+		}
 		return
 	}
 	if !a.authenticated(p) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/vmcred/vmcred/guest/agent"
@@ -51,7 +52,17 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var readyOnce sync.Once
+	refusals := &refusalLog{}
 	onReport := func(rep agent.Report, err error) {
+		if err != nil && rep.Store == nil && rep.ManifestSource == "" && rep.Fetch != nil {
+			// A session refused before any value was read: anyone who
+			// can reach the port can cause one, so these lines are
+			// rate-limited.
+			if n, ok := refusals.allow(time.Now()); ok {
+				env.Log.Warn(oneLine(rep.Summary), logging.String("peer", rep.Fetch.Address), logging.Int("not_logged_before", n))
+			}
+			return
+		}
 		logReport(env.Log, rep)
 		logSession(env.Log, rep)
 		switch {
@@ -117,4 +128,30 @@ func (r consumersRotator) Rotated(ctx context.Context, changes []agent.Change) e
 		r.log.Info("consumer "+o.Unit+": "+string(o.Action)+" "+o.Result, logging.Strings("credentials", o.Credentials))
 	}
 	return err
+}
+
+// refusalLog lets through at most refusalBurst refused-session lines a
+// minute and counts the rest.
+type refusalLog struct {
+	mu         sync.Mutex
+	window     time.Time
+	n, dropped int
+}
+
+const refusalBurst = 10
+
+func (r *refusalLog) allow(now time.Time) (droppedBefore int, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now.Sub(r.window) >= time.Minute {
+		r.window, r.n = now, 0
+	}
+	r.n++
+	if r.n > refusalBurst {
+		r.dropped++
+		return 0, false
+	}
+	d := r.dropped
+	r.dropped = 0
+	return d, true
 }
