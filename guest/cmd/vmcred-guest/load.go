@@ -3,19 +3,18 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/vmcred/vmcred/guest/agent"
 	"github.com/vmcred/vmcred/guest/fetch"
+	"github.com/vmcred/vmcred/guest/trustkey"
 	"github.com/vmcred/vmcred/shared/address"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/logging"
-	"github.com/vmcred/vmcred/shared/manifest"
 )
 
 // DefaultSystemCredentials is where systemd's PID 1 imports credentials.
@@ -41,47 +40,21 @@ func (p *policyFlags) register(fs interface {
 }
 
 // keys reads the trusted public keys: each flag names a key file or a
-// folder whose *.pub files are all trusted.
+// folder whose *.pub files are all trusted. A key file or folder another
+// user could write is refused (exit 1), as pack refuses a signing key
+// others can read: see guest/trustkey.
 func (p *policyFlags) keys() ([]ed25519.PublicKey, error) {
-	var files []string
-	for _, k := range p.trustKeys {
-		st, err := os.Stat(k)
-		if err != nil {
-			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("trust key: %w", err))
-		}
-		if !st.IsDir() {
-			files = append(files, k)
-			continue
-		}
-		ents, err := os.ReadDir(k)
-		if err != nil {
-			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("trust key folder: %w", err))
-		}
-		n := 0
-		for _, e := range ents {
-			if e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".pub") {
-				files = append(files, filepath.Join(k, e.Name()))
-				n++
-			}
-		}
-		if n == 0 {
-			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("trust key folder %s holds no *.pub file", k))
-		}
+	keys, err := trustkey.Read(p.trustKeys)
+	var pe *trustkey.ParseError
+	switch {
+	case err == nil:
+		return keys, nil
+	case errors.Is(err, trustkey.ErrUnsafe):
+		return nil, cli.WithCode(cli.ExitFailure, err)
+	case errors.As(err, &pe):
+		return nil, cli.WithCode(cli.ExitUsage, err)
 	}
-	sort.Strings(files)
-	var keys []ed25519.PublicKey
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("trust key: %w", err))
-		}
-		k, err := manifest.ParsePublicKey(b)
-		if err != nil {
-			return nil, cli.WithCode(cli.ExitUsage, fmt.Errorf("trust key %s: %w", f, err))
-		}
-		keys = append(keys, k)
-	}
-	return keys, nil
+	return nil, cli.WithCode(cli.ExitIO, err)
 }
 
 func runLoad(ctx context.Context, env *cli.Env, args []string) error {
