@@ -40,6 +40,13 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 	if f.chAPI != "" && !hasAPISocket(command[1:], f.chAPI) {
 		return cli.Usagef("run: --ch-api %s: the cloud-hypervisor command must listen there: add --api-socket path=%s", f.chAPI, f.chAPI)
 	}
+	if f.chAPI != "" {
+		// vm.create carries every secret: refuse a path someone else could
+		// bind first (CHBoot then checks who listens: launch.CHOptions).
+		if err := launch.CheckAPISocketPath(f.chAPI); err != nil {
+			return cli.WithCode(cli.ExitFailure, fmt.Errorf("run: %w", err))
+		}
+	}
 
 	// Bind first: the manifest names the channel, and an AF_VSOCK port 0
 	// is only known once bound.
