@@ -121,6 +121,11 @@ type Skipped struct {
 	Name   string `json:"name,omitempty"`
 	Reason string `json:"reason"`
 	Detail string `json:"detail,omitempty"`
+	// Count, when above 0, stands for that many strings skipped for
+	// Reason and not named (index -1): only the first
+	// oemstring.MaxSkipped are, so a hostile table cannot make the report
+	// grow with every string it holds.
+	Count int `json:"count,omitempty"`
 }
 
 // Report is the outcome of one load: what the status file holds, what the
@@ -289,7 +294,7 @@ func readVerify(cfg Config, now func() time.Time, rep *Report, ch *channel) (ver
 		return verified{}, cli.WithCode(cli.ExitIO, err)
 	}
 	for _, s := range fw.Parsed.Skipped {
-		rep.Skipped = append(rep.Skipped, Skipped{Index: s.Index, Source: s.Source, Name: s.Name, Reason: string(s.Reason), Detail: s.Detail})
+		rep.Skipped = append(rep.Skipped, Skipped{Index: s.Index, Source: s.Source, Name: s.Name, Reason: string(s.Reason), Detail: s.Detail, Count: s.Count})
 	}
 	var problems []string
 	for _, s := range fw.Sources {

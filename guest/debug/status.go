@@ -253,6 +253,10 @@ func systemDirOf(rep agent.Report, name string) string {
 func fromAgentSkipped(in []agent.Skipped) []Skipped {
 	out := make([]Skipped, 0, len(in))
 	for _, s := range in {
+		if s.Count > 0 {
+			out = append(out, Skipped{Reason: s.Reason, Count: s.Count})
+			continue
+		}
 		out = append(out, Skipped{Index: ptr(s.Index), Source: s.Source, Name: s.Name, Reason: s.Reason, Detail: s.Detail})
 	}
 	return out
@@ -372,7 +376,7 @@ func (st Status) WriteText(w io.Writer) error {
 	if tb.write(w) {
 		fmt.Fprintln(w)
 	}
-	fmt.Fprintf(w, "%s, %s.\n", plural(len(rep.Credentials), "credential"), plural(len(rep.Skipped), "string")+" skipped")
+	fmt.Fprintf(w, "%s, %s.\n", plural(len(rep.Credentials), "credential"), plural(skippedCount(fromAgentSkipped(rep.Skipped)), "string")+" skipped")
 	if len(rep.SystemCheck) > 0 {
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "systemd's own import, checked against the manifest:")

@@ -169,6 +169,12 @@ func logReport(log *logging.Logger, rep agent.Report) {
 		}
 	}
 	for _, s := range rep.Skipped {
+		if s.Count > 0 {
+			// The strings past the first oemstring.MaxSkipped: one line
+			// per reason, not one per string.
+			log.Warn(fmt.Sprintf("skipped %d more OEM strings, not named", s.Count), logging.String("reason", s.Reason))
+			continue
+		}
 		log.Warn("skipped OEM string", logging.Int("index", s.Index), logging.String("source", s.Source), logging.String("name", s.Name), logging.String("reason", s.Reason))
 	}
 	for _, c := range rep.Credentials {
