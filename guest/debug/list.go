@@ -22,9 +22,9 @@ import (
 	"github.com/vmcred/vmcred/guest/agent"
 	"github.com/vmcred/vmcred/guest/credstore"
 	"github.com/vmcred/vmcred/guest/firmware"
-	"github.com/vmcred/vmcred/shared/oemstring"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/credential"
+	"github.com/vmcred/vmcred/shared/oemstring"
 )
 
 // List modes: what a List was built from.
