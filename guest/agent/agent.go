@@ -70,8 +70,13 @@ type Config struct {
 	// TrustKeys, when any are given, make a valid signature by one of them
 	// required.
 	TrustKeys []ed25519.PublicKey
-	// VM, when set, must match the manifest's VM name.
+	// VM is this VM's name: the manifest must have been issued for it.
+	// Empty refuses every manifest unless AllowAnyVM is set: a manifest
+	// signed for another VM must not pass here (issue 17, finding 10).
 	VM string
+	// AllowAnyVM accepts a manifest issued for any VM when VM is empty
+	// (--allow-any-vm): for images that cannot know their VM's name.
+	AllowAnyVM bool
 	// SystemCredentials is the folder systemd imported credentials into
 	// (/run/credentials/@system), for the cross-check; "" skips it.
 	SystemCredentials string

@@ -1,5 +1,6 @@
-// Package trustkey reads the Ed25519 public keys a guest trusts to sign
-// manifests (--trust-key FILE or a folder of *.pub files), and refuses a key
+// Package trustkey reads what a guest trusts: the Ed25519 public keys that
+// sign manifests (--trust-key FILE or a folder of *.pub files) and the name
+// of the VM the image is for (/etc/vmcred/vm-name). It refuses a file
 // that someone other than root or this process's user could have written:
 // a trusted key decides which manifests pass, so whoever can replace it can
 // sign their own. It is checked as the host checks its signing key, with
@@ -21,6 +22,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/vmcred/vmcred/shared/credential"
 	"github.com/vmcred/vmcred/shared/manifest"
 )
 
@@ -151,4 +153,47 @@ func check(what, name string, fi fs.FileInfo, euid int, stickyOK bool) error {
 		return fmt.Errorf("%s %s: %w: mode %04o lets group or others write it (chmod go-w %s)", what, name, ErrUnsafe, perm, name)
 	}
 	return nil
+}
+
+// DefaultVMNameFile is where an image records the name of the VM it is
+// for, when the agent is not given --vm: one line, the name `vmcred-host
+// pack --vm` uses. The NixOS guest module writes it.
+const DefaultVMNameFile = "/etc/vmcred/vm-name"
+
+// ReadVMName reads the VM name from path, checked as a key file is (root's
+// or this user's, writable by nobody else, in such a folder): whoever can
+// write it chooses which VM's manifests this guest accepts. A missing file
+// is an error wrapping fs.ErrNotExist.
+func ReadVMName(path string) (string, error) {
+	euid := os.Geteuid()
+	if _, err := os.Stat(path); err != nil {
+		return "", fmt.Errorf("vm name file: %w", err)
+	}
+	if err := checkDir(filepath.Dir(path), euid, false); err != nil {
+		return "", err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("vm name file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("vm name file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("vm name file %s: not a regular file", path)
+	}
+	if err := check("vm name file", path, fi, euid, false); err != nil {
+		return "", err
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 512))
+	if err != nil {
+		return "", fmt.Errorf("vm name file: %w", err)
+	}
+	name := strings.TrimSuffix(string(b), "\n")
+	if err := credential.ValidateName(name); err != nil {
+		return "", &ParseError{File: path, Err: fmt.Errorf("not a VM name (one line, the name given to vmcred-host pack --vm): %w", err)}
+	}
+	return name, nil
 }

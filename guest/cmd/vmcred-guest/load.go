@@ -66,6 +66,8 @@ func runLoad(ctx context.Context, env *cli.Env, args []string) error {
 	credstore := fs.String("credstore", agent.DefaultCredstore, "expose credentials in this folder (must be on tmpfs or ramfs)")
 	statusDir := fs.String("status-dir", agent.DefaultStatusDir, "write the report (no values) to this folder")
 	allowPersistent := fs.Bool("allow-persistent", false, "accept a credstore that is not on tmpfs or ramfs")
+	vmFile := fs.String("vm-file", trustkey.DefaultVMNameFile, "without --vm: read this VM's name from `FILE` (one line) when it exists")
+	allowAnyVM := fs.Bool("allow-any-vm", false, "with neither --vm nor a --vm-file, accept a manifest issued for any VM (by default load refuses it: a manifest must be bound to its VM)")
 	channel := fs.String("channel", "", "dial the host's channel at `ADDR` instead of the address in the manifest (unix:PATH for a simulated VM); without a channel in the manifest nothing is dialed")
 	timeout := fs.Duration("timeout", agent.DefaultTimeout, "give the channel fetch, retries included, this `DURATION`; the report to the host then gets its own 10s")
 	if err := cli.Parse(env, fs, "vmcred-guest load [flags]", args); err != nil {
@@ -90,6 +92,18 @@ func runLoad(ctx context.Context, env *cli.Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if pol.vm == "" && *vmFile != "" {
+		// The image says which VM it is for (the NixOS module writes it).
+		switch name, err := trustkey.ReadVMName(*vmFile); {
+		case err == nil:
+			pol.vm = name
+		case errors.Is(err, os.ErrNotExist) && !fs.Changed("vm-file"):
+		case errors.Is(err, trustkey.ErrUnsafe):
+			return cli.WithCode(cli.ExitFailure, err)
+		default:
+			return cli.WithCode(cli.ExitIO, err)
+		}
+	}
 	rep, err := agent.LoadContext(ctx, agent.Config{
 		Root:              os.DirFS("/"),
 		Firmware:          opt,
@@ -99,6 +113,7 @@ func runLoad(ctx context.Context, env *cli.Env, args []string) error {
 		AllowUnverified:   pol.allowUnverified,
 		TrustKeys:         keys,
 		VM:                pol.vm,
+		AllowAnyVM:        *allowAnyVM,
 		SystemCredentials: pol.systemCredentials,
 		Version:           env.Version,
 		Channel:           *channel,
