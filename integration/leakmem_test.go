@@ -180,6 +180,24 @@ func scanReadable(t *testing.T, ns []needle, roots ...string) int {
 	return len(files)
 }
 
+// scanOthersReadable searches every file under the hunt's folders that a
+// uid other than its owner could read for every canary, raw, encoded or
+// as SHA-256 (issue 17, "Also"): no exemption applies there, since every
+// file allowed to hold a value is 0400 in a 0700 folder.
+func (h *hunt) scanOthersReadable(t *testing.T) {
+	t.Helper()
+	var ns []needle
+	for _, class := range h.needles {
+		ns = append(ns, class...)
+	}
+	for name, v := range h.values {
+		ns = append(ns, digestNeedles(fmt.Sprintf("credential %q", name), v)...)
+	}
+	n := scanReadable(t, ns, h.base, h.shm)
+	h.places += n
+	t.Logf("%d files another uid could read searched for %d needles", n, len(ns))
+}
+
 // TestLeakHuntProcMem runs `vmcred-host run` for each firmware form around
 // a stand-in hypervisor that starts and sleeps (it reads nothing: the
 // point is what vmcred keeps), waits until the hand-over is done, and then
