@@ -163,10 +163,10 @@ func randomBytes(n int) []byte {
 	return b
 }
 
-// digestNeedles are the SHA-256 of a value in every encoding the hunt
+// digestEncodings are the SHA-256 of a value in every encoding the hunt
 // searches: a digest of a guessable value is as good as the value to
 // someone who can test guesses, so it may live only where the value may.
-func digestNeedles(kind, name string, v []byte) []needle {
+func digestEncodings(kind, name string, v []byte) []needle {
 	sum := sha256.Sum256(v)
 	return leakEncodings(nil, fmt.Sprintf("SHA-256 of %s %q", kind, name), sum[:])
 }

@@ -283,7 +283,7 @@ func (h *hunt) writeSecret(t *testing.T, class int, path string, v []byte) {
 	h.files[path] = kindSource
 	h.add(class, "credential", filepath.Base(path), v)
 	if class == classSecret {
-		h.needles[classDigest] = append(h.needles[classDigest], digestNeedles("credential", filepath.Base(path), v)...)
+		h.needles[classDigest] = append(h.needles[classDigest], digestEncodings("credential", filepath.Base(path), v)...)
 	}
 }
 
@@ -999,6 +999,7 @@ func TestLeakHunt(t *testing.T) {
 
 	// Last: everything left on disk, once more.
 	h.scanTree(t)
+	h.scanOthersReadable(t)
 	t.Logf("%d runs, %d places searched for %d canary encodings; no values shown here", h.runs, h.places, len(h.all()))
 }
 

@@ -40,6 +40,7 @@ type ManifestCredential struct {
 // the planner must reserve before it knows the deliveries.
 func BuildManifest(params ManifestParams, creds []ManifestCredential, deliveries map[string]plan.Delivery) (credential.Secret, error) {
 	b := manifest.NewBuilder(params.VM, params.IssuedAt)
+	defer b.Wipe()
 	b.SetNotAfter(params.NotAfter)
 	sorted := append([]ManifestCredential(nil), creds...)
 	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })

@@ -31,11 +31,11 @@ import (
 	"strings"
 	"syscall"
 	"time"
-	"unicode"
 
 	"github.com/vmcred/vmcred/host/atomicfile"
 	proto "github.com/vmcred/vmcred/shared/channel"
 	"github.com/vmcred/vmcred/shared/credential"
+	"github.com/vmcred/vmcred/shared/termtext"
 )
 
 // DefaultStatusDir is where push and run write and wait reads status files.
@@ -319,20 +319,9 @@ func checkOwned(path string, fi fs.FileInfo, reading bool) error {
 	return fmt.Errorf("%w: %s belongs to uid %d, not to this user (uid %d)", ErrUntrusted, path, sys.Uid, uid)
 }
 
-// clean makes guest-supplied text safe for a status file and log lines:
-// control characters become spaces, and it is cut to max bytes.
-func clean(s string, max int) string {
-	s = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) || r == unicode.ReplacementChar {
-			return ' '
-		}
-		return r
-	}, strings.ToValidUTF8(s, " "))
-	if len(s) > max {
-		s = strings.ToValidUTF8(s[:max], "") + "…"
-	}
-	return s
-}
+// clean makes guest-supplied text safe for a status file and log lines
+// (shared/termtext: control characters become spaces), cut to max bytes.
+func clean(s string, max int) string { return termtext.Clean(s, max) }
 
 // oneLine keeps a STATUS= value on one line and within sd_notify's size.
 func oneLine(s string) string { return clean(s, 1000) }

@@ -15,7 +15,7 @@ import (
 	"github.com/vmcred/vmcred/shared/logging"
 )
 
-const agentUsage = "vmcred-guest agent --vm NAME --trust-key FILE [--listen ADDR] [--peer-cid N] [source flags] [flags]"
+const agentUsage = "vmcred-guest agent --vm NAME|--vm-file FILE --trust-key FILE [--listen ADDR] [--peer-cid N] [source flags] [flags]"
 
 // runAgent is the long-lived boot service (Type=notify): it loads what
 // firmware carries, listens on a privileged vsock port for the host's
@@ -29,6 +29,7 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 	pol.register(fs)
 	var st storeFlags
 	st.register(fs)
+	st.registerVM(fs, false)
 	listen := fs.String("listen", "vsock::"+strconv.Itoa(agent.DefaultPort), "listen for the host's sessions on `ADDR`: vsock:CID:PORT with a privileged PORT (1-1023; only root can bind it, so the host knows who answers), or unix:PATH for a simulated VM")
 	peerCID := fs.Uint32("peer-cid", address.CIDHost, "accept AF_VSOCK sessions only from context ID `N` (2, the host; 1 for a host process inside the guest over vsock loopback)")
 	once := fs.Bool("once", false, "exit after the first session that leaves the credstore complete (or after the boot load, if firmware completes it)")
@@ -45,7 +46,7 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 	if err := agent.CheckListen(a); err != nil {
 		return cli.Usagef("--listen: %v", err)
 	}
-	cfg, err := config(env, &src, &pol, &st)
+	cfg, err := config(env, fs, &src, &pol, &st)
 	if err != nil {
 		return err
 	}

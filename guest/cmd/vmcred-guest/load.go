@@ -3,18 +3,17 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/vmcred/vmcred/guest/agent"
+	"github.com/vmcred/vmcred/guest/trustkey"
 	"github.com/vmcred/vmcred/guest/vsocknotify"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/logging"
-	"github.com/vmcred/vmcred/shared/manifest"
 )
 
 // DefaultSystemCredentials is where systemd's PID 1 imports credentials.
@@ -40,53 +39,30 @@ func (p *policyFlags) register(fs interface {
 }
 
 // keys reads the trusted public keys: each flag names a key file or a
-// folder whose *.pub files are all trusted.
+// folder whose *.pub files are all trusted. A key file or folder another
+// user could write is refused (exit 1), as pack refuses a signing key
+// others can read: see guest/trustkey.
 func (p *policyFlags) keys() ([]ed25519.PublicKey, error) {
-	var files []string
-	for _, k := range p.trustKeys {
-		st, err := os.Stat(k)
-		if err != nil {
-			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("trust key: %w", err))
-		}
-		if !st.IsDir() {
-			files = append(files, k)
-			continue
-		}
-		ents, err := os.ReadDir(k)
-		if err != nil {
-			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("trust key folder: %w", err))
-		}
-		n := 0
-		for _, e := range ents {
-			if e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".pub") {
-				files = append(files, filepath.Join(k, e.Name()))
-				n++
-			}
-		}
-		if n == 0 {
-			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("trust key folder %s holds no *.pub file", k))
-		}
+	keys, err := trustkey.Read(p.trustKeys)
+	var pe *trustkey.ParseError
+	switch {
+	case err == nil:
+		return keys, nil
+	case errors.Is(err, trustkey.ErrUnsafe):
+		return nil, cli.WithCode(cli.ExitFailure, err)
+	case errors.As(err, &pe):
+		return nil, cli.WithCode(cli.ExitUsage, err)
 	}
-	sort.Strings(files)
-	var keys []ed25519.PublicKey
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("trust key: %w", err))
-		}
-		k, err := manifest.ParsePublicKey(b)
-		if err != nil {
-			return nil, cli.WithCode(cli.ExitUsage, fmt.Errorf("trust key %s: %w", f, err))
-		}
-		keys = append(keys, k)
-	}
-	return keys, nil
+	return nil, cli.WithCode(cli.ExitIO, err)
 }
 
-// storeFlags are the flags load and agent share about where results go.
+// storeFlags are the flags load and agent share about where results go,
+// and which VM this is.
 type storeFlags struct {
 	credstore, statusDir string
 	allowPersistent      bool
+	vmFile               string
+	allowAnyVM           bool
 }
 
 func (s *storeFlags) register(fs interface {
@@ -98,8 +74,22 @@ func (s *storeFlags) register(fs interface {
 	fs.BoolVar(&s.allowPersistent, "allow-persistent", false, "accept a credstore that is not on tmpfs or ramfs")
 }
 
-// config builds the agent's Config from the shared flags.
-func config(env *cli.Env, src *sourceFlags, pol *policyFlags, st *storeFlags) (agent.Config, error) {
+// registerVM adds --vm-file and, for load, --allow-any-vm (the agent
+// always needs its VM's name: every session manifest is bound to it).
+func (s *storeFlags) registerVM(fs interface {
+	StringVar(p *string, name, value, usage string)
+	BoolVar(p *bool, name string, value bool, usage string)
+}, allowAny bool) {
+	fs.StringVar(&s.vmFile, "vm-file", trustkey.DefaultVMNameFile, "without --vm: read this VM's name from `FILE` (one line) when it exists")
+	if allowAny {
+		fs.BoolVar(&s.allowAnyVM, "allow-any-vm", false, "with neither --vm nor a --vm-file, accept a manifest issued for any VM (by default load refuses it: a manifest must be bound to its VM)")
+	}
+}
+
+// config builds the agent's Config from the shared flags. Without --vm,
+// the VM's name comes from --vm-file when it exists (the NixOS module
+// writes it).
+func config(env *cli.Env, fs interface{ Changed(string) bool }, src *sourceFlags, pol *policyFlags, st *storeFlags) (agent.Config, error) {
 	opt, err := src.options()
 	if err != nil {
 		return agent.Config{}, err
@@ -107,6 +97,17 @@ func config(env *cli.Env, src *sourceFlags, pol *policyFlags, st *storeFlags) (a
 	keys, err := pol.keys()
 	if err != nil {
 		return agent.Config{}, err
+	}
+	if pol.vm == "" && st.vmFile != "" {
+		switch name, err := trustkey.ReadVMName(st.vmFile); {
+		case err == nil:
+			pol.vm = name
+		case errors.Is(err, os.ErrNotExist) && !fs.Changed("vm-file"):
+		case errors.Is(err, trustkey.ErrUnsafe):
+			return agent.Config{}, cli.WithCode(cli.ExitFailure, err)
+		default:
+			return agent.Config{}, cli.WithCode(cli.ExitIO, err)
+		}
 	}
 	return agent.Config{
 		Root:              os.DirFS("/"),
@@ -117,6 +118,7 @@ func config(env *cli.Env, src *sourceFlags, pol *policyFlags, st *storeFlags) (a
 		AllowUnverified:   pol.allowUnverified,
 		TrustKeys:         keys,
 		VM:                pol.vm,
+		AllowAnyVM:        st.allowAnyVM,
 		SystemCredentials: pol.systemCredentials,
 		Version:           env.Version,
 	}, nil
@@ -130,13 +132,14 @@ func runLoad(ctx context.Context, env *cli.Env, args []string) error {
 	pol.register(fs)
 	var st storeFlags
 	st.register(fs)
+	st.registerVM(fs, true)
 	if err := cli.Parse(env, fs, "vmcred-guest load [flags]", args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return cli.Usagef("load takes no arguments")
 	}
-	cfg, err := config(env, &src, &pol, &st)
+	cfg, err := config(env, fs, &src, &pol, &st)
 	if err != nil {
 		return err
 	}
@@ -205,6 +208,12 @@ func logReport(log *logging.Logger, rep agent.Report) {
 		}
 	}
 	for _, s := range rep.Skipped {
+		if s.Count > 0 {
+			// The strings past the first oemstring.MaxSkipped: one line
+			// per reason, not one per string.
+			log.Warn(fmt.Sprintf("skipped %d more OEM strings, not named", s.Count), logging.String("reason", s.Reason))
+			continue
+		}
 		log.Warn("skipped OEM string", logging.Int("index", s.Index), logging.String("source", s.Source), logging.String("name", s.Name), logging.String("reason", s.Reason))
 	}
 	for _, c := range rep.Credentials {

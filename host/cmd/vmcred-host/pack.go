@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 	"github.com/vmcred/vmcred/host/emit"
@@ -43,8 +44,21 @@ type packFlags struct {
 	notifySocket, chAPI, chConfig string
 	inline, inlineSecrets, print0 bool
 	smbiosReserve                 int
-	src                           source.Flags
+	// lifetime is how long the manifest is valid (its not-after); 0 sets
+	// none.
+	lifetime time.Duration
+	src      source.Flags
 }
+
+// DefaultLifetime is pack's --lifetime: how long a manifest stays valid
+// after it is issued. Long, because QEMU keeps a VM's SMBIOS tables and
+// fw_cfg files across a reboot inside the guest: the agent then reads the
+// same manifest again, and a short lifetime would fail the boot of a VM
+// that reboots after it (the load fails loudly, naming the expiry; a
+// restart of the VM from the host re-packs). It still stops a pack from a
+// month ago from being accepted, e.g. a DMI table or payload kept
+// somewhere. --lifetime 0 sets no not-after.
+const DefaultLifetime = 30 * 24 * time.Hour
 
 func (f *packFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.vm, "vm", "", "the VM's `NAME` (required)")
@@ -62,6 +76,7 @@ func (f *packFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.chAPI, "ch-api", "", "cloud-hypervisor: pass every OEM string, secrets included, through its REST API on `SOCKET` (vm.create) instead of the command line and the channel")
 	fs.StringVar(&f.chConfig, "ch-config", "", "cloud-hypervisor with --ch-api: the VmConfig JSON `FILE` (kernel, memory, disks) to add the OEM strings to")
 	fs.StringVar(&f.target, "target", string(plan.QEMU), "with --hypervisor json: the `HYPERVISOR` the plan is for")
+	fs.DurationVar(&f.lifetime, "lifetime", DefaultLifetime, "the firmware manifest is valid for this `DURATION` after it is issued (its not-after; a guest that reboots with the same firmware after it fails its load), 0 for no limit")
 	fs.IntVar(&f.smbiosReserve, "smbios-reserve", -1, fmt.Sprintf("`BYTES` of the 65535-byte SMBIOS table left for the hypervisor's own structures (default %d; 0 for dmi)", plan.DefaultSMBIOSReserve))
 }
 
@@ -168,7 +183,13 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 		env.Log.Warn(w.String())
 	}
 
+	if f.lifetime < 0 || (f.lifetime > 0 && f.lifetime < time.Second) {
+		return nil, cli.Usagef("--lifetime must be 0 (no limit) or at least 1s: a manifest's times are whole seconds")
+	}
 	params := emit.ManifestParams{VM: f.vm, IssuedAt: d.now()}
+	if f.lifetime > 0 {
+		params.NotAfter = params.IssuedAt.Add(f.lifetime)
+	}
 	if f.signKey != "" {
 		if params.Key, err = loadKey(f.signKey); err != nil {
 			return nil, err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"strings"
 
 	"github.com/vmcred/vmcred/host/launch"
@@ -48,6 +49,13 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 	if f.chAPI != "" && !hasAPISocket(command[1:], f.chAPI) {
 		return cli.Usagef("run: --ch-api %s: the cloud-hypervisor command must listen there: add --api-socket path=%s", f.chAPI, f.chAPI)
 	}
+	if f.chAPI != "" {
+		// vm.create carries every secret: refuse a path someone else could
+		// bind first (CHBoot then checks who listens: launch.CHOptions).
+		if err := launch.CheckAPISocketPath(f.chAPI); err != nil {
+			return cli.WithCode(cli.ExitFailure, fmt.Errorf("run: %w", err))
+		}
+	}
 	// Without --connect, run only launches: no session, so nothing goes
 	// by channel and no readiness is recorded.
 	withSession := sf.connect != ""
@@ -87,6 +95,10 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 		pk.removeTemp()
 		return cli.Usagef("run: %d credential(s) go in the host's session (not in firmware); give --connect ADDR and --sign-key FILE", pk.sessionCount())
 	}
+	if !withSession {
+		// No session: run keeps no copy of the values for it.
+		pk.wipeSession()
+	}
 	for i := range pk.session {
 		pk.session[i].Policy = policies[pk.session[i].Name]
 	}
@@ -98,6 +110,13 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 		pk.removeTemp()
 	}()
 
+	if pk.result.API == nil {
+		// The payload files are written and the hypervisor reads them, not
+		// this process's memory: keep no copy for the life of the VM
+		// (issue 17, finding 6). The session's values stay until the
+		// session has sent them (afterStartSession wipes them).
+		handedOver(pk)
+	}
 	cfg := launch.Config{
 		Path:    command[0],
 		Args:    append(append([]string(nil), command[1:]...), pk.result.Args...),
@@ -111,6 +130,9 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 			if err := launch.CHBoot(ctx, api.Socket, pk.result.APIBody(), exited, 0); err != nil {
 				return cli.WithCode(cli.ExitFailure, err)
 			}
+			// Handed over: wipe the body and every payload now, not when
+			// the VM stops.
+			handedOver(pk)
 			// cloud-hypervisor has the strings now; the body file is not
 			// needed any more.
 			if err := os.Remove(api.BodyFile); err != nil {
@@ -159,6 +181,7 @@ func (d deps) afterStartSession(env *cli.Env, f *packFlags, sf *sessionFlags, a 
 		}()
 		err := d.session(sctx, env, f.vm, a, sf, req)
 		pk.wipeSession()
+		debug.FreeOSMemory()
 		if err != nil {
 			if sf.exitOnFailure {
 				return fmt.Errorf("%w; stopping the hypervisor (--exit-on-failure)", err)
@@ -167,6 +190,16 @@ func (d deps) afterStartSession(env *cli.Env, f *packFlags, sf *sessionFlags, a 
 		}
 		return nil
 	}
+}
+
+// handedOver wipes the payloads once the hypervisor has them, and then
+// returns the freed heap to the kernel (debug.FreeOSMemory: a GC, then
+// MADV_DONTNEED on free pages), so that copies Go made on the way and
+// freed without clearing (a slice outgrown, a digest's scratch) are gone
+// too, not readable in /proc/PID/mem for the life of the VM.
+func handedOver(pk *packed) {
+	pk.result.Wipe()
+	debug.FreeOSMemory()
 }
 
 func isTagged(err error) bool {
