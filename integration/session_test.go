@@ -285,7 +285,7 @@ func TestAttackReportFlood(t *testing.T) {
 			maxRSS = max(maxRSS, ru.Maxrss)
 		}
 	}
-	if maxRSS > 100<<10 { // KiB
+	if maxRSS > 128<<10 { // KiB; the attack on the old server grew it past 600 MB
 		t.Errorf("push peaked at %d MiB of memory against a 4096-entry report", maxRSS>>10)
 	}
 	if fi, err := os.Stat(readiness.Path(status, "demo")); err != nil || fi.Size() > 8<<20 {
@@ -340,8 +340,12 @@ type rw struct {
 	io.Writer
 }
 
+// commandContext runs bin with a clean environment and a soft memory
+// limit for the Go runtime (GOMEMLIMIT): the garbage collector then works
+// to stay under it however starved of CPU the test machine is, so peak RSS
+// measures what the process keeps, not how late its collector ran.
 func commandContext(ctx context.Context, bin string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/nonexistent"}
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/nonexistent", "GOMEMLIMIT=48MiB"}
 	return cmd
 }
