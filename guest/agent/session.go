@@ -89,6 +89,10 @@ type sessionInput struct {
 	generation uint64
 	step       *ChannelStep
 	took       time.Duration
+	// rotate is true when the agent already exposed a set: the session
+	// replaces it with Store.Rotate (all or nothing, unchanged files keep
+	// their inode) and must bring a higher generation.
+	rotate bool
 }
 
 // check is the session's part of the policy: a trusted signature, over
@@ -104,6 +108,8 @@ func (s *sessionInput) check(cfg Config, m *manifest.Manifest, ver manifest.Veri
 		return "not signed for this session (its challenge is another one: a replayed or stale session): refused"
 	case m.Generation < s.generation:
 		return fmt.Sprintf("generation %d is older than the %d this agent holds: refused", m.Generation, s.generation)
+	case s.rotate && m.Generation == s.generation:
+		return fmt.Sprintf("generation %d is the one this agent holds; a rotation must bring a higher one: refused", m.Generation)
 	}
 	return ""
 }
@@ -119,12 +125,53 @@ type Change struct {
 // Rotator is the seam for what follows a credstore change without a
 // reboot (DESIGN §8 "Rotation"): restarting or reloading, per Policy, the
 // units that consume a changed credential. The agent calls Rotated after a
-// session replaced a set it had exposed before, and before it reports;
-// the error, if any, goes into the report's summary. Implementations live
-// elsewhere (vmcred-guest agent wires guest/consumers); this package knows
-// nothing of D-Bus.
+// session replaced a set it had exposed before, and before it reports,
+// with a context whose deadline is the session's (the host's --timeout,
+// less a moment for the report). It returns one outcome per unit acted
+// on; the error, if any, names each unit that did not come back, and makes
+// the report failed. Implementations live elsewhere (vmcred-guest agent
+// wires guest/consumers); this package knows nothing of D-Bus.
 type Rotator interface {
-	Rotated(ctx context.Context, changes []Change) error
+	Rotated(ctx context.Context, changes []Change) ([]UnitOutcome, error)
+}
+
+// UnitOutcome is what a rotation did to one running service. Names only,
+// never a value.
+type UnitOutcome struct {
+	Unit string `json:"unit"`
+	// Action is the policy applied: restart, reload or none.
+	Action string `json:"action"`
+	// Credentials lists the changed credentials the unit uses.
+	Credentials []string `json:"credentials"`
+	// Result is "active" when it came back, "skipped" for policy none,
+	// else what went wrong ("failed", "inactive", "timeout", ...).
+	Result string `json:"result"`
+	// OK is true when the unit came back or was left alone by policy.
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+}
+
+// Rotation is what a session that replaced an exposed set did: the
+// generations, when, what changed in the credstore and what happened to
+// each consumer. The status file keeps it (`vmcred-guest status`, `list`).
+type Rotation struct {
+	From uint64    `json:"from_generation"`
+	To   uint64    `json:"to_generation"`
+	At   time.Time `json:"at"`
+	// Added, Changed, Unchanged and Removed are the credstore's names
+	// (credstore.Rotation); Unchanged files kept their inode.
+	Added     []string `json:"added,omitempty"`
+	Changed   []string `json:"changed,omitempty"`
+	Unchanged []string `json:"unchanged,omitempty"`
+	Removed   []string `json:"removed,omitempty"`
+	// Units lists what was done to each consumer of a changed credential.
+	Units []UnitOutcome `json:"units"`
+	// Deadline is when the restarts had to be done by (the host's
+	// --timeout, carried in the signed manifest).
+	Deadline time.Time `json:"deadline,omitzero"`
+	// Error is why a consumer did not come back, or the consumers could
+	// not be asked; empty when all is well.
+	Error string `json:"error,omitempty"`
 }
 
 // Options tune an Agent. The zero value is usable.
@@ -410,7 +457,10 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 	// Check the manifest before reading any value or waiting for another
 	// session: an unauthenticated peer costs one bounded frame. A refusal
 	// is a REPORT (failed), after which the agent closes.
-	if problem := a.preflight(sess); problem != "" {
+	sess.rotate = a.hasExposed()
+	received := time.Now()
+	budget, problem := a.preflight(sess)
+	if problem != "" {
 		step.Error = problem
 		rep := Report{Outcome: OutcomeFailed, Summary: "session refused: " + problem, Problems: []string{problem},
 			Version: a.cfg.Version, Credentials: []CredentialResult{}, Generation: gen, Fetch: step}
@@ -424,6 +474,11 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 		return
 	}
 	deadline := time.Now().Add(a.opts.SessionTimeout)
+	if budget > 0 {
+		// The host's --timeout, as it stood when it signed: end in time
+		// for the REPORT to reach it.
+		deadline = received.Add(budget - reportReserve(budget))
+	}
 	_ = c.SetDeadline(deadline)
 	select {
 	case a.sem <- struct{}{}:
@@ -438,6 +493,7 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 	// waited: its challenge still names the old one, which check allows
 	// only if the manifest is not older than the new one.
 	sess.generation = max(gen, a.Generation())
+	sess.rotate = sess.rotate || a.hasExposed()
 
 	t := time.Now()
 	creds, err := conn.ReadCredentials()
@@ -455,12 +511,13 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 	}
 	held := a.Generation()
 	if err == nil && rep.Outcome == OutcomeReady {
+		from := held
 		changes := a.commit(v, rep.Generation)
 		held = rep.Generation
-		if a.opts.Rotator != nil && len(changes) > 0 {
-			if rerr := a.opts.Rotator.Rotated(ctx, changes); rerr != nil {
-				rep.Summary += "; consumers: " + rerr.Error()
-			}
+		if rep.Rotation != nil {
+			rep.Rotation.From = from
+			rep.Rotation.Deadline = deadline.UTC()
+			err = a.restartConsumers(ctx, deadline, changes, &rep)
 		}
 	}
 	a.reply(conn, c, rep, held, step, true)
@@ -474,23 +531,77 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 }
 
 // preflight opens the session's manifest and applies the checks that need
-// no values: signature, VM, challenge, generation, not-after.
-func (a *Agent) preflight(s *sessionInput) string {
+// no values: signature, VM, challenge, generation, not-after. It returns
+// the manifest's session budget, or a problem.
+func (a *Agent) preflight(s *sessionInput) (time.Duration, string) {
 	m, ver, err := manifest.Open(s.envelope, a.cfg.TrustKeys)
 	if err != nil {
-		return ManifestName + ": " + err.Error()
+		return 0, ManifestName + ": " + err.Error()
 	}
 	now := time.Now
 	if a.cfg.Now != nil {
 		now = a.cfg.Now
 	}
 	if err := m.Check(now(), a.cfg.VM); err != nil {
-		return ManifestName + ": " + err.Error()
+		return 0, ManifestName + ": " + err.Error()
 	}
 	if p := s.check(a.cfg, m, ver); p != "" {
-		return ManifestName + ": " + p
+		return 0, ManifestName + ": " + p
 	}
-	return ""
+	return m.Budget, ""
+}
+
+// reportReserve is the part of a session's budget kept for the REPORT to
+// reach the host: a tenth, at most 2 s.
+func reportReserve(budget time.Duration) time.Duration {
+	return min(budget/10, 2*time.Second)
+}
+
+// hasExposed reports whether the agent has exposed a set this boot: a
+// session then is a rotation.
+func (a *Agent) hasExposed() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.exposed) > 0
+}
+
+// restartConsumers hands a rotation's changes to the Rotator, bounded by
+// the session's deadline, and records the per-unit outcomes in rep. A unit
+// that did not come back makes the report failed, naming it; the new set
+// stays in place (the old secret may be the one being revoked).
+func (a *Agent) restartConsumers(ctx context.Context, deadline time.Time, changes []Change, rep *Report) error {
+	rot := rep.Rotation
+	rot.Units = []UnitOutcome{}
+	if a.opts.Rotator == nil || len(changes) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	units, rerr := a.opts.Rotator.Rotated(ctx, changes)
+	if units != nil {
+		rot.Units = units
+	}
+	if rerr == nil {
+		return nil
+	}
+	rot.Error = rerr.Error()
+	var failed []string
+	for _, u := range units {
+		if !u.OK {
+			failed = append(failed, u.Unit)
+		}
+	}
+	problem := "consumers: " + rerr.Error()
+	if len(failed) > 0 {
+		problem = fmt.Sprintf("generation %d is in place, but %s did not come back: %s", rot.To, strings.Join(failed, ", "), rerr.Error())
+	}
+	rep.Outcome = OutcomeFailed
+	rep.Problems = append(rep.Problems, problem)
+	rep.Summary = "rotation failed: " + problem
+	if a.cfg.StatusDir != "" {
+		_ = WriteStatus(a.cfg.StatusDir, *rep)
+	}
+	return cli.WithCode(cli.ExitFailure, &Failure{Problems: []string{problem}})
 }
 
 // commit records a ready session's generation and digests and returns
@@ -580,6 +691,14 @@ func wireReport(rep *Report) proto.Report {
 	if len(rep.Problems) > 0 && r.Summary == "" {
 		r.Summary = strings.Join(rep.Problems, "; ")
 	}
+	if rep.Rotation != nil {
+		for _, u := range rep.Rotation.Units {
+			if len(r.Units) == proto.MaxReportUnits {
+				break
+			}
+			r.Units = append(r.Units, wireUnit(u))
+		}
+	}
 	for _, c := range rep.Credentials {
 		if len(r.Credentials) == proto.MaxReportEntries {
 			break
@@ -595,6 +714,17 @@ func wireReport(rep *Report) proto.Report {
 		r.Credentials = append(r.Credentials, cr)
 	}
 	return r
+}
+
+// wireUnit is a unit's outcome for the REPORT: a unit name the protocol
+// cannot carry is replaced, and only the first credentials go.
+func wireUnit(u UnitOutcome) proto.UnitReport {
+	w := proto.UnitReport{Unit: u.Unit, Action: token(u.Action), Result: u.Result, OK: u.OK, Error: u.Error}
+	if w.Unit == "" || len(w.Unit) > proto.MaxUnitNameLen || strings.ContainsFunc(w.Unit, func(r rune) bool { return r < 0x20 || r > 0x7e }) {
+		w.Unit = "invalid-unit-name"
+	}
+	w.Credentials = u.Credentials[:min(len(u.Credentials), proto.MaxUnitCredentials)]
+	return w
 }
 
 // token keeps s if it is a valid Delivery/Verification token, else maps it

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -444,11 +445,11 @@ type recRotator struct {
 	calls [][]Change
 }
 
-func (r *recRotator) Rotated(_ context.Context, ch []Change) error {
+func (r *recRotator) Rotated(_ context.Context, ch []Change) ([]UnitOutcome, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls = append(r.calls, ch)
-	return nil
+	return nil, nil
 }
 
 // TestRotatorSeam: after each session that replaced a set the agent had
@@ -524,12 +525,16 @@ func TestCheckListen(t *testing.T) {
 	}
 }
 
-// TestBusyPeerWaits: two authenticated sessions at once never interleave;
-// both complete, one after the other.
+// TestBusyPeerWaits: authenticated sessions at once never interleave;
+// each completes, one after the other. Sessions that drew the same
+// generation (they read the same challenge generation) are not a higher
+// one for the agent once the first of them is in: they are refused whole,
+// never half-applied.
 func TestBusyPeerWaits(t *testing.T) {
 	e := startAgent(t, nil, Options{})
 	var wg sync.WaitGroup
 	errs := make(chan error, 4)
+	var ready atomic.Int32
 	for i := range 4 {
 		wg.Add(1)
 		go func() {
@@ -538,9 +543,9 @@ func TestBusyPeerWaits(t *testing.T) {
 			switch {
 			case r.err != nil:
 				errs <- r.err
-			case r.report.Outcome != proto.OutcomeReady:
-				// Two sessions can draw the same generation; the later
-				// one is then not older and still accepted.
+			case r.report.Outcome == proto.OutcomeReady:
+				ready.Add(1)
+			case !strings.Contains(r.report.Summary, "a rotation must bring a higher one"):
 				errs <- errors.New(r.report.Summary)
 			}
 		}()
@@ -549,6 +554,9 @@ func TestBusyPeerWaits(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+	if ready.Load() == 0 {
+		t.Error("no session was ready")
 	}
 	if got := readStore(t, e.store); len(got["a"]) != 1<<20 {
 		t.Errorf("credstore a is %d bytes", len(got["a"]))

@@ -111,24 +111,26 @@ type consumersRotator struct {
 	log   *logging.Logger
 }
 
-// Rotated implements agent.Rotator.
-func (r consumersRotator) Rotated(ctx context.Context, changes []agent.Change) error {
+// Rotated implements agent.Rotator. ctx carries the session's deadline
+// (the host's --timeout): restarts still running at it end as "timeout",
+// and units after it are not attempted.
+func (r consumersRotator) Rotated(ctx context.Context, changes []agent.Change) ([]agent.UnitOutcome, error) {
 	sd, err := consumers.Connect(ctx)
 	if err != nil {
-		return fmt.Errorf("restart consumers: %w", err)
+		return nil, fmt.Errorf("restart consumers: %w", err)
 	}
 	defer sd.Close()
 	cs := make([]consumers.Change, 0, len(changes))
 	for _, c := range changes {
 		cs = append(cs, consumers.Change{Name: c.Name, Policy: consumers.Policy(c.Policy.String())})
 	}
-	ctx, cancel := context.WithTimeout(ctx, agent.DefaultSessionTimeout)
-	defer cancel()
 	outcomes, err := consumers.Apply(ctx, sd, cs, consumers.Options{Store: r.store, Exclude: []string{"vmcred-guest.service"}})
+	units := make([]agent.UnitOutcome, 0, len(outcomes))
 	for _, o := range outcomes {
 		r.log.Info("consumer "+o.Unit+": "+string(o.Action)+" "+o.Result, logging.Strings("credentials", o.Credentials))
+		units = append(units, agent.UnitOutcome{Unit: o.Unit, Action: string(o.Action), Credentials: o.Credentials, Result: o.Result, OK: o.OK(), Error: o.Error})
 	}
-	return err
+	return units, err
 }
 
 // refusalLog lets through at most refusalBurst refused-session lines a
