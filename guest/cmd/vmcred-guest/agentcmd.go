@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/coreos/go-systemd/v22/util"
 	"github.com/vmcred/vmcred/guest/agent"
 	"github.com/vmcred/vmcred/guest/consumers"
 	"github.com/vmcred/vmcred/shared/address"
@@ -84,7 +85,7 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 		}
 	}
 	ag, err := agent.New(cfg, agent.Options{OnReport: onReport, AcceptPeer: agent.PeerCID(*peerCID),
-		Rotator: consumersRotator{store: st.credstore, log: env.Log}})
+		Rotator: consumersRotator{store: st.credstore, log: env.Log, systemd: util.IsRunningSystemd}})
 	if err != nil {
 		return err
 	}
@@ -109,12 +110,21 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 type consumersRotator struct {
 	store string
 	log   *logging.Logger
+	// systemd reports whether the guest was booted with systemd
+	// (daemon's sd_booted test).
+	systemd func() bool
 }
 
 // Rotated implements agent.Rotator. ctx carries the session's deadline
 // (the host's --timeout): restarts still running at it end as "timeout",
 // and units after it are not attempted.
 func (r consumersRotator) Rotated(ctx context.Context, changes []agent.Change) ([]agent.UnitOutcome, error) {
+	if !r.systemd() {
+		// No service manager (a simulated VM, a container without
+		// systemd): no unit can hold a credential, so none to restart.
+		r.log.Info("not booted with systemd (no /run/systemd/system): no consumer units to restart")
+		return nil, nil
+	}
 	sd, err := consumers.Connect(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("restart consumers: %w", err)
