@@ -506,13 +506,17 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 		sess.creds = append(sess.creds, oemstring.Entry{Name: cr.Name, Value: cr.Value, Source: SourceChannel, Index: i})
 	}
 	rep, v, err := run(a.cfg, sess)
+	held := a.Generation()
+	var changes []Change
+	if err == nil && rep.Outcome == OutcomeReady {
+		// Before the wipe: the exposed entries alias the received values.
+		changes = a.commit(v, rep.Generation)
+	}
 	for _, cr := range creds {
 		cr.Value.Wipe()
 	}
-	held := a.Generation()
 	if err == nil && rep.Outcome == OutcomeReady {
 		from := held
-		changes := a.commit(v, rep.Generation)
 		held = rep.Generation
 		if rep.Rotation != nil {
 			rep.Rotation.From = from

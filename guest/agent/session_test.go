@@ -464,7 +464,8 @@ func TestRotatorSeam(t *testing.T) {
 	if r := h.run(t, e.sock); r.err != nil || r.report.Outcome != proto.OutcomeReady {
 		t.Fatal(r.err, r.report.Summary)
 	}
-	h = e.host(map[string][]byte{"a": []byte("1"), "b": []byte("22"), "d": []byte("4")})
+	// b keeps its length: the change is in the value only.
+	h = e.host(map[string][]byte{"a": []byte("1"), "b": []byte("9"), "d": []byte("4")})
 	h.policy = map[string]manifest.Policy{"b": manifest.PolicyReload, "d": manifest.PolicyNone}
 	if r := h.run(t, e.sock); r.err != nil || r.report.Outcome != proto.OutcomeReady {
 		t.Fatal(r.err, r.report.Summary)

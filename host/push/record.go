@@ -83,7 +83,7 @@ type Sized struct {
 // Diff is what a push would change against a record: names and sizes only.
 type Diff struct {
 	Added, Changed, Removed []Sized
-	Unchanged              []string
+	Unchanged               []string
 }
 
 // Empty reports whether the push would change nothing.

@@ -85,7 +85,13 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 		}
 	}
 	ag, err := agent.New(cfg, agent.Options{OnReport: onReport, AcceptPeer: agent.PeerCID(*peerCID),
-		Rotator: consumersRotator{store: st.credstore, log: env.Log, systemd: util.IsRunningSystemd}})
+		Rotator: consumersRotator{log: env.Log, systemd: util.IsRunningSystemd, Rotator: consumers.Rotator{
+			Connect: consumers.ConnectSystemd,
+			Options: consumers.Options{Store: st.credstore, Exclude: []string{"vmcred-guest.service"}},
+			Log: func(o consumers.Outcome) {
+				env.Log.Info("consumer "+o.Unit+": "+string(o.Action)+" "+o.Result, logging.Strings("credentials", o.Credentials))
+			},
+		}}})
 	if err != nil {
 		return err
 	}
@@ -108,16 +114,14 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 // consumersRotator restarts or reloads, per policy, the running services
 // that use a credential a session changed (guest/consumers, over D-Bus).
 type consumersRotator struct {
-	store string
-	log   *logging.Logger
+	consumers.Rotator
+	log *logging.Logger
 	// systemd reports whether the guest was booted with systemd
 	// (daemon's sd_booted test).
 	systemd func() bool
 }
 
-// Rotated implements agent.Rotator. ctx carries the session's deadline
-// (the host's --timeout): restarts still running at it end as "timeout",
-// and units after it are not attempted.
+// Rotated implements agent.Rotator.
 func (r consumersRotator) Rotated(ctx context.Context, changes []agent.Change) ([]agent.UnitOutcome, error) {
 	if !r.systemd() {
 		// No service manager (a simulated VM, a container without
@@ -125,22 +129,7 @@ func (r consumersRotator) Rotated(ctx context.Context, changes []agent.Change) (
 		r.log.Info("not booted with systemd (no /run/systemd/system): no consumer units to restart")
 		return nil, nil
 	}
-	sd, err := consumers.Connect(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("restart consumers: %w", err)
-	}
-	defer sd.Close()
-	cs := make([]consumers.Change, 0, len(changes))
-	for _, c := range changes {
-		cs = append(cs, consumers.Change{Name: c.Name, Policy: consumers.Policy(c.Policy.String())})
-	}
-	outcomes, err := consumers.Apply(ctx, sd, cs, consumers.Options{Store: r.store, Exclude: []string{"vmcred-guest.service"}})
-	units := make([]agent.UnitOutcome, 0, len(outcomes))
-	for _, o := range outcomes {
-		r.log.Info("consumer "+o.Unit+": "+string(o.Action)+" "+o.Result, logging.Strings("credentials", o.Credentials))
-		units = append(units, agent.UnitOutcome{Unit: o.Unit, Action: string(o.Action), Credentials: o.Credentials, Result: o.Result, OK: o.OK(), Error: o.Error})
-	}
-	return units, err
+	return r.Rotator.Rotated(ctx, changes)
 }
 
 // refusalLog lets through at most refusalBurst refused-session lines a
