@@ -305,7 +305,7 @@ func TestRotationRestartsExactlyTheConsumers(t *testing.T) {
 	}
 	for _, cmd := range [][]string{{"status"}, {"list"}} {
 		out := run(t, built.guest, nil, append(cmd, "--status-dir", v.status)...)
-		if !strings.Contains(out.stdout, "generation 2") || !strings.Contains(out.stdout, "api.service") {
+		if !strings.Contains(out.stdout, "2, arrived") || !strings.Contains(out.stdout, "restart api.service (API_KEY): active") {
 			t.Errorf("vmcred-guest %s does not show the generation and the unit:\n%s%s", cmd[0], out.stdout, out.stderr)
 		}
 	}

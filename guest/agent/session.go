@@ -166,9 +166,10 @@ type Rotation struct {
 	Removed   []string `json:"removed,omitempty"`
 	// Units lists what was done to each consumer of a changed credential.
 	Units []UnitOutcome `json:"units"`
-	// Deadline is when the restarts had to be done by (the host's
-	// --timeout, carried in the signed manifest).
-	Deadline time.Time `json:"deadline,omitzero"`
+	// BudgetMS is how long the host gave the session (its --timeout, as
+	// it stood when it signed), in milliseconds; the restarts ended before
+	// it ran out. 0 when the manifest carried none.
+	BudgetMS int64 `json:"budget_ms,omitempty"`
 	// Error is why a consumer did not come back, or the consumers could
 	// not be asked; empty when all is well.
 	Error string `json:"error,omitempty"`
@@ -520,7 +521,7 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 		held = rep.Generation
 		if rep.Rotation != nil {
 			rep.Rotation.From = from
-			rep.Rotation.Deadline = deadline.UTC()
+			rep.Rotation.BudgetMS = budget.Milliseconds()
 			err = a.restartConsumers(ctx, deadline, changes, &rep)
 		}
 	}
