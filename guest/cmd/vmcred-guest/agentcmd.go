@@ -33,6 +33,7 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 	st.registerVM(fs, false)
 	listen := fs.String("listen", "vsock::"+strconv.Itoa(agent.DefaultPort), "listen for the host's sessions on `ADDR`: vsock:CID:PORT with a privileged PORT (1-1023; only root can bind it, so the host knows who answers), or unix:PATH for a simulated VM")
 	peerCID := fs.Uint32("peer-cid", address.CIDHost, "accept AF_VSOCK sessions only from context ID `N` (2, the host; 1 for a host process inside the guest over vsock loopback)")
+	restarts := fs.String("consumers", "systemd", "after a rotation, restart or reload the running services that use a changed credential through `MANAGER`: systemd (its private socket, /run/systemd/private; nothing when not booted with systemd) or none (a simulated VM, a demo)")
 	once := fs.Bool("once", false, "exit after the first session that leaves the credstore complete (or after the boot load, if firmware completes it)")
 	if err := cli.Parse(env, fs, agentUsage, args); err != nil {
 		return err
@@ -46,6 +47,9 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 	}
 	if err := agent.CheckListen(a); err != nil {
 		return cli.Usagef("--listen: %v", err)
+	}
+	if *restarts != "systemd" && *restarts != "none" {
+		return cli.Usagef("--consumers %q: want systemd or none", *restarts)
 	}
 	cfg, err := config(env, fs, &src, &pol, &st)
 	if err != nil {
@@ -84,8 +88,12 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 			notifySelf(ctx, env, "STATUS="+oneLine(rep.Summary))
 		}
 	}
+	booted := util.IsRunningSystemd
+	if *restarts == "none" {
+		booted = func() bool { return false }
+	}
 	ag, err := agent.New(cfg, agent.Options{OnReport: onReport, AcceptPeer: agent.PeerCID(*peerCID),
-		Rotator: consumersRotator{log: env.Log, systemd: util.IsRunningSystemd, Rotator: consumers.Rotator{
+		Rotator: consumersRotator{log: env.Log, systemd: booted, Rotator: consumers.Rotator{
 			Connect: consumers.ConnectSystemd,
 			Options: consumers.Options{Store: st.credstore, Exclude: []string{"vmcred-guest.service"}},
 			Log: func(o consumers.Outcome) {
@@ -126,7 +134,7 @@ func (r consumersRotator) Rotated(ctx context.Context, changes []agent.Change) (
 	if !r.systemd() {
 		// No service manager (a simulated VM, a container without
 		// systemd): no unit can hold a credential, so none to restart.
-		r.log.Info("not booted with systemd (no /run/systemd/system): no consumer units to restart")
+		r.log.Info("no service manager to ask (--consumers none, or not booted with systemd): no consumer units to restart")
 		return nil, nil
 	}
 	return r.Rotator.Rotated(ctx, changes)
