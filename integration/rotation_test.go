@@ -48,6 +48,8 @@ type fakeUnit struct {
 	pid   int
 	state string
 	fail  bool
+	// hang: a restart leaves the unit activating for good.
+	hang bool
 }
 
 func newFakeSystemd(units map[string][]string) *fakeSystemd {
@@ -64,7 +66,7 @@ func (f *fakeSystemd) ActiveServices(context.Context) ([]consumers.UnitState, er
 	defer f.mu.Unlock()
 	var out []consumers.UnitState
 	for name, u := range f.units {
-		if u.state == "active" {
+		if u.state == "active" || u.state == "activating" {
 			out = append(out, consumers.UnitState{Name: name, ActiveState: u.state, SubState: "running"})
 		}
 	}
@@ -89,6 +91,9 @@ func (f *fakeSystemd) job(kind, unit string) (string, error) {
 	if u.fail {
 		u.state = "failed"
 		return "failed", nil
+	}
+	if u.hang {
+		u.state = "activating"
 	}
 	if kind == "restart" {
 		f.nextPID++
@@ -325,6 +330,42 @@ func TestRotationRestartsExactlyTheConsumers(t *testing.T) {
 	}
 	if v.ag.Generation() != 3 {
 		t.Errorf("agent generation %d, want 3", v.ag.Generation())
+	}
+
+	// The host lost its state folder: the next push starts above the
+	// generation the agent reports.
+	if err := os.RemoveAll(filepath.Join(v.hostStatus, "pushed")); err != nil {
+		t.Fatal(err)
+	}
+	sd.mu.Lock()
+	sd.units["api.service"].fail, sd.units["api.service"].state = false, "active"
+	sd.mu.Unlock()
+	r = v.push(t, map[string][]byte{"API_KEY": randomText(), "DB_PASSWORD": db})
+	if r.code != 0 || v.ag.Generation() != 4 {
+		t.Errorf("push after a lost state folder: exit %d, agent generation %d, want 0 and 4: %s", r.code, v.ag.Generation(), r.stderr)
+	}
+	if rep, err := agent.ReadStatus(v.status); err != nil || rep.Rotation == nil || rep.Rotation.BudgetMS <= 0 || rep.Rotation.BudgetMS > 15000 {
+		t.Errorf("the rotation's budget is not push's --timeout 15s: %+v %v", rep.Rotation, err)
+	}
+}
+
+// TestRotationTimeoutCoversRestarts (issue 15, item 5): push's --timeout
+// bounds the whole session, restarts included. A consumer that never
+// comes back after its restart is given up by the agent at the deadline
+// the signed manifest carries, in time for its report: push exits 1
+// naming the unit ("timeout"), not 4 with no report.
+func TestRotationTimeoutCoversRestarts(t *testing.T) {
+	sd := newFakeSystemd(map[string][]string{"stuck.service": {"API_KEY"}})
+	v := startRotVM(t, sd)
+	if r := v.push(t, map[string][]byte{"API_KEY": randomText()}); r.code != 0 {
+		t.Fatalf("first push: %s", r.stderr)
+	}
+	sd.mu.Lock()
+	sd.units["stuck.service"].hang = true
+	sd.mu.Unlock()
+	r := v.push(t, map[string][]byte{"API_KEY": randomText()}, "--timeout", "3s")
+	if r.code != 1 || !strings.Contains(r.stderr, "stuck.service") || !strings.Contains(r.stderr+r.stdout, "timeout") {
+		t.Errorf("push --timeout 3s with a consumer that never comes back: exit %d, want 1 naming stuck.service and timeout:\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }
 
