@@ -520,6 +520,7 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 		from := held
 		held = rep.Generation
 		if rep.Rotation != nil {
+			changes = rotationChanges(rep.Rotation, v.m)
 			rep.Rotation.From = from
 			rep.Rotation.BudgetMS = budget.Milliseconds()
 			err = a.restartConsumers(ctx, deadline, changes, &rep)
@@ -562,12 +563,37 @@ func reportReserve(budget time.Duration) time.Duration {
 	return min(budget/10, 2*time.Second)
 }
 
-// hasExposed reports whether the agent has exposed a set this boot: a
-// session then is a rotation.
+// hasExposed reports whether a set was exposed this boot: a session then
+// is a rotation. Either this agent exposed one, or an earlier run of it
+// did (the agent restarted): the credstore's state file, in the status
+// folder on /run, records what vmcred wrote this boot.
 func (a *Agent) hasExposed() bool {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	return len(a.exposed) > 0
+	n := len(a.exposed)
+	a.mu.Unlock()
+	if n > 0 {
+		return true
+	}
+	if a.cfg.StatusDir == "" {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(a.cfg.StatusDir, stateFile))
+	return err == nil
+}
+
+// rotationChanges is what a rotation changed, from the store's own
+// account (which holds even when this agent did not expose the old set
+// itself), with each credential's signed policy.
+func rotationChanges(r *Rotation, m *manifest.Manifest) []Change {
+	var out []Change
+	for _, name := range slices.Concat(r.Added, r.Changed) {
+		out = append(out, Change{Name: name, Policy: policyOf(m, name)})
+	}
+	for _, name := range r.Removed {
+		out = append(out, Change{Name: name, Removed: true})
+	}
+	slices.SortFunc(out, func(x, y Change) int { return strings.Compare(x.Name, y.Name) })
+	return out
 }
 
 // restartConsumers hands a rotation's changes to the Rotator, bounded by

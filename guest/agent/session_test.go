@@ -563,3 +563,43 @@ func TestBusyPeerWaits(t *testing.T) {
 		t.Errorf("credstore a is %d bytes", len(got["a"]))
 	}
 }
+
+// TestRotationAfterAgentRestart: the agent restarted after it exposed a
+// set (Restart=on-failure): its memory is empty, but the store's state
+// file says vmcred wrote this boot's set, so the next session is still a
+// rotation (one exchange, unchanged files keep their inode) and the
+// Rotator hears what changed, from the store's own account.
+func TestRotationAfterAgentRestart(t *testing.T) {
+	e := startAgent(t, nil, Options{})
+	if r := e.host(map[string][]byte{"a": []byte("1"), "b": []byte("2")}).run(t, e.sock); r.err != nil || r.report.Outcome != proto.OutcomeReady {
+		t.Fatal(r.err, r.report.Summary)
+	}
+	fi, err := os.Stat(filepath.Join(e.store, "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rot := &recRotator{}
+	again, err := New(e.cfg, Options{Rotator: rot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "again.sock")
+	l, err := Listen(address.Address{Kind: address.Unix, Path: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); again.Serve(ctx, l) }()
+	defer func() { cancel(); <-done }()
+	if r := e.host(map[string][]byte{"a": []byte("9"), "b": []byte("2")}).run(t, sock); r.err != nil || r.report.Outcome != proto.OutcomeReady {
+		t.Fatal(r.err, r.report.Summary)
+	}
+	if diff := cmp.Diff([][]Change{{{Name: "a", Policy: manifest.PolicyRestart}}}, rot.calls); diff != "" {
+		t.Errorf("Rotated calls after a restart (-want +got):\n%s", diff)
+	}
+	fi2, err := os.Stat(filepath.Join(e.store, "b"))
+	if err != nil || !os.SameFile(fi, fi2) {
+		t.Errorf("the unchanged b got a new file (%v)", err)
+	}
+}
