@@ -508,10 +508,9 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 	}
 	rep, v, err := run(a.cfg, sess)
 	held := a.Generation()
-	var changes []Change
 	if err == nil && rep.Outcome == OutcomeReady {
 		// Before the wipe: the exposed entries alias the received values.
-		changes = a.commit(v, rep.Generation)
+		a.commit(v, rep.Generation)
 	}
 	for _, cr := range creds {
 		cr.Value.Wipe()
@@ -520,7 +519,7 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 		from := held
 		held = rep.Generation
 		if rep.Rotation != nil {
-			changes = rotationChanges(rep.Rotation, v.m)
+			changes := rotationChanges(rep.Rotation, v.m)
 			rep.Rotation.From = from
 			rep.Rotation.BudgetMS = budget.Milliseconds()
 			err = a.restartConsumers(ctx, deadline, changes, &rep)
@@ -635,32 +634,13 @@ func (a *Agent) restartConsumers(ctx context.Context, deadline time.Time, change
 	return cli.WithCode(cli.ExitFailure, &Failure{Problems: []string{problem}})
 }
 
-// commit records a ready session's generation and digests and returns
-// what changed, with each credential's policy. The first set the agent
-// exposes is no rotation (its consumers wait for READY=1 and start after
-// it), so it changes nothing to report.
-func (a *Agent) commit(v verified, gen uint64) []Change {
+// commit records a ready session's generation and the digests of what it
+// exposed.
+func (a *Agent) commit(v verified, gen uint64) {
 	now := digests(v.expose)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if len(a.exposed) == 0 {
-		a.generation, a.exposed = gen, now
-		return nil
-	}
-	var changes []Change
-	for name, sum := range now {
-		if old, ok := a.exposed[name]; !ok || old != sum {
-			changes = append(changes, Change{Name: name, Policy: policyOf(v.m, name)})
-		}
-	}
-	for name := range a.exposed {
-		if _, ok := now[name]; !ok {
-			changes = append(changes, Change{Name: name, Removed: true})
-		}
-	}
-	slices.SortFunc(changes, func(x, y Change) int { return strings.Compare(x.Name, y.Name) })
 	a.generation, a.exposed = gen, now
-	return changes
 }
 
 func policyOf(m *manifest.Manifest, name string) manifest.Policy {
