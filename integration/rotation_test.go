@@ -363,9 +363,9 @@ func TestRotationTimeoutCoversRestarts(t *testing.T) {
 	sd.mu.Lock()
 	sd.units["stuck.service"].hang = true
 	sd.mu.Unlock()
-	r := v.push(t, map[string][]byte{"API_KEY": randomText()}, "--timeout", "3s")
+	r := v.push(t, map[string][]byte{"API_KEY": randomText()}, "--timeout", "5s")
 	if r.code != 1 || !strings.Contains(r.stderr, "stuck.service") || !strings.Contains(r.stderr+r.stdout, "timeout") {
-		t.Errorf("push --timeout 3s with a consumer that never comes back: exit %d, want 1 naming stuck.service and timeout:\n%s%s", r.code, r.stdout, r.stderr)
+		t.Errorf("push --timeout 5s with a consumer that never comes back: exit %d, want 1 naming stuck.service and timeout:\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }
 

@@ -557,9 +557,11 @@ func (a *Agent) preflight(s *sessionInput) (time.Duration, string) {
 }
 
 // reportReserve is the part of a session's budget kept for the REPORT to
-// reach the host: a tenth, at most 2 s.
+// reach the host, and for the time the manifest took to arrive (the
+// budget is counted from when the host signed): a fifth, at least 500 ms
+// and at most 5 s, never more than half.
 func reportReserve(budget time.Duration) time.Duration {
-	return min(budget/10, 2*time.Second)
+	return min(max(budget/5, 500*time.Millisecond), 5*time.Second, budget/2)
 }
 
 // hasExposed reports whether a set was exposed this boot: a session then
