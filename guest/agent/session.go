@@ -267,7 +267,24 @@ func (a *Agent) Generation() uint64 {
 // host's session, the outcome is OutcomeWaiting and the error nil: the
 // session completes the credstore. Any other failure is returned (the
 // agent keeps listening: a session can still bring a good set).
+//
+// An agent that restarts (Restart=on-failure) after a session wrote the
+// credstore this boot does not load the firmware again: firmware carries
+// the boot's set, and loading it would put an older generation, possibly
+// a revoked secret, back over the one the session brought. It keeps the
+// store as it is, adopts the session's generation, and is ready.
 func (a *Agent) Boot() (Report, error) {
+	if prev, ok := a.sessionThisBoot(); ok {
+		a.mu.Lock()
+		a.generation = prev.Generation
+		a.mu.Unlock()
+		prev.Summary = fmt.Sprintf("kept generation %d, which a host session wrote this boot before the agent restarted (the firmware's set is not loaded over it)", prev.Generation)
+		prev.Outcome = OutcomeReady
+		if a.opts.OnReport != nil {
+			a.opts.OnReport(prev, nil)
+		}
+		return prev, nil
+	}
 	rep, v, err := run(a.cfg, nil)
 	if err != nil && waitingOnly(a.cfg, rep, v) {
 		rep.Outcome, err = OutcomeWaiting, nil
@@ -288,6 +305,23 @@ func (a *Agent) Boot() (Report, error) {
 		a.opts.OnReport(rep, err)
 	}
 	return rep, err
+}
+
+// sessionThisBoot returns the status of a host session that wrote the
+// credstore this boot (the status folder and the store's state file are
+// on /run): the agent restarted after it.
+func (a *Agent) sessionThisBoot() (Report, bool) {
+	if a.cfg.StatusDir == "" {
+		return Report{}, false
+	}
+	if _, err := os.Stat(filepath.Join(a.cfg.StatusDir, stateFile)); err != nil {
+		return Report{}, false
+	}
+	rep, err := ReadStatus(a.cfg.StatusDir)
+	if err != nil || rep.ManifestSource != ManifestFromSession || rep.Store == nil || rep.Generation == 0 {
+		return Report{}, false
+	}
+	return rep, true
 }
 
 // waitingOnly reports whether a failed boot load failed only because the

@@ -603,3 +603,44 @@ func TestRotationAfterAgentRestart(t *testing.T) {
 		t.Errorf("the unchanged b got a new file (%v)", err)
 	}
 }
+
+// TestRestartKeepsRotatedSet: firmware brought generation 0 at boot, a
+// session rotated api-key, then the agent restarted: its boot does not
+// load the firmware's (older) set over the rotated one; it keeps the
+// session's generation and is ready.
+func TestRestartKeepsRotatedSet(t *testing.T) {
+	pub, priv := newKey(t)
+	p := pack(t, packOpts{key: priv}, seedValues(t))
+	e := startAgentKey(t, pub, priv, p.strs, Options{})
+	if got := e.reps[0].Outcome; got != OutcomeReady {
+		t.Fatalf("boot outcome %q: %v", got, e.reps[0].Problems)
+	}
+	vals := map[string][]byte{}
+	for n, v := range p.values {
+		vals[n] = v
+	}
+	newKeyValue := randomSecret(t, 32)
+	for n := range vals {
+		vals[n] = newKeyValue
+		break
+	}
+	r := e.host(vals).run(t, e.sock)
+	if r.err != nil || r.report.Outcome != proto.OutcomeReady {
+		t.Fatalf("rotation: %v %s", r.err, r.report.Summary)
+	}
+	before := readStore(t, e.store)
+	again, err := New(e.cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := again.Boot()
+	if err != nil || rep.Outcome != OutcomeReady || !strings.Contains(rep.Summary, "kept generation") {
+		t.Fatalf("boot after a restart: %v %q", err, rep.Summary)
+	}
+	if again.Generation() != r.report.Generation {
+		t.Errorf("generation %d after the restart, want %d", again.Generation(), r.report.Generation)
+	}
+	if diff := cmp.Diff(before, readStore(t, e.store)); diff != "" {
+		t.Errorf("the restart's boot changed the credstore (-before +after):\n%s", diff)
+	}
+}
