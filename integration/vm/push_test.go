@@ -99,6 +99,20 @@ step "$r"
 case "$r" in *"outcome failed"*"not signed for this session"*) ;; *) fail "replayed manifest: '$r'" ;; esac
 [ "$(state)" = "$before" ] || fail "a replayed session changed something"
 step "older generation and replay: refused, nothing changed, nothing restarted"
+
+# A consumer that does not come back: push-fragile (JWT_SECRET) fails its
+# restart; push exits 1 naming it, the new JWT_SECRET stays in place, and
+# the API_KEY consumer is left alone.
+PID_consumer=$(pid consumer)
+vmcred-host push --connect vsock:1:730 --status-dir /run/vmcred-host --timeout 60s --vm "$VM" --sign-key /etc/vmcred-test/sign.key $PUSH_SOURCES2 >/tmp/push2.out 2>/tmp/push2.err
+rc=$?
+sed 's/^/VMCRED-STEP push 2: /' /tmp/push2.out
+[ "$rc" = 1 ] || fail "push with a consumer that fails to restart: exit $rc, want 1"
+grep -q "push-fragile.service" /tmp/push2.err || fail "push did not name push-fragile.service: $(cat /tmp/push2.err)"
+[ "$(storesum JWT_SECRET)" = "$NEW_JWT" ] || fail "the new JWT_SECRET is not in place after the failed restart"
+[ "$(pid consumer)" = "$PID_consumer" ] || fail "push-consumer (API_KEY, unchanged this time) was restarted"
+vmcred-guest status --status-dir /run/vmcred | grep -q "push-fragile.service" || fail "vmcred-guest status does not name push-fragile.service"
+step "consumer failure: push exit 1 naming push-fragile.service; the new JWT_SECRET in place; push-consumer left alone"
 echo "VMCRED-CASE PASS"
 `
 )
@@ -112,6 +126,8 @@ echo "VMCRED-CASE PASS"
 // bystander keeps its main PID and DB_PASSWORD its inode. Then sessions
 // for another VM, signed by another key, for an older generation, and a
 // replayed one are refused with nothing changed and nothing restarted.
+// Last, a push of a new JWT_SECRET whose consumer fails its restart exits
+// 1 naming push-fragile.service, with the new value in place.
 func TestTier2Push(t *testing.T) {
 	s := getSuite(t)
 	if os.Getenv("VMCRED_VM_TIER") == "1" {
@@ -162,23 +178,44 @@ func TestTier2Push(t *testing.T) {
 	a.file(root+systemdUnits+"/vmcred-guest.service.d/agent.conf", 0o644, []byte(pushAgentDropIn))
 	enable(a, "push-consumer.service", rotUnit("consumer", "LoadCredential=API_KEY", "%d/API_KEY", ""))
 	enable(a, "push-bystander.service", rotUnit("bystander", "LoadCredential=DB_PASSWORD", "%d/DB_PASSWORD", ""))
+	enable(a, "push-fragile.service", []byte(`[Unit]
+Description=vmcred push test: a consumer whose restart fails
+Requires=vmcred-guest.service
+After=vmcred-guest.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+LoadCredential=JWT_SECRET
+ExecStart=/bin/sh -c '[ ! -e /run/fragile-once ] && touch /run/fragile-once'
+
+[Install]
+WantedBy=multi-user.target
+`))
 	enable(a, "vmcred-push-test.service", []byte(strings.NewReplacer("rotate-consumer.service rotate-path.service rotate-dir.service rotate-bystander.service rotate-reload.service rotate-import.service",
-		"push-consumer.service push-bystander.service", "rotation test", "push test", "rotate.sh", "push.sh").Replace(rotVerdictUnit)))
-	var sources []string
-	for _, c := range creds {
-		v := c.value
-		if c.name == "API_KEY" {
-			v = newAPI
+		"push-consumer.service push-bystander.service push-fragile.service", "rotation test", "push test", "rotate.sh", "push.sh").Replace(rotVerdictUnit)))
+	newJWT := randomCred("JWT_SECRET", 64).value
+	sourceSet := func(set string, replace map[string][]byte) string {
+		var sources []string
+		for _, c := range creds {
+			v := c.value
+			if r, ok := replace[c.name]; ok {
+				v = r
+			}
+			if c.static {
+				sources = append(sources, "--static", c.name+"="+string(v))
+				continue
+			}
+			a.file(etc+set+"/"+c.name, 0o400, v)
+			sources = append(sources, "--cred", c.name+"=file:/etc/vmcred-test/"+set+"/"+c.name)
 		}
-		if c.static {
-			sources = append(sources, "--static", c.name+"="+string(v))
-			continue
-		}
-		a.file(etc+"push/"+c.name, 0o400, v)
-		sources = append(sources, "--cred", c.name+"=file:/etc/vmcred-test/push/"+c.name)
+		return strings.Join(sources, " ")
 	}
+	sources := sourceSet("push", map[string][]byte{"API_KEY": newAPI})
+	sources2 := sourceSet("push2", map[string][]byte{"API_KEY": newAPI, "JWT_SECRET": newJWT})
 	a.file(etc+"case.env", 0o444, caseEnv(map[string]string{
-		"VM": pushVM, "OLD_API": sha256hex(byName["API_KEY"]), "NEW_API": sha256hex(newAPI), "PUSH_SOURCES": strings.Join(sources, " "),
+		"VM": pushVM, "OLD_API": sha256hex(byName["API_KEY"]), "NEW_API": sha256hex(newAPI), "NEW_JWT": sha256hex(newJWT),
+		"PUSH_SOURCES": sources, "PUSH_SOURCES2": sources2,
 	}))
 	a.file(etc+"sign.key", 0o400, mustRead(t, s.signKey))
 	a.file(etc+"other.key", 0o400, mustRead(t, other+".key"))
