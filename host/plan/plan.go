@@ -83,11 +83,18 @@ func New(creds []Input, opts Options) (*Plan, error) {
 		if c.Size <= credential.MaxSize {
 			continue
 		}
-		if i >= len(creds) || o.Overflow != OverflowChannel || c.Size > o.MaxChannelSize {
+		// Firecracker sends everything by channel anyway: no --overflow
+		// channel to ask for.
+		byChannel := o.Overflow == OverflowChannel || o.Hypervisor == Firecracker
+		if i >= len(creds) || !byChannel || c.Size > o.MaxChannelSize {
 			le := &LimitError{Name: c.Name, Size: c.Size, Err: ErrTooLarge,
 				Detail: fmt.Sprintf("over systemd's %d-byte limit per credential (CREDENTIAL_SIZE_MAX)", credential.MaxSize)}
-			if i < len(creds) && c.Size <= o.MaxChannelSize {
+			switch {
+			case i >= len(creds):
+			case c.Size <= o.MaxChannelSize:
 				le.Hint = "add --overflow channel to send it by channel"
+			case o.MaxChannelSize == 0:
+				le.Hint = "only the channel carries more: add --channel ADDR and --overflow channel"
 			}
 			return nil, le
 		}

@@ -62,18 +62,18 @@ type where struct {
 func (w *where) register(fs *pflag.FlagSet, d defaults, statusDir, system bool) {
 	w.registerRoot(fs, d)
 	if statusDir {
-		fs.StringVar(&w.statusDir, "status-dir", d.statusDir, "read the last load's report (status.json) from this folder")
+		fs.StringVar(&w.statusDir, "status-dir", d.statusDir, "read the last load's report (status.json) from `DIR`")
 	}
-	fs.StringVar(&w.credstore, "credstore", d.credstore, "the credstore folder the agent exposes credentials in")
+	fs.StringVar(&w.credstore, "credstore", d.credstore, "the credstore `DIR` the agent exposes credentials in")
 	if system {
-		fs.StringVar(&w.system, "system-credentials", d.systemCredentials, "where systemd imported credentials itself (\"\" to skip)")
+		fs.StringVar(&w.system, "system-credentials", d.systemCredentials, "the `DIR` where systemd imported credentials itself (\"\" to skip)")
 	}
-	fs.StringSliceVar(&w.searchPath, "search-path", nil, "folders LoadCredential=NAME searches, in order, comma-separated (default: the --system-credentials folder, /etc/credstore, the --credstore folder, /usr/local/lib/credstore, /usr/lib/credstore)")
+	fs.StringSliceVar(&w.searchPath, "search-path", nil, "the `DIRS` LoadCredential=NAME searches, in order, comma-separated (default: the --system-credentials folder, /etc/credstore, the --credstore folder, /usr/local/lib/credstore, /usr/lib/credstore)")
 }
 
 // registerRoot adds --root.
 func (w *where) registerRoot(fs *pflag.FlagSet, d defaults) {
-	fs.StringVar(&w.root, "root", d.root, "inspect a guest tree mounted at this folder (a disk image, a container): every default path and the firmware under /sys are read inside it")
+	fs.StringVar(&w.root, "root", d.root, "inspect a guest tree mounted at `DIR` (a disk image, a container): every default path and the firmware under /sys are read inside it")
 }
 
 // rootFS is what firmware's default sources (sys/firmware/…) are read

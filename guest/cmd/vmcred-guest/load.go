@@ -34,10 +34,10 @@ func (p *policyFlags) register(fs interface {
 	StringVar(p *string, name, value, usage string)
 	BoolVar(p *bool, name string, value bool, usage string)
 }) {
-	fs.StringArrayVar(&p.trustKeys, "trust-key", nil, "require a manifest signed by this public key (a PREFIX.pub file from vmcred-host keygen, or a folder of them); repeatable")
-	fs.StringVar(&p.vm, "vm", "", "require the manifest to be issued for this VM name")
+	fs.StringArrayVar(&p.trustKeys, "trust-key", nil, "require a manifest signed by the public key in `FILE` (a PREFIX.pub from vmcred-host keygen), or by any *.pub key in a folder; repeatable")
+	fs.StringVar(&p.vm, "vm", "", "require the manifest to be issued for the VM `NAME`")
 	fs.BoolVar(&p.allowUnverified, "allow-unverified", false, "accept credentials without a manifest to verify them against")
-	fs.StringVar(&p.systemCredentials, "system-credentials", DefaultSystemCredentials, "compare with what systemd imported here (\"\" to skip)")
+	fs.StringVar(&p.systemCredentials, "system-credentials", DefaultSystemCredentials, "compare with what systemd imported in `DIR` (\"\" to skip)")
 }
 
 // keys reads the trusted public keys: each flag names a key file or a
@@ -90,8 +90,8 @@ func runLoad(ctx context.Context, env *cli.Env, args []string) error {
 	src.register(fs)
 	var pol policyFlags
 	pol.register(fs)
-	credstore := fs.String("credstore", agent.DefaultCredstore, "expose credentials in this folder (must be on tmpfs or ramfs)")
-	statusDir := fs.String("status-dir", agent.DefaultStatusDir, "write the report (no values) to this folder")
+	credstore := fs.String("credstore", agent.DefaultCredstore, "expose credentials in `DIR` (must be on tmpfs or ramfs)")
+	statusDir := fs.String("status-dir", agent.DefaultStatusDir, "write the report (no values) to `DIR`")
 	allowPersistent := fs.Bool("allow-persistent", false, "accept a credstore that is not on tmpfs or ramfs")
 	channel := fs.String("channel", "", "dial the host's channel at `ADDR` instead of the address in the manifest (unix:PATH for a simulated VM); without a channel in the manifest nothing is dialed")
 	timeout := fs.Duration("timeout", agent.DefaultTimeout, "give the channel fetch, retries included, this `DURATION`; the report to the host then gets its own 10s")

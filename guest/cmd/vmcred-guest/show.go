@@ -28,10 +28,10 @@ func (d defaults) runShow(ctx context.Context, env *cli.Env, args []string) erro
 	}
 	name := fs.Arg(0)
 	if err := credential.ValidateName(name); err != nil {
-		return cli.Usagef("show: %v", err)
+		return cli.Usagef("%v", err)
 	}
 	if *reveal && *asJSON {
-		return cli.Usagef("show: --reveal prints the raw value and does not combine with --json")
+		return cli.Usagef("--reveal prints the raw value and does not combine with --json")
 	}
 	loc.system = pol.systemCredentials
 	if !fs.Changed("system-credentials") {

@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -108,6 +110,13 @@ func TestCanaryPack(t *testing.T) {
 				}
 			}
 			channel := strings.Contains(tc.name, "firecracker") || tc.name == "cloud-hypervisor" || tc.name == "overflow"
+			if strings.HasPrefix(tc.name, "json") {
+				// The JSON plan describes the payload files; it writes none.
+				if _, err := os.Stat(rt); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("--hypervisor json made the runtime directory %s (stat: %v)", rt, err)
+				}
+				return
+			}
 			if holders == 0 && !channel {
 				t.Errorf("no payload file holds the secret: the test checks nothing")
 			}

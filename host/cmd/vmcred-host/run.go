@@ -3,15 +3,16 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
+	"io/fs"
 	"os"
+	"os/exec"
 	"strings"
 
 	"github.com/vmcred/vmcred/host/launch"
 	"github.com/vmcred/vmcred/shared/cli"
 )
 
-const runUsage = "vmcred-host run --vm NAME --hypervisor qemu|qemu-microvm|cloud-hypervisor|firecracker [pack flags] [--listen ADDR [serve flags]] -- COMMAND [ARGS...]"
+const runUsage = "vmcred-host run --vm NAME --hypervisor HYPERVISOR [flags] -- COMMAND [ARGS...]"
 
 // runRun packs, appends the arguments to COMMAND's, runs it with this
 // process's stdin, stdout and stderr, forwards SIGTERM and SIGINT, removes
@@ -22,7 +23,7 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 	var f packFlags
 	var sf serveFlags
 	fs := cli.NewFlagSet("run")
-	f.register(fs)
+	f.register(fs, true)
 	sf.register(fs)
 	if err := cli.Parse(env, fs, runUsage, args); err != nil {
 		return err
@@ -30,15 +31,17 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 	dash, rest := fs.ArgsLenAtDash(), fs.Args()
 	switch {
 	case dash < 0 || len(rest) == dash:
-		return cli.Usagef("run: give the hypervisor command after --: %s", runUsage)
-	case dash > 0:
-		return cli.Usagef("run: %d unexpected argument(s) before --", dash)
+		return cli.Usagef("give the hypervisor command after --: %s", runUsage)
+	case dash == 1:
+		return cli.Usagef("an unexpected argument before --")
+	case dash > 1:
+		return cli.Usagef("%d unexpected arguments before --", dash)
 	case f.hypervisor == hvJSON || f.hypervisor == hvDMI:
-		return cli.Usagef("run: --hypervisor %s writes a file, it starts nothing; use pack", f.hypervisor)
+		return cli.Usagef("--hypervisor %s writes a file, it starts nothing; use pack", f.hypervisor)
 	}
 	command := rest
 	if f.chAPI != "" && !hasAPISocket(command[1:], f.chAPI) {
-		return cli.Usagef("run: --ch-api %s: the cloud-hypervisor command must listen there: add --api-socket path=%s", f.chAPI, f.chAPI)
+		return cli.Usagef("--ch-api %s: the cloud-hypervisor command must listen there: add --api-socket path=%s", f.chAPI, f.chAPI)
 	}
 
 	// Bind first: the manifest names the channel, and an AF_VSOCK port 0
@@ -94,10 +97,35 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 	if errors.As(err, &ee) {
 		return cli.WithCode(ee.Code, err)
 	}
+	if code, ok := startFailure(err); ok {
+		return cli.WithCode(code, err)
+	}
 	if err != nil && !isTagged(err) {
-		return cli.WithCode(cli.ExitFailure, fmt.Errorf("run: %w", err))
+		return cli.WithCode(cli.ExitFailure, err)
 	}
 	return err
+}
+
+// Exit codes of a hypervisor command that could not be started, as a
+// shell (and env, nohup, timeout) gives them.
+const (
+	exitNotExecutable = 126
+	exitNotFound      = 127
+)
+
+// startFailure gives the exit code for a hypervisor command that did not
+// start: 127 when it does not exist, 126 when it cannot be executed.
+func startFailure(err error) (int, bool) {
+	var pe *fs.PathError
+	switch {
+	case errors.Is(err, exec.ErrNotFound):
+		return exitNotFound, true
+	case !errors.As(err, &pe) || pe.Op != "fork/exec":
+		return 0, false
+	case errors.Is(err, fs.ErrNotExist):
+		return exitNotFound, true
+	}
+	return exitNotExecutable, true
 }
 
 func isTagged(err error) bool {

@@ -9,7 +9,6 @@ import (
 
 	"github.com/vmcred/vmcred/host/readiness"
 	"github.com/vmcred/vmcred/shared/cli"
-	"github.com/vmcred/vmcred/shared/credential"
 )
 
 const waitUsage = "vmcred-host wait --vm NAME [--status-dir DIR] [--timeout DURATION]"
@@ -33,14 +32,11 @@ func (d deps) runWait(ctx context.Context, env *cli.Env, args []string) error {
 	case fs.NArg() > 0:
 		return cli.Usagef("wait takes no arguments besides the VM name")
 	}
-	if vm == "" {
-		return cli.Usagef("wait: --vm NAME is required")
-	}
-	if err := credential.ValidateName(vm); err != nil {
-		return cli.Usagef("--vm: %v", err)
+	if err := checkVMName(vm); err != nil {
+		return err
 	}
 	if timeout < 0 || poll <= 0 {
-		return cli.Usagef("wait: --timeout must be 0 or more and --poll more than 0")
+		return cli.Usagef("--timeout must be 0 or more and --poll more than 0")
 	}
 	if timeout > 0 {
 		var cancel context.CancelFunc
