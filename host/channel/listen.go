@@ -90,6 +90,11 @@ func listenUnix(path string) (net.Listener, error) {
 	}
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
+		// net's error names the temporary file; the caller names path.
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Err != nil {
+			err = oe.Err
+		}
 		return nil, err
 	}
 	l.SetUnlinkOnClose(false)

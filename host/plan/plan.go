@@ -279,6 +279,14 @@ func (o Options) place(c Input, extra bool) (Item, *LimitError) {
 	}
 }
 
+// countCredentials is "1 credential goes" or "N credentials go".
+func countCredentials(n int) string {
+	if n == 1 {
+		return "1 credential goes"
+	}
+	return fmt.Sprintf("%d credentials go", n)
+}
+
 // chUnsafe says what in name cloud-hypervisor's option parser would split
 // or strip (option_parser split_commas and StringList::from_str), or "".
 // Base64 values and the prefixes are safe; only names can carry these.
@@ -468,7 +476,7 @@ func (o Options) warnings(items []Item, u Usage) []Warning {
 	}
 	if o.Mode == Verified && u.FwCfgFiles > 0 {
 		ws = append(ws, Warning{Code: WarnFwCfgImported,
-			Message: fmt.Sprintf("%d credential(s) go by fw_cfg, which has no vmcred namespace: stock systemd imports them too, so unverified copies land in /run/credentials/@system (use --hypervisor qemu with -machine q35, or the channel, to keep them verified-only)", u.FwCfgFiles)})
+			Message: fmt.Sprintf("%s by fw_cfg, which has no vmcred namespace: stock systemd imports them too, so unverified copies land in /run/credentials/@system (use --hypervisor qemu with -machine q35, or the channel, to keep them verified-only)", countCredentials(u.FwCfgFiles))})
 	}
 	if o.Mode == Systemd && u.SMBIOSStringData > SystemdWindow {
 		data := 0

@@ -33,6 +33,7 @@ import (
 	"github.com/vmcred/vmcred/host/atomicfile"
 	hostchannel "github.com/vmcred/vmcred/host/channel"
 	proto "github.com/vmcred/vmcred/shared/channel"
+	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/credential"
 	"github.com/vmcred/vmcred/shared/notify"
 )
@@ -346,7 +347,7 @@ func (r *Recorder) Report(p hostchannel.Peer, h hostchannel.Hello, rep proto.Rep
 	ready := rep.Outcome == proto.OutcomeReady
 	var status, summary string
 	if ready {
-		summary = fmt.Sprintf("guest %s: %d credentials verified", r.vm(), verified)
+		summary = fmt.Sprintf("guest %s: %s verified", r.vm(), cli.Count(verified, "credential"))
 		status = summary
 	} else {
 		names := make([]string, 0, len(failures))

@@ -216,3 +216,11 @@ func TestLogLevel(t *testing.T) {
 		})
 	}
 }
+
+func TestCount(t *testing.T) {
+	for n, want := range map[int]string{0: "0 credentials", 1: "1 credential", 2: "2 credentials"} {
+		if got := Count(n, "credential"); got != want {
+			t.Errorf("Count(%d) = %q, want %q", n, got, want)
+		}
+	}
+}

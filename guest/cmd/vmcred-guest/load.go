@@ -177,7 +177,7 @@ func logChannel(log *logging.Logger, rep agent.Report) {
 	case ch.Error != "":
 		log.Warn("channel: "+ch.Error, logging.String("address", ch.Address), logging.Int("attempts", ch.Attempts))
 	default:
-		log.Info(fmt.Sprintf("channel: fetched %d credential(s)", len(ch.Received)), logging.String("address", ch.Address), logging.Strings("credentials", ch.Received))
+		log.Info("channel: fetched "+cli.Count(len(ch.Received), "credential"), logging.String("address", ch.Address), logging.Strings("credentials", ch.Received))
 	}
 	switch {
 	case ch.Acknowledged:

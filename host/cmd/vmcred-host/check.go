@@ -62,7 +62,7 @@ func (d deps) runCheck(_ context.Context, env *cli.Env, args []string) error {
 				n++
 			}
 		}
-		return cli.WithCode(cli.ExitIO, fmt.Errorf("%s cannot read %d of %d credentials (see the report for the fix)", rep.User, n, len(rep.Results)))
+		return cli.WithCode(cli.ExitIO, fmt.Errorf("%s cannot read %d of %s (see the report for the fix)", rep.User, n, cli.Count(len(rep.Results), "credential")))
 	}
 	return nil
 }

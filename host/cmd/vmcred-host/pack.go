@@ -594,7 +594,7 @@ func logPlan(log *logging.Logger, p *plan.Plan, r *emit.Result) {
 			parts = append(parts, fmt.Sprintf("%d %s", counts[d], d))
 		}
 	}
-	msg := fmt.Sprintf("vm %s: %d credentials (manifest included) for %s: %s", p.VM, len(p.Items), p.Hypervisor, strings.Join(parts, ", "))
+	msg := fmt.Sprintf("vm %s: %s (manifest included) for %s: %s", p.VM, cli.Count(len(p.Items), "credential"), p.Hypervisor, strings.Join(parts, ", "))
 	if p.Usage.SMBIOSStrings > 0 {
 		msg += fmt.Sprintf("; SMBIOS table %d of %d bytes", p.Usage.SMBIOSTable, p.Usage.SMBIOSTableLimit)
 	}
