@@ -125,6 +125,18 @@ func ListFromFirmware(rep firmware.Report, verified map[string]string) List {
 	return l
 }
 
+// Unreadable is an error with exit code 3 when a source in l's findings
+// could not be read (a non-root user), else nil: the listing is then
+// incomplete, and saying so with exit 0 would hide it.
+func (l List) Unreadable() error {
+	for _, f := range l.Findings {
+		if f.Code == CodeSourceUnreadable || f.Code == CodeCredstoreUnreadable || f.Code == CodeStatusUnreadable {
+			return cli.WithCode(cli.ExitIO, fmt.Errorf("%s; %s", f.Message, fixRunAsRoot))
+		}
+	}
+	return nil
+}
+
 // ListStatus lists what this boot has: the last load's report from the
 // status file, with each credential's file as LoadCredential= finds it now
 // on the search path, plus credstore files the report does not name. The

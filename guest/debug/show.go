@@ -324,6 +324,13 @@ func Reveal(in Inspector, name string, w io.Writer) (string, error) {
 	folders := in.scan()
 	i := served(folders, name)
 	if i < 0 {
+		// A folder this user may not list may hold it: that is "cannot
+		// read" (exit 3), not "no such credential".
+		for _, f := range folders {
+			if f.err != nil {
+				return "", cli.WithCode(cli.ExitIO, fmt.Errorf("credential %q: cannot list %s: %w; %s", name, f.dir, f.err, fixRunAsRoot))
+			}
+		}
 		return "", cli.WithCode(cli.ExitFailure, fmt.Errorf("credential %q: no file on LoadCredential='s search path (%s) to reveal", name, strings.Join(in.searchPath(), ", ")))
 	}
 	path := filepath.Join(folders[i].dir, name)

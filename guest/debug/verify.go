@@ -427,7 +427,13 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 			failed = true
 		}
 	}
+	// What could not be read makes the result incomplete even when other
+	// checks failed: those failures are often its consequence (no
+	// manifest because the DMI table was unreadable), and only a reader
+	// who can read everything can tell.
 	switch {
+	case unread:
+		return v, cli.WithCode(cli.ExitIO, errors.New("verification incomplete: some sources or files could not be read; "+fixRunAsRoot))
 	case failed:
 		v.Result = "failed"
 		msg := plural(countErrors(v.Findings), "problem")
@@ -435,8 +441,6 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 			msg += "; the saved manifest " + v.ManifestFile + " was not accepted"
 		}
 		return v, cli.WithCode(cli.ExitFailure, fmt.Errorf("verification failed: %s", msg))
-	case unread:
-		return v, cli.WithCode(cli.ExitIO, errors.New("verification incomplete: some sources or files could not be read"))
 	}
 	v.OK, v.Result = true, "ok"
 	return v, nil

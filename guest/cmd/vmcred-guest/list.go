@@ -91,7 +91,8 @@ func (d defaults) runList(ctx context.Context, env *cli.Env, args []string) erro
 		if err != nil {
 			return cli.WithCode(cli.ExitIO, err)
 		}
-		return emit(env, *asJSON, debug.ListFromFirmware(rep, nil), nil)
+		l := debug.ListFromFirmware(rep, nil)
+		return emit(env, *asJSON, l, l.Unreadable())
 	case fs.Changed("credstore") && !fs.Changed("status-dir"):
 		l, err := debug.ListCredstore(in, loc.credstore)
 		return emit(env, *asJSON, l, err)
