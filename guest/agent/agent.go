@@ -132,21 +132,24 @@ type Report struct {
 	Policy   string   `json:"policy"` // PolicySignature, PolicyDigest or PolicyUnverified
 	// ManifestSource is where the manifest came from: ManifestFromFirmware,
 	// or ManifestFromChannel in bootstrap mode (weaker: see bootstrap).
-	ManifestSource string             `json:"manifest_source,omitempty"`
-	KeyID          string             `json:"key_id,omitempty"`
-	VM             string             `json:"vm,omitempty"`
-	Channel        string             `json:"channel,omitempty"`
-	NotAfter       *time.Time         `json:"not_after,omitempty"`
-	SystemCheck    []SystemNote       `json:"systemd_check,omitempty"`
-	Credstore      string             `json:"credstore"`
-	Credentials    []CredentialResult `json:"credentials"`
-	Skipped        []Skipped          `json:"skipped"`
-	Sources        []firmware.Status  `json:"sources"`
-	Store          *credstore.Result  `json:"store,omitempty"`
-	Fetch          *ChannelStep       `json:"fetch,omitempty"`
-	Version        string             `json:"agent_version"`
-	StartedAt      time.Time          `json:"started_at"`
-	Timings        Timings            `json:"timings_ms"`
+	ManifestSource string `json:"manifest_source,omitempty"`
+	KeyID          string `json:"key_id,omitempty"`
+	// SignedBy is the key ID of a signature that was present but not
+	// checked (no trust key given): the load relied on digests only.
+	SignedBy    string             `json:"signed_by,omitempty"`
+	VM          string             `json:"vm,omitempty"`
+	Channel     string             `json:"channel,omitempty"`
+	NotAfter    *time.Time         `json:"not_after,omitempty"`
+	SystemCheck []SystemNote       `json:"systemd_check,omitempty"`
+	Credstore   string             `json:"credstore"`
+	Credentials []CredentialResult `json:"credentials"`
+	Skipped     []Skipped          `json:"skipped"`
+	Sources     []firmware.Status  `json:"sources"`
+	Store       *credstore.Result  `json:"store,omitempty"`
+	Fetch       *ChannelStep       `json:"fetch,omitempty"`
+	Version     string             `json:"agent_version"`
+	StartedAt   time.Time          `json:"started_at"`
+	Timings     Timings            `json:"timings_ms"`
 }
 
 // Timings are the durations of the load's steps, in milliseconds.
@@ -362,6 +365,9 @@ func summary(n int, rep *Report) string {
 	case PolicySignature:
 		return fmt.Sprintf("%d %s verified (ed25519 key %s)", n, noun, rep.KeyID)
 	case PolicyDigest:
+		if rep.SignedBy != "" {
+			return fmt.Sprintf("%d %s verified (digests only: the signature by ed25519 key %s was not checked, no trust key given)", n, noun, rep.SignedBy)
+		}
 		return fmt.Sprintf("%d %s verified (digests, unsigned manifest)", n, noun)
 	}
 	return fmt.Sprintf("%d %s loaded unverified", n, noun)

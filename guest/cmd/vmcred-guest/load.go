@@ -11,6 +11,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/vmcred/vmcred/guest/agent"
+	"github.com/vmcred/vmcred/guest/debug"
 	"github.com/vmcred/vmcred/guest/fetch"
 	"github.com/vmcred/vmcred/shared/address"
 	"github.com/vmcred/vmcred/shared/cli"
@@ -138,6 +139,10 @@ func runLoad(ctx context.Context, env *cli.Env, args []string) error {
 		// fails and units that Require= it do not start.
 		notifySelf(ctx, env, "STATUS="+oneLine("failed: "+err.Error()))
 		return err
+	}
+	if rep.SignedBy != "" {
+		env.Log.Warn(fmt.Sprintf("the manifest is signed by ed25519 key %s, but no --trust-key was given, so the signature was not checked, only the digests; "+
+			"to require it, pass --trust-key with the host's PREFIX.pub (or a folder of them, e.g. %s)", rep.SignedBy, debug.DefaultTrustDir))
 	}
 	env.Log.Info(rep.Summary, logging.String("credstore", rep.Credstore))
 	notifySelf(ctx, env, daemon.SdNotifyReady+"\nSTATUS="+oneLine(rep.Summary))
