@@ -36,7 +36,9 @@ done
 head -c $((4 << 20)) /dev/urandom > "$work/secrets/disk-key"
 chmod 0400 "$work"/secrets/*
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold headings on a terminal only: piped or logged, escapes are noise.
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+say() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 digest() { sha256sum < "$1" | cut -d' ' -f1; }
 
 say "host: the secrets (root:root 0400 files, as clan vars deploys them)"

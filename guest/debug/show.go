@@ -2,6 +2,7 @@ package debug
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -343,6 +344,10 @@ func Reveal(in Inspector, name string, w io.Writer) (string, error) {
 	}
 	defer clear(b)
 	if _, err := w.Write(b); err != nil {
+		var ee *cli.ExitError
+		if errors.As(err, &ee) {
+			return path, err // the writer's own refusal, with its code
+		}
 		return path, cli.WithCode(cli.ExitIO, fmt.Errorf("reveal credential %q: write: %w", name, err))
 	}
 	return path, nil
@@ -383,7 +388,7 @@ func (sh Shown) WriteText(w io.Writer) error {
 		if m.Static {
 			kind = "static"
 		}
-		kv(w, "Manifest", fmt.Sprintf("%d bytes, sha256 %s…, %s, delivery %s", m.Size, short(m.SHA256, 16), kind, m.Delivery))
+		kv(w, "Manifest", fmt.Sprintf("%d bytes, sha256 %s…, %s, delivery %s", m.Size, short(m.SHA256), kind, m.Delivery))
 		sig := "unsigned"
 		switch m.Signature {
 		case "trusted":
@@ -401,7 +406,7 @@ func (sh Shown) WriteText(w io.Writer) error {
 		kv(w, "Manifest", "n/a (not in the live manifest, or no manifest)")
 	}
 	if l := sh.LastLoad; l != nil {
-		s := fmt.Sprintf("%s at %s; verification %s; %d bytes, sha256 %s…", l.Outcome, l.At.Format(time.RFC3339), l.Verification, l.Size, short(l.SHA256, 16))
+		s := fmt.Sprintf("%s at %s; verification %s; %d bytes, sha256 %s…", l.Outcome, l.At.Format(time.RFC3339), l.Verification, l.Size, short(l.SHA256))
 		if l.Exposed != "" {
 			s += "; exposed " + l.Exposed
 		} else {
@@ -427,7 +432,7 @@ func (sh Shown) WriteText(w io.Writer) error {
 			d += " " + s.Prefix
 		}
 		if s.Taken {
-			d += fmt.Sprintf(" %d bytes, sha256 %s… (taken)", *s.Size, short(s.SHA256, 16))
+			d += fmt.Sprintf(" %d bytes, sha256 %s… (taken)", *s.Size, short(s.SHA256))
 		} else {
 			d += " skipped: " + s.Reason
 		}
@@ -440,11 +445,11 @@ func (sh Shown) WriteText(w io.Writer) error {
 	}
 	kv(w, "Served", "LoadCredential="+printable(sh.Name, 40)+" picks "+picks)
 	fmt.Fprintln(w)
-	tb := table{cols: []column{{head: "#", right: true}, {head: "SEARCHED", flex: true, min: 14}, {head: "SIZE", right: true}, {head: "SHA256"}, {head: "SECURE"}, {head: "MATCH"}, {head: "PICKED"}}}
+	tb := table{cols: []column{{head: "#", right: true}, {head: "SEARCHED"}, {head: "SIZE", right: true}, {head: "SHA256"}, {head: "SECURE"}, {head: "MATCH"}, {head: "PICKED"}}}
 	for i, c := range sh.SearchPath {
 		size, sum, sec, match, picked := "-", "-", "-", "-", ""
 		if c.Exists {
-			size, sum, sec = fmt.Sprint(c.Size), short(c.SHA256, 12), c.Security
+			size, sum, sec = humanSize(c.Size), short(c.SHA256), c.Security
 			if c.Matches != nil {
 				match = "no"
 				if *c.Matches {

@@ -242,7 +242,7 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 			default:
 				r.Credstore = "mismatch"
 				add(Finding{Code: CodeCredstoreMismatch, Severity: SeverityError, Credential: r.Name,
-					Message: fmt.Sprintf("%s (%d bytes) is not what the manifest lists (%d bytes, sha256 %s…)", filepath.Join(store.dir, r.Name), d.size, size, short(want, 16)),
+					Message: fmt.Sprintf("%s (%d bytes) is not what the manifest lists (%d bytes, sha256 %s…)", filepath.Join(store.dir, r.Name), d.size, size, short(want)),
 					Fix:     "`systemctl restart vmcred-guest` writes the verified copy again; find what else writes to the credstore"})
 			}
 			if r.Credstore == "missing" && r.Firmware != "missing" && store.exists {
@@ -496,7 +496,7 @@ func (v Verification) WriteText(w io.Writer) error {
 	kv(w, "Credstore", v.Credstore)
 	if len(v.Credentials) > 0 {
 		fmt.Fprintln(w)
-		tb := table{cols: []column{{head: "NAME", flex: true, min: 12}, {head: "FIRMWARE"}, {head: "CREDSTORE"}, {head: "SYSTEMD"}, {head: "SERVED FROM", flex: true, min: 8}, {head: "OK"}}}
+		tb := table{cols: []column{{head: "NAME", flex: true, min: 12}, {head: "FIRMWARE"}, {head: "CREDSTORE"}, {head: "SYSTEMD"}, {head: "SERVED FROM"}, {head: "OK"}}}
 		for _, r := range v.Credentials {
 			from := "-"
 			if r.Served != "" {

@@ -68,6 +68,7 @@ func (d defaults) runList(ctx context.Context, env *cli.Env, args []string) erro
 	var pol policyFlags
 	fs.StringArrayVar(&pol.trustKeys, "trust-key", nil, "check the signature of the manifest the last load saved (bootstrap mode) with the public key in `FILE`, or any *.pub key in a folder; repeatable (default: "+d.trustDir+" when it holds any)")
 	asJSON := registerJSON(fs)
+	noLegend := fs.Bool("no-legend", false, "print only the table's rows: no headings, counts or findings (for scripts)")
 	usage := "vmcred-guest list [--json] [--status-dir DIR] [--credstore DIR] [--trust-key FILE|DIR] " +
 		"[--dmi-table FILE | --dmi-entries DIR] [--fw-cfg DIR]\n\n" +
 		"With no flags: the last load's report (--status-dir) and what LoadCredential= finds now.\n" +
@@ -92,10 +93,10 @@ func (d defaults) runList(ctx context.Context, env *cli.Env, args []string) erro
 			return cli.WithCode(cli.ExitIO, err)
 		}
 		l := debug.ListFromFirmware(rep, nil)
-		return emit(env, *asJSON, l, l.Unreadable())
+		return emit(env, d.layout(env, *noLegend), *asJSON, l, l.Unreadable())
 	case fs.Changed("credstore") && !fs.Changed("status-dir"):
 		l, err := debug.ListCredstore(in, loc.credstore)
-		return emit(env, *asJSON, l, err)
+		return emit(env, d.layout(env, *noLegend), *asJSON, l, err)
 	default:
 		keys, from, err := d.trust(fs, &pol, loc.root)
 		if err != nil {
@@ -105,6 +106,6 @@ func (d defaults) runList(ctx context.Context, env *cli.Env, args []string) erro
 			from = d.trustDir
 		}
 		l, err := debug.ListStatus(in, debug.Policy{TrustKeys: keys, TrustFrom: from})
-		return emit(env, *asJSON, l, err)
+		return emit(env, d.layout(env, *noLegend), *asJSON, l, err)
 	}
 }

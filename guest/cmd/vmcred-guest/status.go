@@ -23,5 +23,5 @@ func (d defaults) runStatus(ctx context.Context, env *cli.Env, args []string) er
 	}
 	loc.credstore, loc.system = d.credstore, d.systemCredentials
 	st, err := debug.ReadStatus(loc.inspector(d), d.trustDir)
-	return emit(env, *asJSON, st, err)
+	return emit(env, d.layout(env, false), *asJSON, st, err)
 }

@@ -42,5 +42,5 @@ func (d defaults) runVerify(ctx context.Context, env *cli.Env, args []string) er
 	}
 	rep, rerr := src.readFrom(loc.rootFS(), opt)
 	v, err := debug.Verify(loc.inspector(d), rep, rerr, debug.Policy{TrustKeys: keys, TrustFrom: from, VM: pol.vm, AllowUnverified: pol.allowUnverified})
-	return emit(env, *asJSON, v, err)
+	return emit(env, d.layout(env, false), *asJSON, v, err)
 }
