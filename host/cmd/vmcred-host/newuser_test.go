@@ -1,10 +1,15 @@
 package main
 
 import (
+	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/vmcred/vmcred/host/access"
 )
 
 // TestPackWarnings: what pack accepts but is probably a mistake is said,
@@ -61,4 +66,97 @@ func TestKeygenMakesTheFolder(t *testing.T) {
 	if strings.Contains(h.log.String(), "keygen: keygen") {
 		t.Errorf("doubled prefix: %s", h.log.String())
 	}
+}
+
+// fakeMicrovm is a Lookup where the hypervisor's user (microvm, or any
+// name asked for) is uid 65534, which owns nothing pack writes: it stands
+// in for microvm.nix's microvm user on a machine that has none.
+func fakeMicrovm() access.Lookup {
+	return access.Lookup{
+		User: func(name string) (*user.User, error) {
+			return &user.User{Uid: "65534", Gid: "65534", Username: name, Name: name}, nil
+		},
+		UserID:   func(uid string) (*user.User, error) { return &user.User{Uid: uid, Username: "u" + uid}, nil },
+		GroupIDs: func(*user.User) ([]string, error) { return []string{"65534"}, nil },
+		GroupID:  func(gid string) (*user.Group, error) { return &user.Group{Gid: gid, Name: "g" + gid}, nil },
+	}
+}
+
+// TestPackWarnsWhenTheHypervisorCannotRead: the seed's "Permission
+// denied": pack writes files its own user owns, mode 0400, which the
+// hypervisor's user cannot open. pack says so, once, with the fix.
+func TestPackWarnsWhenTheHypervisorCannotRead(t *testing.T) {
+	tmp := t.TempDir()
+	h := newHarness(t)
+	h.deps.lookup = fakeMicrovm()
+	if code := h.run("pack", "--vm", "v", "--hypervisor", "qemu", "--runtime-dir", filepath.Join(tmp, "run"), "--cred", "k=file:"+secretFile(t, tmp, "k", []byte("v"))); code != 0 {
+		t.Fatalf("exit %d: %s", code, h.log.String())
+	}
+	want := "microvm cannot read 2 of 2 payload files"
+	if n := strings.Count(h.log.String(), want); n != 1 {
+		t.Errorf("log says %q %d times, want once:\n%s", want, n, h.log.String())
+	}
+	if !strings.Contains(h.log.String(), "--owner microvm") || !strings.Contains(h.log.String(), `"Permission denied"`) {
+		t.Errorf("the warning lacks the fix or the symptom:\n%s", h.log.String())
+	}
+}
+
+// TestPackOwner: --owner gives the payload files and the runtime folder
+// pack made to the user, modes unchanged; an unknown user is a usage
+// error that leaves nothing behind.
+func TestPackOwner(t *testing.T) {
+	me, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	owners := []string{me.Username}
+	if os.Geteuid() == 0 {
+		owners = append(owners, "nobody")
+	}
+	for _, owner := range owners {
+		t.Run(owner, func(t *testing.T) {
+			u, err := user.Lookup(owner)
+			if err != nil {
+				t.Skipf("no user %s here: %v", owner, err)
+			}
+			tmp := t.TempDir()
+			rt := filepath.Join(tmp, "run")
+			h := newHarness(t)
+			if code := h.run("pack", "--vm", "v", "--hypervisor", "qemu", "--runtime-dir", rt, "--owner", owner, "--cred", "k=file:"+secretFile(t, tmp, "k", []byte("v"))); code != 0 {
+				t.Fatalf("exit %d: %s", code, h.log.String())
+			}
+			files := listFiles(t, rt)
+			if len(files) == 0 {
+				t.Fatal("no payload files")
+			}
+			for p := range files {
+				fi, err := os.Lstat(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				st := fi.Sys().(*syscall.Stat_t)
+				if fmt.Sprint(st.Uid) != u.Uid || fi.Mode().Perm() != 0o400 {
+					t.Errorf("%s: uid %d mode %04o, want uid %s mode 0400", p, st.Uid, fi.Mode().Perm(), u.Uid)
+				}
+			}
+			fi, err := os.Stat(rt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st := fi.Sys().(*syscall.Stat_t); fmt.Sprint(st.Uid) != u.Uid || fi.Mode().Perm() != 0o700 {
+				t.Errorf("runtime folder: uid %d mode %04o, want uid %s mode 0700", st.Uid, fi.Mode().Perm(), u.Uid)
+			}
+		})
+	}
+	t.Run("unknown user", func(t *testing.T) {
+		tmp := t.TempDir()
+		rt := filepath.Join(tmp, "run")
+		h := newHarness(t)
+		if code := h.run("pack", "--vm", "v", "--hypervisor", "qemu", "--runtime-dir", rt, "--owner", "vmcred-no-such-user", "--cred", "k=file:"+secretFile(t, tmp, "k", []byte("v"))); code != 2 {
+			t.Errorf("exit %d, want 2: %s", code, h.log.String())
+		}
+		if _, err := os.Stat(rt); !os.IsNotExist(err) {
+			t.Errorf("runtime folder left: %v", err)
+		}
+	})
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
+	"github.com/vmcred/vmcred/host/access"
 	hostchannel "github.com/vmcred/vmcred/host/channel"
 	"github.com/vmcred/vmcred/host/emit"
 	"github.com/vmcred/vmcred/host/plan"
@@ -48,6 +49,8 @@ type packFlags struct {
 	src               source.Flags
 	// forRun is set for run's flags, which leave out pack's outputs.
 	forRun bool
+	// owner is --owner: the user the payload files are for.
+	owner string
 }
 
 // register adds pack's flags to fs; forRun leaves out what only pack
@@ -73,6 +76,7 @@ func (f *packFlags) register(fs *pflag.FlagSet, forRun bool) {
 	fs.BoolVar(&f.inline, "inline", false, "qemu: put non-secret OEM strings on the command line (value=) instead of in files")
 	fs.BoolVar(&f.inlineSecrets, "inline-secrets", false, "qemu: put secret OEM strings on the command line too, where every local user can read them in /proc/PID/cmdline (not recommended)")
 	if !forRun {
+		fs.StringVar(&f.owner, "owner", "", "give the payload files (and a runtime directory pack creates) to `USER`, the user the hypervisor runs as; pack must run as root for it. Without it pack warns when "+access.DefaultUser+" could not read them")
 		fs.BoolVar(&f.print0, "print0", false, "end each printed argument with a NUL instead of a newline (for mapfile -d '')")
 	}
 	fs.StringVar(&f.chAPI, "ch-api", "", "cloud-hypervisor: pass every OEM string, secrets included, through its REST API on `SOCKET` (vm.create) instead of the command line and the channel")
@@ -116,6 +120,16 @@ func (d deps) runPack(_ context.Context, env *cli.Env, args []string) error {
 		return err
 	}
 	defer pk.result.Wipe()
+	if pk.output != hvJSON {
+		if f.owner != "" {
+			if err := d.handOver(f.owner, pk.result, pk.tempDir != "" || pk.result.CreatedDir()); err != nil {
+				pk.result.Remove()
+				pk.removeTemp()
+				return err
+			}
+		}
+		d.warnUnreadable(env, f.owner, pk.result)
+	}
 	if err := pk.writeServeState(env, &f); err != nil {
 		pk.result.Remove()
 		pk.removeTemp()
