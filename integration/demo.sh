@@ -59,6 +59,7 @@ sock="$work/vm.vsock_5000" # hybrid vsock: the guest dials port 5000, the host l
 printf '  wrote %s: %d bytes, mode %s\n' "$work/DMI" "$(wc -c < "$work/DMI")" "$(stat -c %a "$work/DMI")"
 
 say "host: vmcred-host serve (channel and readiness); vmcred-host wait"
+mkdir -p "$work/host-status" # wait fails at once on a status folder that does not exist
 "$host" serve --vm demo --listen "unix:$sock" --runtime-dir "$work/host-run" --status-dir "$work/host-status" &
 serve_pid=$!
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done

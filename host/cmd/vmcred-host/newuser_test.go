@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/user"
@@ -9,7 +10,12 @@ import (
 	"syscall"
 	"testing"
 
+	"go.uber.org/zap/zapcore"
+
 	"github.com/vmcred/vmcred/host/access"
+	"github.com/vmcred/vmcred/host/readiness"
+	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/logging"
 )
 
 // TestPackWarnings: what pack accepts but is probably a mistake is said,
@@ -157,6 +163,46 @@ func TestPackOwner(t *testing.T) {
 		}
 		if _, err := os.Stat(rt); !os.IsNotExist(err) {
 			t.Errorf("runtime folder left: %v", err)
+		}
+	})
+}
+
+// TestWaitFailsAtOnce: what no writer will fix fails at once with the
+// reason (exit 3), not after --timeout; an interrupt is not a timeout.
+func TestWaitFailsAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	if err := readiness.Write(dir, readiness.Status{VM: "demo", State: readiness.Waiting}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"missing status folder", []string{"--vm", "demo", "--status-dir", filepath.Join(dir, "typo")}, "does not exist"},
+		{"another VM's status only", []string{"--vm", "dmeo", "--status-dir", dir}, "holds no dmeo.json but the status of demo: a mistyped --vm?"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			// --timeout 0 waits forever: only failing at once ends this.
+			if code := h.run(append([]string{"wait", "--timeout", "0"}, tt.args...)...); code != 3 {
+				t.Errorf("exit %d, want 3: %s", code, h.log.String())
+			}
+			if !strings.Contains(h.log.String(), tt.want) {
+				t.Errorf("log lacks %q: %s", tt.want, h.log.String())
+			}
+		})
+	}
+	t.Run("interrupted", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // as SIGINT does to main's context
+		h := newHarness(t)
+		env := &cli.Env{Stdout: &h.stdout, Stderr: &h.stderr, Getenv: h.getenv, Version: "test",
+			Log: logging.New(&h.log, logging.Config{Level: zapcore.DebugLevel, Name: "vmcred-host"})}
+		code := cli.Main(ctx, "vmcred-host", commands(h.deps), []string{"wait", "--vm", "demo", "--status-dir", dir, "--timeout", "0"}, env)
+		if code != 130 || !strings.Contains(h.log.String(), "interrupted") || strings.Contains(h.log.String(), "context canceled") {
+			t.Errorf("exit %d, log %s; want 130 and 'interrupted'", code, h.log.String())
 		}
 	})
 }

@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"strings"
 
 	"github.com/vmcred/vmcred/host/launch"
+	"github.com/vmcred/vmcred/host/readiness"
 	"github.com/vmcred/vmcred/shared/cli"
 )
 
@@ -93,6 +95,10 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 	}
 	cfg.AfterStart = srv.afterStart(cfg.AfterStart)
 	err = launch.Run(ctx, cfg)
+	if err == nil && srv.silent() {
+		env.Log.Warn(fmt.Sprintf("vm %s: the hypervisor exited 0 but the guest never reported (status in %s stays %q); run exits 0, the hypervisor's status",
+			f.vm, readiness.Path(sf.statusDir, f.vm), srv.rec.Status().State))
+	}
 	var ee *launch.ExitError
 	if errors.As(err, &ee) {
 		return cli.WithCode(ee.Code, err)
@@ -126,6 +132,20 @@ func startFailure(err error) (int, bool) {
 		return exitNotFound, true
 	}
 	return exitNotExecutable, true
+}
+
+// silent reports whether run served a channel and no guest report came.
+func (r *runServer) silent() bool {
+	if r == nil || r.rec == nil {
+		return false
+	}
+	done, _ := r.rec.Outcome()
+	select {
+	case <-done:
+		return false
+	default:
+		return true
+	}
 }
 
 func isTagged(err error) bool {

@@ -249,3 +249,22 @@ func TestRunListenUsage(t *testing.T) {
 		t.Errorf("exit %d, want 2: %s", code, h.log.String())
 	}
 }
+
+// TestRunSaysWhenTheGuestNeverReported: a hypervisor that exits 0 while
+// the channel never heard from the guest makes run warn, once, saying
+// which exit it uses; after a report, no warning.
+func TestRunSaysWhenTheGuestNeverReported(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := shortTemp(t)
+	h := newHarness(t)
+	code := h.run("run", "--vm", "v", "--hypervisor", "qemu", "--runtime-dir", filepath.Join(tmp, "run"),
+		"--cred", "k=file:"+secretFile(t, tmp, "k", []byte("value")), "--listen", "unix:"+filepath.Join(tmp, "vm.sock"),
+		"--status-dir", filepath.Join(tmp, "status"), "--", self, helperMarker, "dump", "0")
+	want := "the hypervisor exited 0 but the guest never reported"
+	if code != 0 || strings.Count(h.log.String(), want) != 1 || !strings.Contains(h.log.String(), "run exits 0") {
+		t.Errorf("exit %d, want 0 with one warning %q; log %s", code, want, h.log.String())
+	}
+}
