@@ -27,6 +27,12 @@ func TestDebugCommandsAsNonRoot(t *testing.T) {
 	if r := run(t, built.host, nil, "pack", "--vm", "demo", "--hypervisor", "dmi", "--out", p("DMI"), "--cred", "api-key=file:"+p("secrets", "api-key")); r.code != 0 {
 		t.Fatalf("pack: %d %s", r.code, r.stderr)
 	}
+	if err := os.Mkdir(p("status"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p("status", "status.json"), []byte(`{"outcome":"ready"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.Mkdir(p("credstore"), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +58,7 @@ func TestDebugCommandsAsNonRoot(t *testing.T) {
 		}
 		cred = &syscall.Credential{Uid: 65534, Gid: 65534}
 	} else {
-		for _, f := range []string{p("DMI"), p("credstore")} {
+		for _, f := range []string{p("DMI"), p("credstore"), p("status")} {
 			if err := os.Chmod(f, 0); err != nil {
 				t.Fatal(err)
 			}
@@ -69,6 +75,9 @@ func TestDebugCommandsAsNonRoot(t *testing.T) {
 		{"list --dmi-table", []string{"list", "--dmi-table", p("DMI")}, []string{"open " + p("DMI") + ": permission denied", "run the command as root"}, []string{"open " + strings.TrimPrefix(p("DMI"), "/")}},
 		{"show --reveal", append([]string{"show", "api-key", "--reveal"}, loc...), []string{"cannot list " + p("credstore"), "run the command as root"}, []string{"no file", "not-for-nobody"}},
 		{"verify", append([]string{"verify", "--dmi-table", p("DMI")}, loc...), []string{"INCOMPLETE", "verification incomplete", "run the command as root"}, []string{"FAILED"}},
+		{"status", []string{"status", "--status-dir", p("status")}, []string{"run the command as root"}, nil},
+		{"list", append([]string{"list"}, loc...), []string{"run the command as root"}, nil},
+		{"show", append([]string{"show", "api-key", "--dmi-table", p("DMI")}, loc...), []string{"run the command as root"}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -277,6 +277,15 @@ func Show(in Inspector, name string, fw firmware.Report, fwErr error, pol Policy
 	}
 
 	sh.Known = sh.LastLoad != nil || sh.Manifest != nil || len(sh.Sources) > 0 || picked >= 0
+	unread := slices.ContainsFunc(fds, func(f Finding) bool {
+		return f.Code == CodeStatusUnreadable || f.Code == CodeSourceUnreadable || f.Code == CodeCredstoreUnreadable
+	}) || slices.ContainsFunc(folders, func(f folder) bool { return f.err != nil })
+	if !sh.Known && unread {
+		// Not knowing it means nothing when the places that would know
+		// could not be read.
+		sh.Findings = sortFindings(fds)
+		return sh, cli.WithCode(cli.ExitIO, fmt.Errorf("credential %q: some of the places that would know it could not be read; %s", name, fixRunAsRoot))
+	}
 	if !sh.Known {
 		f := Finding{Code: CodeCredentialUnknown, Severity: SeverityError, Credential: name,
 			Message: "no credential of that name in the last load, the manifest, the firmware or any folder LoadCredential= searches",
