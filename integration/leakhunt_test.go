@@ -373,8 +373,9 @@ func TestLeakHunt(t *testing.T) {
 		if code, _, _ := h.run(t, "vmcred-host keygen (existing)", runOpts{}, host, "keygen", "--out", p("keys", "k")); code == 0 {
 			t.Errorf("keygen over an existing key: exit 0")
 		}
-		if code, _, _ := h.run(t, "vmcred-host keygen (no folder)", runOpts{}, host, "keygen", "--out", p("nowhere", "k")); code == 0 {
-			t.Errorf("keygen into a missing folder: exit 0")
+		// A missing folder is made; one that cannot be (a file on the way) fails.
+		if code, _, _ := h.run(t, "vmcred-host keygen (folder is a file)", runOpts{}, host, "keygen", "--out", p("keys", "k.pub", "k")); code == 0 {
+			t.Errorf("keygen under a file: exit 0")
 		}
 	})
 
@@ -455,7 +456,10 @@ func TestLeakHunt(t *testing.T) {
 		if !json.Valid([]byte(out)) {
 			t.Errorf("pack json printed no JSON")
 		}
-		token(t, "rt-j", tokenFromRuntimeDir(t, p("rt-j")))
+		// The JSON plan describes the payload files; it writes none.
+		if _, err := os.Stat(p("rt-j")); !os.IsNotExist(err) {
+			t.Errorf("pack json made its runtime folder: %v", err)
+		}
 		pack(t, "json --out", runOpts{env: credsEnv}, 0, slices.Concat(common, []string{"--hypervisor", "json", "--target", "qemu-microvm", "--out", p("plan.json"), "--runtime-dir", rt("rt-j2")}, small)...)
 		if b, err := os.ReadFile(p("plan.json")); err != nil || !json.Valid(b) {
 			t.Errorf("pack json --out wrote no JSON plan (%v)", err)
@@ -675,8 +679,14 @@ func TestLeakHunt(t *testing.T) {
 		if code, _, stderr := h.run(t, "vmcred-host wait (failed)", runOpts{}, host, "wait", "--vm", "demo", "--status-dir", p("host-status"), "--timeout", "5s"); code != 1 {
 			t.Errorf("wait after a failed load: exit %d, want 1: %s", code, stderr)
 		}
-		if code, _, _ := h.run(t, "vmcred-host wait (timeout)", runOpts{}, host, "wait", "--vm", "nobody", "--status-dir", p("host-status"), "--timeout", "200ms"); code != 4 {
-			t.Errorf("wait for an unknown VM: exit %d, want 4", code)
+		if code, _, _ := h.run(t, "vmcred-host wait (another VM's status only)", runOpts{}, host, "wait", "--vm", "nobody", "--status-dir", p("host-status"), "--timeout", "200ms"); code != 3 {
+			t.Errorf("wait for an unknown VM beside another's status: exit %d, want 3 at once", code)
+		}
+		if err := os.MkdirAll(p("host-status-empty"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if code, _, _ := h.run(t, "vmcred-host wait (timeout)", runOpts{}, host, "wait", "--vm", "nobody", "--status-dir", p("host-status-empty"), "--timeout", "200ms"); code != 4 {
+			t.Errorf("wait with nothing reporting: exit %d, want 4", code)
 		}
 		if code, _, _ := h.run(t, "vmcred-host serve (socket taken)", runOpts{}, host, "serve", "--vm", "demo", "--listen", "unix:"+sock, "--runtime-dir", p("rt-a"), "--status-dir", p("host-status")); code == 0 {
 			t.Errorf("a second serve on a socket in use: exit 0")

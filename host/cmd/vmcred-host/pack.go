@@ -130,6 +130,10 @@ func (d deps) runPack(_ context.Context, env *cli.Env, args []string) error {
 		}
 		d.warnUnreadable(env, f.owner, pk.result)
 	}
+	if pk.output == hvJSON {
+		// The plan describes; it writes nothing, serve state included.
+		pk.serve = nil
+	}
 	if err := pk.writeServeState(env, &f); err != nil {
 		pk.result.Remove()
 		pk.removeTemp()
