@@ -518,7 +518,7 @@ func (l List) writeFirmwareText(w io.Writer) {
 func (l List) firmwareTable() table {
 	tb := table{cols: []column{{head: "NAME", flex: true, min: 12}, {head: "SOURCE"}, {head: "SIZE", right: true}, {head: "SHA256"}, {head: "VERIFIED"}}}
 	for _, c := range l.Credentials {
-		tb.add(printable(c.Name, 32), c.Source, humanSize(c.Size), short(c.SHA256), c.Verified)
+		tb.add(printable(c.Name, wholeName), c.Source, humanSize(c.Size), short(c.SHA256), c.Verified)
 	}
 	return tb
 }
@@ -594,7 +594,7 @@ func (l List) statusTable() (table, bool) {
 				marked = true
 			}
 		}
-		tb.add(printable(c.Name, 64), orDash(c.Source), humanSize(c.Size), short(c.SHA256), verifiedLabel(c.Verified), from, orDash(c.Security))
+		tb.add(printable(c.Name, wholeName), orDash(c.Source), humanSize(c.Size), short(c.SHA256), verifiedLabel(c.Verified), from, orDash(c.Security))
 	}
 	return tb, marked
 }
@@ -602,7 +602,7 @@ func (l List) statusTable() (table, bool) {
 func (l List) credstoreTable() table {
 	tb := table{cols: []column{{head: "NAME", flex: true, min: 12}, {head: "SECURE"}, {head: "SIZE", right: true}, {head: "MODE"}, {head: "SHA256"}}}
 	for _, c := range l.Credentials {
-		tb.add(printable(c.Name, 64), c.Security, humanSize(c.Size), c.Mode, short(c.SHA256))
+		tb.add(printable(c.Name, wholeName), c.Security, humanSize(c.Size), c.Mode, short(c.SHA256))
 	}
 	return tb
 }

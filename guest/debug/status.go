@@ -326,7 +326,7 @@ func (st Status) WriteText(w io.Writer) error {
 		if c.Served != "" {
 			servedAt = st.in.displayDir(filepath.Dir(c.Served))
 		}
-		tb.add(printable(c.Name, 64), orDash(c.Source), humanSize(int64(c.Size)), short(c.SHA256), verifiedLabel(c.Verification), orDash(c.Delivery), servedAt)
+		tb.add(printable(c.Name, wholeName), orDash(c.Source), humanSize(int64(c.Size)), short(c.SHA256), verifiedLabel(c.Verification), orDash(c.Delivery), servedAt)
 	}
 	if tb.write(w) {
 		fmt.Fprintln(w)

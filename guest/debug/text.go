@@ -213,6 +213,11 @@ func humanSize(n int64) string {
 	return fmt.Sprintf("%d%s", n/f, units[i])
 }
 
+// wholeName is the clip limit for names in table cells: none, since
+// every name fits it; the table shortens its NAME column for a narrow
+// terminal and leaves it whole when piped.
+const wholeName = 1 << 10
+
 // printable quotes names with spaces (valid in credential names) so the
 // columns stay readable, and shortens very long ones.
 func printable(s string, max int) string {

@@ -516,7 +516,7 @@ func (v Verification) WriteText(w io.Writer) error {
 			if sys == "absent" {
 				sys = "-"
 			}
-			tb.add(printable(r.Name, 64), r.Firmware, r.Credstore, sys, from, ok)
+			tb.add(printable(r.Name, wholeName), r.Firmware, r.Credstore, sys, from, ok)
 		}
 		tb.write(w)
 	}
