@@ -112,11 +112,19 @@ func addCommon(fs *pflag.FlagSet) {
 		define()
 		_ = fs.SetAnnotation(name, commonAnnotation, []string{"true"})
 	}
-	add("quiet", func() { fs.BoolP("quiet", "q", false, "log warnings and errors only (the same as --log-level warn)") })
+	// A shorthand a command took for itself is not taken again (pflag
+	// panics on a duplicate).
+	short := func(c string) string {
+		if fs.ShorthandLookup(c) != nil {
+			return ""
+		}
+		return c
+	}
+	add("quiet", func() { fs.BoolP("quiet", short("q"), false, "log warnings and errors only (the same as --log-level warn)") })
 	add("log-level", func() {
 		fs.String("log-level", "info", "log lines of `LEVEL` and above to stderr: debug, info, warn or error")
 	})
-	add("help", func() { fs.BoolP("help", "h", false, "show this help and exit") })
+	add("help", func() { fs.BoolP("help", short("h"), false, "show this help and exit") })
 }
 
 // Parse parses args into fs, after adding the flags every command takes:

@@ -224,3 +224,20 @@ func TestCount(t *testing.T) {
 		}
 	}
 }
+
+// TestCommonFlagsYield: a command that defines -q or --help itself keeps
+// them; Parse adds only what is free.
+func TestCommonFlagsYield(t *testing.T) {
+	env, out, _ := testEnv()
+	fs := NewFlagSet("x")
+	q := fs.BoolP("query", "q", false, "the command's own -q")
+	if err := Parse(env, fs, "prog x", []string{"-q"}); err != nil {
+		t.Fatal(err)
+	}
+	if !*q {
+		t.Error("-q did not reach the command's own flag")
+	}
+	if err := Parse(env, NewFlagSet("y"), "prog y", []string{"--help"}); CodeOf(err) != 0 || !strings.Contains(out.String(), "--quiet") {
+		t.Errorf("help: %v %q", err, out.String())
+	}
+}
