@@ -120,7 +120,9 @@ func addCommon(fs *pflag.FlagSet) {
 		}
 		return c
 	}
-	add("quiet", func() { fs.BoolP("quiet", short("q"), false, "log warnings and errors only (the same as --log-level warn)") })
+	add("quiet", func() {
+		fs.BoolP("quiet", short("q"), false, "log warnings and errors only (the same as --log-level warn)")
+	})
 	add("log-level", func() {
 		fs.String("log-level", "info", "log lines of `LEVEL` and above to stderr: debug, info, warn or error")
 	})
