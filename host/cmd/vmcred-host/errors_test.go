@@ -55,7 +55,6 @@ func TestBadInputs(t *testing.T) {
 			2, []string{`credential "x=y"`, "may not contain '='", "split at the first '='"}},
 		{"'=' in a --cred-dir file name", []string{"--hypervisor", "qemu", "--cred-dir", "@TMP@/eqdir"},
 			2, []string{`credential "a=b"`, "@TMP@/eqdir/a=b", "may not contain '='"}},
-		{"no credentials", []string{"--hypervisor", "qemu"}, 2, []string{"no credentials to pack", "--cred"}},
 		{"VM name with a space", []string{"--vm", "we b", "--hypervisor", "qemu", "--static", "a=b"}, 2, []string{`--vm "we b": byte 3 is a space`}},
 		{"VM name starting with '-'", []string{"--vm=-x", "--hypervisor", "qemu", "--static", "a=b"}, 2, []string{`--vm "-x": byte 1`}},
 		{"over 1 MiB without a channel says what to add", []string{"--hypervisor", "qemu", "--cred", "huge=file:@BIG@"},

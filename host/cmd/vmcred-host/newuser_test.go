@@ -34,6 +34,7 @@ func TestPackWarnings(t *testing.T) {
 	}{
 		{"empty secret file", []string{"--hypervisor", "qemu", "--cred", "k=file:" + empty}, `credential "k": ` + empty + " is empty (0 bytes)"},
 		{"no credentials in the sources", []string{"--hypervisor", "qemu", "--cred-dir", emptyDir}, "the sources hold no credentials"},
+		{"no source flag", []string{"--hypervisor", "qemu"}, "no credentials to pack"},
 		{"--ch-api without --ch-config", []string{"--hypervisor", "cloud-hypervisor", "--ch-api", filepath.Join(tmp, "api.sock"), "--static", "a=b"}, "--ch-api without --ch-config"},
 	}
 	for _, tt := range tests {

@@ -192,9 +192,6 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 	if err != nil {
 		return nil, withCode(err)
 	}
-	if len(specs) == 0 {
-		return nil, cli.Usagef("no credentials to pack: give --cred, --cred-dir, --from-credentials-directory or --static")
-	}
 	creds, warnings, err := source.CollectUpTo(specs, d.source, f.maxSourceSize())
 	if err != nil {
 		if errors.Is(err, source.ErrTooLarge) && f.channel == "" {
@@ -210,7 +207,7 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 	for _, w := range warnings {
 		env.Log.Warn(w.String())
 	}
-	if err := checkCollected(env, creds); err != nil {
+	if err := checkCollected(env, creds, len(specs) == 0); err != nil {
 		return nil, err
 	}
 
@@ -464,7 +461,7 @@ func (f *packFlags) overflowAdvice() string {
 // about what is probably a mistake: a name with '=' (an OEM string is
 // NAME=VALUE split at the first '=', systemd's rule, so the guest would
 // read another name and skip the value), and an empty secret file.
-func checkCollected(env *cli.Env, creds []source.Credential) error {
+func checkCollected(env *cli.Env, creds []source.Credential, noSources bool) error {
 	for _, c := range creds {
 		if strings.Contains(c.Name, "=") {
 			from := c.Origin.Path
@@ -477,7 +474,13 @@ func checkCollected(env *cli.Env, creds []source.Credential) error {
 			env.Log.Warn(fmt.Sprintf("credential %q: %s is empty (0 bytes); the guest gets an empty credential", c.Name, c.Origin.Path))
 		}
 	}
-	if len(creds) == 0 {
+	switch {
+	case len(creds) > 0:
+	case noSources:
+		// The NixOS module packs a VM with a signing key and no
+		// credentials yet: not an error, but never silent.
+		env.Log.Warn("no credentials to pack (no --cred, --cred-dir, --from-credentials-directory or --static): the VM gets only the manifest")
+	default:
 		env.Log.Warn("the sources hold no credentials: the VM gets only the manifest")
 	}
 	return nil
