@@ -6,9 +6,9 @@ import (
 	"github.com/vmcred/vmcred/shared/cli"
 )
 
-// maxVMName caps a VM name: it becomes a file name (NAME.json) and part of
-// unit names.
-const maxVMName = 64
+// maxVMName caps a VM name: NAME.json, the status file, must fit a file
+// name (255 bytes).
+const maxVMName = 250
 
 // checkVMName applies the NixOS host module's rule for VM names
 // ([A-Za-z0-9_][A-Za-z0-9_.-]*): a name ends up in unit names, file names
