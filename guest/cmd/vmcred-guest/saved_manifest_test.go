@@ -215,7 +215,7 @@ func TestLoadWarnsOfUncheckedSignature(t *testing.T) {
 	tr.trust(k.Public().(ed25519.PublicKey))
 	dmi := tr.path("sys/firmware/dmi/tables/DMI")
 	r := run(tr.defaults(), "load", "--dmi-table", dmi, "--credstore", filepath.Join(tr.root, "store"), "--status-dir", filepath.Join(tr.root, "st"),
-		"--allow-persistent", "--system-credentials", "")
+		"--allow-persistent", "--system-credentials", "", "--vm", "demo")
 	if r.code != 0 {
 		t.Fatalf("exit %d: %s", r.code, r.stderr)
 	}
@@ -230,7 +230,7 @@ func TestLoadWarnsOfUncheckedSignature(t *testing.T) {
 	}
 	// With the key, no warning.
 	r = run(tr.defaults(), "load", "--dmi-table", dmi, "--credstore", filepath.Join(tr.root, "store2"), "--status-dir", filepath.Join(tr.root, "st2"),
-		"--allow-persistent", "--system-credentials", "", "--trust-key", tr.path("etc/vmcred/trusted.d"))
+		"--allow-persistent", "--system-credentials", "", "--vm", "demo", "--trust-key", tr.path("etc/vmcred/trusted.d"))
 	if r.code != 0 || strings.Contains(string(r.stderr), "not checked") {
 		t.Errorf("with --trust-key: exit %d, log %s", r.code, r.stderr)
 	}
