@@ -32,7 +32,7 @@ func checkVMName(vm string) error {
 	return nil
 }
 
-func clipQ(s string) string { return fmt.Sprintf("%q", clip(s)) }
+func clipQ(s string) string { return fmt.Sprintf("%q", clipArg(s)) }
 
 func describeByte(c byte) string {
 	if c == ' ' {

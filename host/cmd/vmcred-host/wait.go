@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -20,16 +17,16 @@ const waitUsage = "vmcred-host wait --vm NAME [--status-dir DIR] [--timeout DURA
 // a timeout (4), as a shell reports a command killed by SIGINT.
 const exitInterrupted = 130
 
-// runWait blocks until serve (or run) has recorded the guest's report:
+// runWait blocks until push (or run) has recorded the guest's report:
 // exit 0 when it said ready, 1 when it said failed, 4 on timeout, 130 when
-// interrupted, 3 at once when the status folder does not exist or holds
-// other VMs' status but not this one's (a mistyped --status-dir or --vm).
+// interrupted. A missing status file or folder is waited for: push and
+// run write it only once the guest has reported.
 func (d deps) runWait(ctx context.Context, env *cli.Env, args []string) error {
 	var vm, statusDir string
 	var timeout, poll time.Duration
 	fs := cli.NewFlagSet("wait")
 	fs.StringVar(&vm, "vm", "", "the VM's `NAME` (required)")
-	fs.StringVar(&statusDir, "status-dir", readiness.DefaultStatusDir, "read the status serve writes in `DIR`")
+	fs.StringVar(&statusDir, "status-dir", readiness.DefaultStatusDir, "read the status push and run write in `DIR`")
 	fs.DurationVar(&timeout, "timeout", 5*time.Minute, "give up after `DURATION` (exit 4); 0 waits forever")
 	fs.DurationVar(&poll, "poll", readiness.DefaultPoll, "read the status file every `DURATION`")
 	if err := cli.Parse(env, fs, waitUsage, args); err != nil {
@@ -52,9 +49,6 @@ func (d deps) runWait(ctx context.Context, env *cli.Env, args []string) error {
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	if err := checkStatusDir(statusDir, vm); err != nil {
-		return err
-	}
 	st, err := readiness.Wait(ctx, statusDir, vm, poll)
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
@@ -74,35 +68,5 @@ func (d deps) runWait(ctx context.Context, env *cli.Env, args []string) error {
 		return cli.WithCode(cli.ExitFailure, errors.New(msg))
 	}
 	fmt.Fprintln(env.Stdout, st.Summary)
-	return nil
-}
-
-// checkStatusDir fails at once on what no writer will ever fix: a status
-// folder that does not exist (serve and run create it before they
-// serve), or one that holds other VMs' status files and not vm's. A
-// folder with no status file at all may still get one: serve or run may
-// be starting.
-func checkStatusDir(dir, vm string) error {
-	ents, err := os.ReadDir(dir)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return cli.WithCode(cli.ExitIO, fmt.Errorf("vm %s: the status folder %s does not exist: give wait the --status-dir serve or run writes (default %s), and start it after them", vm, dir, readiness.DefaultStatusDir))
-	case err != nil:
-		return cli.WithCode(cli.ExitIO, fmt.Errorf("vm %s: read the status folder: %w", vm, err))
-	}
-	var others []string
-	for _, e := range ents {
-		name, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok || !e.Type().IsRegular() {
-			continue
-		}
-		if name == vm {
-			return nil
-		}
-		others = append(others, name)
-	}
-	if len(others) > 0 {
-		return cli.WithCode(cli.ExitIO, fmt.Errorf("vm %s: %s holds no %s but the status of %s: a mistyped --vm?", vm, dir, filepath.Base(readiness.Path(dir, vm)), strings.Join(others, ", ")))
-	}
 	return nil
 }
