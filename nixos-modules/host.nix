@@ -452,9 +452,10 @@ let
         defaultText = lib.literalExpression ''lib.optional config.sops.useSystemdActivation "sops-install-secrets.service"'';
         example = [ "sops-install-secrets.service" ];
         description = ''
-          Units that put this VM's secret files in place; microvm@<name>
-          wants and starts after them, instead of failing (and restarting
-          every 5 s) on a missing LoadCredential= source. Secrets that NixOS
+          Units that put this VM's secret files in place;
+          vmcred-push@<name> (and, for QEMU, microvm@<name>) want and start
+          after them, instead of failing on a missing LoadCredential=
+          source. Secrets that NixOS
           activation writes (clan vars and sops-nix by default) exist before
           any unit starts and need none. Default: sops-nix's unit when
           `sops.useSystemdActivation` is set.
