@@ -266,6 +266,16 @@ func wantPush(t *testing.T, r *hostEval, name, wantExec string, loadCredentials 
 	wantDirectives(t, what, u, "Service", "Type", "oneshot")
 	wantDirectives(t, what, u, "Service", "User", "microvm")
 	wantDirectives(t, what, u, "Service", "RestrictAddressFamilies", "AF_UNIX", "AF_VSOCK")
+	// Other host users: no capability, files it writes (the report) 0600,
+	// in the VM's 0700 runtime folder.
+	wantDirectives(t, what, u, "Service", "CapabilityBoundingSet", "")
+	wantDirectives(t, what, u, "Service", "UMask", "0077")
+	wantDirectives(t, what, unit(t, r.Units, "microvm@"+name+".service.d/overrides.conf"), "Service", "RuntimeDirectoryMode", "0700")
+	// Secrets reach push by LoadCredential= only, never by a path (or a
+	// value) on its command line.
+	if strings.Contains(exec, "/run/secrets") || strings.Contains(exec, "file:") {
+		t.Errorf("vm %s: a secret's file on push's command line: %s", name, exec)
+	}
 	wantDirectives(t, what, u, "Install", "WantedBy", "microvm@"+name+".service")
 	wantDirectives(t, what, u, "Unit", "PartOf", "microvm@"+name+".service")
 	for _, key := range []string{"After", "Requires", "BindsTo", "Requisite"} {
