@@ -57,8 +57,6 @@ let
       "--system-credentials" boundSystemCredentials ]
     ++ cfg.extraArgs;
 
-  credstoreRuntimeDir = lib.removePrefix "/run/" cfg.credstore;
-  statusRuntimeDir = lib.removePrefix "/run/" statusDir;
 
   consumerUnits = map (lib.removeSuffix ".service") cfg.consumers;
   # What a consumer unit has when something defines it besides the
@@ -286,9 +284,9 @@ in
             Restart = "on-failure";
             BindReadOnlyPaths = [ "-${systemCredentials}:${boundSystemCredentials}" ];
             TimeoutStartSec = "180s";
-            RuntimeDirectory = [ credstoreRuntimeDir statusRuntimeDir ];
-            RuntimeDirectoryMode = "0700";
-            RuntimeDirectoryPreserve = true;
+            # No RuntimeDirectory=: under ProtectSystem=strict systemd
+            # binds it on itself, and a mount point cannot be exchanged by
+            # a rotation; the agent creates its folders (root, 0700).
             ReadWritePaths = [ "/run" ];
             UMask = "0077";
             StandardOutput = "journal+console";

@@ -316,8 +316,10 @@ func wantAgent(t *testing.T, name string, vm vmEval, port int) {
 	wantDirectives(t, what, g, "Service", "ReadWritePaths", "/run")
 	wantDirectives(t, what, g, "Service", "Restart", "on-failure")
 	wantDirectives(t, what, g, "Service", "Type", "notify")
-	if v := directives(g, "Service", "RemainAfterExit"); len(v) != 0 {
-		t.Errorf("%s: RemainAfterExit=%q: the agent is long-lived", what, v)
+	for _, key := range []string{"RemainAfterExit", "RuntimeDirectory"} {
+		if v := directives(g, "Service", key); len(v) != 0 {
+			t.Errorf("%s: %s=%q (long-lived agent; the store must not be a mount point)", what, key, v)
+		}
 	}
 	if got := vm.Etc["vmcred/vm-name"]; got != name+"\n" {
 		t.Errorf("%s: /etc/vmcred/vm-name = %q, want %q (the host's push --vm)", what, got, name+"\n")

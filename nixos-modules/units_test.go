@@ -246,9 +246,12 @@ func TestGuestModuleOptions(t *testing.T) {
 			t.Errorf("ExecStart = %q, want %q", got, want)
 		}
 		u := unit(t, r.Units, "vmcred-guest.service")
-		wantDirectives(t, "agent", u, "Service", "RuntimeDirectory", "vmcred-store", "vmcred")
-		// /run as a whole: the rotation swaps the store folder.
+		// /run as a whole, no RuntimeDirectory= (a bind mount of the
+		// store on itself): the rotation exchanges the store folder.
 		wantDirectives(t, "agent", u, "Service", "ReadWritePaths", "/run")
+		if v := directives(u, "Service", "RuntimeDirectory"); len(v) != 0 {
+			t.Errorf("RuntimeDirectory=%q", v)
+		}
 	})
 
 	t.Run("consumers", func(t *testing.T) {
