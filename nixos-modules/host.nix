@@ -195,14 +195,19 @@ let
 
     # The session: every credential, signed for this VM and the agent's
     # challenge. %d is the unit's $CREDENTIALS_DIRECTORY.
+    # (--sign-key %d/… goes between the two: a specifier, not escaped.)
+    pushHead = [ "push" "--vm" name "--connect" connectAddress ];
     pushArgs =
-      [ "push" "--vm" name "--connect" connectAddress ]
-      ++ sourceArgs
+      sourceArgs
       ++ lib.concatMap (n: [ "--policy" "${n}=${vm.credentials.${n}.policy}" ])
         (lib.filter (n: vm.credentials.${n}.policy != "restart") credNames)
       ++ [ "--status-dir" runtimeDir "--timeout" "${toString pushSeconds}s" ];
-    # TODO(f1): when push gets a state folder for the generation
-    # (issue 15 item 1), pass it here (StateDirectory=vmcred-host/<name>).
+    # TODO(f1, issue 15 item 1): push's --state-dir (the generation last
+    # pushed) defaults on f1's branch to STATUS-DIR/pushed, here
+    # /run/vmcred-<name>/pushed: kept while the VM runs, gone when it stops
+    # (the next boot's push starts above the generation the agent reports).
+    # For a state that outlives the VM, pass --state-dir with a
+    # StateDirectory= owned by the push's user.
 
     # The files push watches for pushOnChange: exactly the credentials'
     # sources (not the signing key: a new key needs the guest's trust too).
@@ -790,7 +795,7 @@ in
                 Type = "oneshot";
                 # %d: this unit's $CREDENTIALS_DIRECTORY (a specifier, so
                 # not escaped like the other arguments).
-                ExecStart = "${vmcredHost} ${lib.concatMapStringsSep " " execArg (lib.take 5 i.pushArgs)} --sign-key %d/${signingKeyId} ${lib.concatMapStringsSep " " execArg (lib.drop 5 i.pushArgs)}";
+                ExecStart = "${vmcredHost} ${lib.concatMapStringsSep " " execArg i.pushHead} --sign-key %d/${signingKeyId} ${lib.concatMapStringsSep " " execArg i.pushArgs}";
                 TimeoutStartSec = "${toString (i.pushSeconds + 30)}s";
                 LoadCredential = i.loadCredentials;
                 LoadCredentialEncrypted = i.loadCredentialsEncrypted;

@@ -49,9 +49,11 @@ in
         })
       ];
       mode = lib.mkDefault mode;
-      # The name the host's push signs its sessions for, and the port it
-      # dials (host.nix sets both only for VMs declared on the host).
-      vmName = lib.mkDefault vm;
+      # The VM's name on the host: the agent's vmName (what the host's push
+      # signs its sessions for) and, for QEMU under microvm.nix, the
+      # host's installed args script (host.nix wires both only for VMs
+      # declared on the host); and the port the push dials.
+      hostVM = lib.mkDefault vm;
       port = lib.mkDefault port;
       inherit (settings) consumers;
     };
