@@ -146,6 +146,12 @@ rc=$?
 dump_listings
 echo "VMCRED-CASE PASS"
 `
+	// agentFailDropIn: for a case whose firmware load must fail, the
+	// agent's unit gives up waiting for a host session after 15 s, once.
+	agentFailDropIn = `[Service]
+TimeoutStartSec=15s
+Restart=no
+`
 	// demoTestDropIn prints what LoadCredential= handed the seed's demo
 	// unit (sizes and digests) and fails it on a wrong value; the unit
 	// itself is installed as shipped.
@@ -327,7 +333,10 @@ func (s *suite) runTier2(t *testing.T, tc tier2Case, units map[string][]byte) {
 
 	a := s.initramfs(false)
 	a.file("case/case.env", 0o444, caseEnv(map[string]string{
-		"CASE": tc.name, "MODE": "switchroot", "MODULES": "virtio_pci virtio_blk qemu_fw_cfg",
+		// vsock_loopback (and vsock): the shipped unit runs the agent,
+		// which listens on vsock port 730 (modules-load.d/vmcred.conf
+		// loads vmw_vsock_virtio_transport on a real guest).
+		"CASE": tc.name, "MODE": "switchroot", "MODULES": "virtio_pci virtio_blk qemu_fw_cfg vsock_loopback",
 	}))
 	root := "case/root/"
 	a.file(root+"usr/bin/vmcred-guest", 0o755, s.guestBin)
@@ -336,6 +345,14 @@ func (s *suite) runTier2(t *testing.T, tc tier2Case, units map[string][]byte) {
 	// no --vm, and load refuses a manifest it cannot bind to its VM.
 	a.file(root+"etc/vmcred/vm-name", 0o444, []byte(tc.name+"\n"))
 	enable(a, "vmcred-guest.service", units[agentUnit])
+	if tc.cut != "" {
+		// The agent does not exit when the firmware set fails: it keeps
+		// listening for the host's session, which could replace the cut
+		// set (no host pushes here). The unit stays activating until
+		// TimeoutStartSec=; a shorter one, without the restart, lets the
+		// verdict see it fail.
+		a.file(root+systemdUnits+"/vmcred-guest.service.d/zz-vmcred-test.conf", 0o644, []byte(agentFailDropIn))
+	}
 	enable(a, "demo-oem-credentials.service", units[demoUnit])
 	a.file(root+systemdUnits+"/demo-oem-credentials.service.d/vmcred.conf", 0o644, units[demoDropIn])
 	a.file(root+systemdUnits+"/demo-oem-credentials.service.d/zz-vmcred-test.conf", 0o644, []byte(demoTestDropIn))
