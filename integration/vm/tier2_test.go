@@ -67,7 +67,8 @@ boot_times() {
 	echo "VMCRED-TIME userspace_us=$(systemctl show --value -p UserspaceTimestampMonotonic)" \
 		"multi_user_us=$(systemctl show --value -p ActiveEnterTimestampMonotonic multi-user.target)" \
 		"agent_start_us=$(systemctl show --value -p InactiveExitTimestampMonotonic vmcred-guest.service)" \
-		"agent_active_us=$(systemctl show --value -p ActiveEnterTimestampMonotonic vmcred-guest.service)"
+		"agent_active_us=$(systemctl show --value -p ActiveEnterTimestampMonotonic vmcred-guest.service)" \
+		"agent_exec_us=$(systemctl show --value -p ExecMainStartTimestampMonotonic vmcred-guest.service)"
 	systemd-analyze time 2>&1 | sed 's/^/VMCRED-ANALYZE /'
 	systemd-analyze blame --no-pager 2>&1 | head -n 12 | sed 's/^/VMCRED-ANALYZE /'
 	systemd-analyze critical-chain --no-pager multi-user.target 2>&1 | sed 's/^/VMCRED-ANALYZE /'
@@ -121,14 +122,6 @@ if [ "$DEMO" = 1 ]; then
 fi
 vmcred-guest status >/dev/null || fail "vmcred-guest status exit $?, want 0"
 dump_listings
-boot_times
-echo "VMCRED-CASE PASS"
-`
-	// baselineScript: the verdict of a boot without vmcred (same image,
-	// no agent, no credentials): only the boot's times.
-	baselineScript = `#!/bin/sh
-. /etc/vmcred-test/lib.sh
-[ -e /etc/systemd/system/vmcred-guest.service ] && fail "the baseline boot has vmcred-guest.service"
 boot_times
 echo "VMCRED-CASE PASS"
 `
@@ -364,39 +357,17 @@ func TestTier2(t *testing.T) {
 						times.add(t, img, tc.name, o)
 					})
 				}
-				t.Run(fmt.Sprintf("baseline-systemd%d", img.major), func(t *testing.T) {
-					t.Parallel()
-					times.add(t, img, "", s.runBaseline(t, img))
-				})
+				for _, agent := range []bool{false, true} {
+					name := timingName(img, agent)
+					t.Run(name, func(t *testing.T) {
+						t.Parallel()
+						times.add(t, img, name, s.runTiming(t, img, units, agent))
+					})
+				}
 			})
 		}
 	})
 	times.report(t, s.images)
-}
-
-// runBaseline boots img without vmcred: no agent unit, no credentials, the
-// verdict unit only waits for the boot and prints its times.
-func (s *suite) runBaseline(t *testing.T, img sysImage) outcome {
-	name := fmt.Sprintf("baseline-systemd%d", img.major)
-	a := s.initramfs(false)
-	a.file("case/case.env", 0o444, caseEnv(map[string]string{
-		"CASE": name, "MODE": "switchroot", "MODULES": "virtio_pci virtio_blk qemu_fw_cfg",
-	}))
-	etc := "case/root/etc/vmcred-test/"
-	a.file(etc+"case.env", 0o444, caseEnv(map[string]string{"MODE": "none", "DEMO": "0", "CUT": ""}))
-	a.file(etc+"lib.sh", 0o644, []byte(libScript))
-	a.file(etc+"baseline.sh", 0o755, []byte(baselineScript))
-	enable(a, "vmcred-test.service", verdictUnit("Wants", "baseline.sh", nil))
-	o := s.boot(t, boot{
-		name: name, machine: "q35", initrd: a, memory: 1024, timeout: 150 * time.Second, rootfs: img.path,
-		args:    []string{"-drive", "file=" + img.path + ",if=virtio,format=raw,snapshot=on"},
-		cmdline: "systemd.show_status=1 SYSTEMD_COLORS=0",
-		abort:   []string{"Freezing execution"},
-	})
-	if !o.pass {
-		t.Fatalf("%s: %s (console: %s)", name, o.reason, o.log)
-	}
-	return o
 }
 
 func (s *suite) runTier2(t *testing.T, tc tier2Case, units map[string][]byte) outcome {
