@@ -34,7 +34,7 @@ buildGo126Module {
     ];
   };
 
-  vendorHash = "sha256-dY5CE9NkhnxeG6ziI2FDgoW71Al7QGkcHm/SPPyzr0E=";
+  vendorHash = "sha256-VPsSFBU6Y3CWYX9zEtStReogGeCXxfM4iaZjni9Tq4I=";
 
   subPackages = [
     "host/cmd/vmcred-host"

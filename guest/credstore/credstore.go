@@ -114,6 +114,9 @@ type Store struct {
 	// it returns an error, Replace returns that error at once and cleans up
 	// nothing, as a process killed at that point would.
 	afterRename func(name string) error
+	// rotateFault, set only by tests, runs at each step of Rotate (see
+	// rotate.go); an error makes that step fail as an I/O error would.
+	rotateFault func(step, name string) error
 }
 
 // Open opens the credstore at dir, creating dir itself (mode 0700, not its

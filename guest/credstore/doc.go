@@ -9,7 +9,12 @@
 // exclusive lock on it. [Store.Replace] installs a new set of credentials as
 // close to all-or-nothing as a filesystem allows: every value is staged and
 // fsynced before any file is renamed into place, each rename is atomic, and
-// only files a previous run of the agent wrote are ever removed. [List] is
+// only files a previous run of the agent wrote are ever removed.
+// [Store.Rotate] replaces the whole set as one step readers see all or
+// nothing: it fills a new directory beside the store (unchanged files
+// hard-linked, keeping their inode) and exchanges the two directories with
+// renameat2(RENAME_EXCHANGE); ROTATION.md records what systemd reads and
+// why. [List] is
 // the read side for the debug command and labels each file the way
 // `systemd-creds list` does.
 //
