@@ -357,6 +357,10 @@ func TestTier2(t *testing.T) {
 						times.add(t, img, tc.name, o)
 					})
 				}
+				t.Run(fmt.Sprintf("notify-socket-systemd%d", img.major), func(t *testing.T) {
+					t.Parallel()
+					s.runNotify(t, img)
+				})
 				for _, agent := range []bool{false, true} {
 					name := timingName(img, agent)
 					t.Run(name, func(t *testing.T) {
