@@ -243,9 +243,12 @@ customize_rootfs() {
 # Keyed by what built it (suite, mirror, packages, customize_rootfs); a
 # suite's packages change under the same key, so sysver is read from the
 # tree itself and printed with each test.
-build_image() {
-	local suite=$1 sdir=$cache/systemd/$1 bkey bdir ikey mb tmp d
-	bkey=$(printf '%s\n' debootstrap minbase "$suite" "$mirror" "$include" | hash)
+# image_paths SUITE sets sdir, bdir (the debootstrap tree) and image, and
+# takes over the bookworm outputs of the layout before.
+image_paths() {
+	local bkey ikey
+	sdir=$cache/systemd/$1
+	bkey=$(printf '%s\n' debootstrap minbase "$1" "$mirror" "$include" | hash)
 	bdir=$sdir/debootstrap-$bkey
 	ikey=$(printf '%s\n' "$bkey" "$(declare -f customize_rootfs)" | hash)
 	image=$sdir/rootfs-$ikey.img
@@ -256,6 +259,33 @@ build_image() {
 	if [ ! -f "$image" ] && [ -f "$cache/rootfs-$ikey.img" ]; then
 		ln "$cache/rootfs-$ikey.img" "$image"
 	fi
+	return 0
+}
+
+# debootstrap_all: the debootstraps every missing image needs, all suites
+# at once (they wait on the mirror as much as on the CPU: a cold setup
+# takes the longest one's time, not the sum).
+debootstrap_all() {
+	local suite jobs="" j
+	for suite in $suites; do
+		image_paths "$suite"
+		[ -f "$image" ] || [ -f "$bdir/.done" ] && continue
+		[ "$(id -u)" = 0 ] || die "need root for debootstrap"
+		rm -rf "$bdir"
+		echo "setup: debootstrap $suite from $mirror (1-4 min; suites in parallel)"
+		(debootstrap --variant=minbase --include="$include" "$suite" "$bdir/rootfs" "$mirror" >"$sdir/debootstrap.log" 2>&1 &&
+			touch "$bdir/.done") &
+		jobs="$jobs $!:$suite"
+	done
+	for j in $jobs; do
+		wait "${j%%:*}" || die "debootstrap ${j#*:} failed; see $cache/systemd/${j#*:}/debootstrap.log"
+	done
+	[ -z "$jobs" ] || step "debootstrap done:$(for j in $jobs; do image_paths "${j#*:}"; printf ' %s %s' "${j#*:}" "$(du -sh "$bdir/rootfs" | cut -f1)"; done)"
+}
+
+build_image() {
+	local suite=$1 mb tmp d
+	image_paths "$suite"
 	if [ ! -f "$image" ]; then
 		[ "$(id -u)" = 0 ] || die "need root for debootstrap"
 		if [ ! -f "$bdir/.done" ]; then
@@ -291,6 +321,7 @@ build_image() {
 
 images=""
 if [ "$tier" = 2 ]; then
+	debootstrap_all
 	for suite in $suites; do
 		build_image "$suite"
 		images="$images$suite $sysver $image
