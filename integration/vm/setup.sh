@@ -21,8 +21,9 @@
 #      list in the cache (Architecture=arm64), so the host's dpkg gets no
 #      foreign architecture and its sources stay bookworm only.
 #   3. tier 2, per suite: a Debian minbase rootfs with systemd (debootstrap,
-#      from the mirror apt already uses), customised (gettys masked, empty
-#      fstab) and turned into an ext4 image with mke2fs -d. "sid" is where
+#      from the mirror apt already uses; the suites at once, started before
+#      the kernel steps), customised (gettys masked, empty fstab) and turned
+#      into an ext4 image with mke2fs -d. "sid" is where
 #      Debian's newest systemd is: trixie-backports has none, forky
 #      (testing) lags sid (262-1 against 262.1-1 when this was written).
 #   4. integration/.cache/vm/env (x86_64 tier 1 and the bookworm image, as
@@ -65,7 +66,12 @@ step() { # step NAME: print the time the previous step took, start a new one
 	step_start=$(date +%s.%N)
 }
 hash() { sha256sum | cut -c1-16; }
-die() { echo "setup: $*" >&2; exit 1; }
+# die also stops the debootstraps still running (their PIDs, nothing else).
+die() {
+	echo "setup: $*" >&2
+	for j in ${debootstrap_jobs:-}; do kill "${j%%:*}" 2>/dev/null || true; done
+	exit 1
+}
 
 # --- 1. packages -------------------------------------------------------------
 pkgs="qemu-system-x86 busybox-static cpio"
@@ -89,7 +95,89 @@ busybox=/bin/busybox
 dpkg-query -S "$busybox" 2>/dev/null | grep -q '^busybox-static:' || die "$busybox is not from busybox-static (a static build is needed)"
 qemu=$(command -v qemu-system-x86_64) || die "qemu-system-x86_64 not found"
 
-# --- 2. kernels ----------------------------------------------------------------
+mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+[ -n "$mirror" ] || mirror=$(awk '$1=="deb" && $0 ~ /debian/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+[ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+
+# --- 2. tier 2 debootstraps, started now (finished in step 4) ------------------------------------
+include=systemd,systemd-sysv
+
+# customize_rootfs DIR: what turns the debootstrap tree into the test image.
+# Its text is part of the image's cache key. minbase has no udev, so a getty
+# on ttyS0 (or an fstab entry) would wait 90 s for a .device unit: mask the
+# gettys, keep fstab empty; the initramfs mounts / read-write.
+customize_rootfs() {
+	local r=$1
+	for u in serial-getty@.service getty@.service console-getty.service getty.target \
+		systemd-firstboot.service systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer; do
+		ln -sf /dev/null "$r/etc/systemd/system/$u"
+	done
+	: >"$r/etc/fstab"
+	echo vmcred-test >"$r/etc/hostname"
+	: >"$r/etc/machine-id"
+	ln -sf /lib/systemd/system/multi-user.target "$r/etc/systemd/system/default.target"
+	rm -rf "$r"/var/cache/apt/*.bin "$r"/var/cache/apt/archives/*.deb "$r"/var/lib/apt/lists/* "$r"/usr/share/doc "$r"/usr/share/man
+	mkdir -p "$r/usr/local/bin" "$r/etc/vmcred"
+}
+
+# build_image SUITE: sets image and sysver. Images live in
+# systemd/SUITE/; the bookworm one of the layout before (debootstrap-KEY/
+# and rootfs-KEY.img at the top, same keys) is hard-linked, not rebuilt.
+# Keyed by what built it (suite, mirror, packages, customize_rootfs); a
+# suite's packages change under the same key, so sysver is read from the
+# tree itself and printed with each test.
+# image_paths SUITE sets sdir, bdir (the debootstrap tree) and image, and
+# takes over the bookworm outputs of the layout before.
+image_paths() {
+	local bkey ikey
+	sdir=$cache/systemd/$1
+	bkey=$(printf '%s\n' debootstrap minbase "$1" "$mirror" "$include" | hash)
+	bdir=$sdir/debootstrap-$bkey
+	ikey=$(printf '%s\n' "$bkey" "$(declare -f customize_rootfs)" | hash)
+	image=$sdir/rootfs-$ikey.img
+	mkdir -p "$sdir"
+	if [ ! -f "$bdir/.done" ] && [ -f "$cache/debootstrap-$bkey/.done" ]; then
+		rm -rf "$bdir" && cp -al "$cache/debootstrap-$bkey" "$bdir"
+	fi
+	if [ ! -f "$image" ] && [ -f "$cache/rootfs-$ikey.img" ]; then
+		ln "$cache/rootfs-$ikey.img" "$image"
+	fi
+	return 0
+}
+
+# debootstrap_start: the debootstraps every missing image needs, all suites
+# at once and alongside the kernel steps (they wait on the mirror as much
+# as on the CPU: a cold setup takes the longest one's time, not the sum);
+# debootstrap_wait waits for them.
+debootstrap_jobs=""
+debootstrap_t0=0
+debootstrap_start() {
+	local suite
+	debootstrap_t0=$(date +%s.%N)
+	for suite in $suites; do
+		image_paths "$suite"
+		[ -f "$image" ] || [ -f "$bdir/.done" ] && continue
+		[ "$(id -u)" = 0 ] || die "need root for debootstrap"
+		rm -rf "$bdir"
+		echo "setup: debootstrap $suite from $mirror (1-4 min; suites in parallel)"
+		debootstrap --variant=minbase --include="$include" "$suite" "$bdir/rootfs" "$mirror" >"$sdir/debootstrap.log" 2>&1 &
+		debootstrap_jobs="$debootstrap_jobs $!:$suite"
+	done
+}
+debootstrap_wait() {
+	local j jobs=$debootstrap_jobs
+	for j in $jobs; do
+		wait "${j%%:*}" || die "debootstrap ${j#*:} failed; see $cache/systemd/${j#*:}/debootstrap.log"
+		image_paths "${j#*:}"
+		touch "$bdir/.done"
+	done
+	debootstrap_jobs=""
+	[ -z "$jobs" ] || step "debootstrap done, $(elapsed "$debootstrap_t0") s after it started:$(for j in $jobs; do image_paths "${j#*:}"; printf ' %s %s' "${j#*:}" "$(du -sh "$bdir/rootfs" | cut -f1)"; done)"
+}
+
+[ "$tier" = 2 ] && debootstrap_start
+
+# --- 3. kernels ----------------------------------------------------------------
 # add_module M: copy module M from $moddir into $kdir/modules and, first,
 # what its .modinfo says it depends on (the .deb has no modules.dep: depmod
 # runs at install time). The deps file lists "name dep,dep" in load order; a
@@ -146,9 +234,6 @@ else
 fi
 x86_kdir=$kdir x86_kpkg="$kpkg $kver"
 
-mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-[ -n "$mirror" ] || mirror=$(awk '$1=="deb" && $0 ~ /debian/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-[ -n "$mirror" ] || mirror=http://deb.debian.org/debian
 
 # aarch64: the arm64 cloud kernel (an uncompressed Image with the EFI stub,
 # so it boots both directly and from edk2) and a static arm64 busybox, from
@@ -216,73 +301,6 @@ if has_arch aarch64; then
 	[ -f /usr/share/qemu-efi-aarch64/QEMU_EFI.fd ] || die "no /usr/share/qemu-efi-aarch64/QEMU_EFI.fd (qemu-efi-aarch64)"
 fi
 
-# --- 3. tier 2 rootfs images, one per suite ------------------------------------
-include=systemd,systemd-sysv
-
-# customize_rootfs DIR: what turns the debootstrap tree into the test image.
-# Its text is part of the image's cache key. minbase has no udev, so a getty
-# on ttyS0 (or an fstab entry) would wait 90 s for a .device unit: mask the
-# gettys, keep fstab empty; the initramfs mounts / read-write.
-customize_rootfs() {
-	local r=$1
-	for u in serial-getty@.service getty@.service console-getty.service getty.target \
-		systemd-firstboot.service systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer; do
-		ln -sf /dev/null "$r/etc/systemd/system/$u"
-	done
-	: >"$r/etc/fstab"
-	echo vmcred-test >"$r/etc/hostname"
-	: >"$r/etc/machine-id"
-	ln -sf /lib/systemd/system/multi-user.target "$r/etc/systemd/system/default.target"
-	rm -rf "$r"/var/cache/apt/*.bin "$r"/var/cache/apt/archives/*.deb "$r"/var/lib/apt/lists/* "$r"/usr/share/doc "$r"/usr/share/man
-	mkdir -p "$r/usr/local/bin" "$r/etc/vmcred"
-}
-
-# build_image SUITE: sets image and sysver. Images live in
-# systemd/SUITE/; the bookworm one of the layout before (debootstrap-KEY/
-# and rootfs-KEY.img at the top, same keys) is hard-linked, not rebuilt.
-# Keyed by what built it (suite, mirror, packages, customize_rootfs); a
-# suite's packages change under the same key, so sysver is read from the
-# tree itself and printed with each test.
-# image_paths SUITE sets sdir, bdir (the debootstrap tree) and image, and
-# takes over the bookworm outputs of the layout before.
-image_paths() {
-	local bkey ikey
-	sdir=$cache/systemd/$1
-	bkey=$(printf '%s\n' debootstrap minbase "$1" "$mirror" "$include" | hash)
-	bdir=$sdir/debootstrap-$bkey
-	ikey=$(printf '%s\n' "$bkey" "$(declare -f customize_rootfs)" | hash)
-	image=$sdir/rootfs-$ikey.img
-	mkdir -p "$sdir"
-	if [ ! -f "$bdir/.done" ] && [ -f "$cache/debootstrap-$bkey/.done" ]; then
-		rm -rf "$bdir" && cp -al "$cache/debootstrap-$bkey" "$bdir"
-	fi
-	if [ ! -f "$image" ] && [ -f "$cache/rootfs-$ikey.img" ]; then
-		ln "$cache/rootfs-$ikey.img" "$image"
-	fi
-	return 0
-}
-
-# debootstrap_all: the debootstraps every missing image needs, all suites
-# at once (they wait on the mirror as much as on the CPU: a cold setup
-# takes the longest one's time, not the sum).
-debootstrap_all() {
-	local suite jobs="" j
-	for suite in $suites; do
-		image_paths "$suite"
-		[ -f "$image" ] || [ -f "$bdir/.done" ] && continue
-		[ "$(id -u)" = 0 ] || die "need root for debootstrap"
-		rm -rf "$bdir"
-		echo "setup: debootstrap $suite from $mirror (1-4 min; suites in parallel)"
-		(debootstrap --variant=minbase --include="$include" "$suite" "$bdir/rootfs" "$mirror" >"$sdir/debootstrap.log" 2>&1 &&
-			touch "$bdir/.done") &
-		jobs="$jobs $!:$suite"
-	done
-	for j in $jobs; do
-		wait "${j%%:*}" || die "debootstrap ${j#*:} failed; see $cache/systemd/${j#*:}/debootstrap.log"
-	done
-	[ -z "$jobs" ] || step "debootstrap done:$(for j in $jobs; do image_paths "${j#*:}"; printf ' %s %s' "${j#*:}" "$(du -sh "$bdir/rootfs" | cut -f1)"; done)"
-}
-
 build_image() {
 	local suite=$1 mb tmp d
 	image_paths "$suite"
@@ -319,9 +337,10 @@ build_image() {
 	done
 }
 
+# --- 4. tier 2 rootfs images, one per suite ------------------------------------
 images=""
 if [ "$tier" = 2 ]; then
-	debootstrap_all
+	debootstrap_wait
 	for suite in $suites; do
 		build_image "$suite"
 		images="$images$suite $sysver $image
@@ -337,7 +356,7 @@ for d in "$cache"/kernel-*; do
 	[ "$d" = "$x86_kdir" ] || { rm -rf "$d" && echo "setup: removed stale $(basename "$d")"; }
 done
 
-# --- 4. env for the harness ----------------------------------------------------
+# --- 5. env for the harness ----------------------------------------------------
 bookworm=$(printf '%s' "$images" | awk '$1=="bookworm"{print $3}')
 {
 	echo "VMCRED_VM_QEMU=$qemu"
