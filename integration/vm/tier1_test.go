@@ -143,6 +143,7 @@ func TestTier1(t *testing.T) {
 	s := getSuite(t)
 	s.requireCommands(t, []string{"vmcred-host pack", "vmcred-host keygen", "vmcred-guest load"})
 	t.Parallel() // alongside tier 2
+	tierTime(t, "tier 1")
 	cases := tier1Cases()
 	for _, tc := range append(cases, arm64Cases(cases)...) {
 		t.Run(tc.name, func(t *testing.T) {

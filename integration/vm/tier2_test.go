@@ -345,6 +345,7 @@ func TestTier2(t *testing.T) {
 		units[f] = b
 	}
 	t.Parallel() // alongside tier 1
+	tierTime(t, "tier 2")
 	times := &bootTimes{}
 	t.Run("images", func(t *testing.T) { // returns when every boot is done
 		for _, img := range s.images {

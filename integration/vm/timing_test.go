@@ -15,6 +15,14 @@ import (
 	"time"
 )
 
+// tierTime logs, once every subtest of t is done, how long the tier took
+// from its first boot to its last (.ci/run prints these lines; a parallel
+// test's own "--- PASS (N s)" leaves out its subtests).
+func tierTime(t *testing.T, tier string) {
+	start := time.Now()
+	t.Cleanup(func() { t.Logf("VMCRED-TIER %s took %.0f s", tier, time.Since(start).Seconds()) })
+}
+
 // timingScript is the verdict of the two timing boots of an image, one
 // with vmcred (the shipped unit, the seed's credentials in verified
 // mode) and one without (no agent, no credentials): the boot's times,
