@@ -961,6 +961,7 @@ func TestLeakHunt(t *testing.T) {
 
 	// Last: everything left on disk, once more.
 	h.scanTree(t)
+	h.scanOthersReadable(t)
 	t.Logf("%d runs, %d places searched for %d canary encodings; no values shown here", h.runs, h.places, len(h.all()))
 }
 

@@ -1,13 +1,10 @@
 package nixosmodules
 
 import (
-	"encoding/json"
 	"os"
 	"regexp"
 	"strings"
 	"testing"
-
-	"github.com/google/go-cmp/cmp"
 )
 
 // The seed (shared/seed.md): clan vars generator test-vm-secrets with files
@@ -86,91 +83,49 @@ func TestExampleCoversSeed(t *testing.T) {
 	}
 }
 
-// TestExampleEvaluates evaluates examples/test-vm.nix with tests/example.nix
-// and puts its settings through host.nix and guest.nix.
+// TestExampleEvaluates evaluates examples/test-vm.nix as a user imports it
+// (tests/cases/example.nix: next to microvm.nix's real host module, clan
+// vars from a stand-in of clan-core's interface) with the real module
+// system, and checks the rendered units on both sides and the script
+// microvm.nix's runner calls.
 func TestExampleEvaluates(t *testing.T) {
-	out, err := nixEval(t, "import "+abs(t, "tests/example.nix")+" { }")
-	if err != nil {
-		t.Fatal(err)
+	r := mustEvalCase(t, "example")
+	noFailures(t, r)
+	if len(r.Warnings) > 0 || len(r.Vms["test-vm"].Warnings) > 0 {
+		t.Errorf("the example causes warnings: %q %q", r.Warnings, r.Vms["test-vm"].Warnings)
 	}
-	var r struct {
-		Generators map[string]struct {
-			Files map[string]map[string]any
-		}
-		Vms          map[string]map[string]any
-		Imports      []string
-		GuestImports []string
-		Host         struct {
-			Assertions []assertion
-			Warnings   []string
-			Systemd    struct{ Services map[string]nixService }
-		}
-		Guest struct {
-			Assertions   []assertion
-			Warnings     []string
-			Unit         nixService
-			ConsumerDeps nixService
-		}
-		Demo nixService
-	}
-	if err := json.Unmarshal(out, &r); err != nil {
-		t.Fatalf("decode: %v\n%s", err, out)
-	}
-
-	if !anyContains(r.Imports, "nixos-modules/host.nix") || !anyContains(r.GuestImports, "nixos-modules/guest.nix") {
-		t.Errorf("the example must import host.nix (got %q) and its VM guest.nix (got %q)", r.Imports, r.GuestImports)
-	}
-	// Secrets keep clan's defaults: only `secret` is set on each file.
-	for file := range seedSecrets {
-		if diff := cmp.Diff(map[string]any{"secret": true}, r.Generators["test-vm-secrets"].Files[file]); diff != "" {
-			t.Errorf("generator file %s (-want +got):\n%s", file, diff)
-		}
-	}
-	if diff := cmp.Diff(map[string]any{"secret": true}, r.Generators["vmcred-signing"].Files["signing.key"]); diff != "" {
-		t.Errorf("signing key file (-want +got):\n%s", diff)
-	}
+	vars := "/run/secrets/vars/per-machine/britton-desktop/"
+	drop := unit(t, r.Units, "microvm@test-vm.service.d/overrides.conf")
+	wantDirectives(t, "microvm@test-vm drop-in", drop, "Service", "LoadCredential",
+		"API_KEY:"+vars+"test-vm-secrets/api-key",
+		"DB_PASSWORD:"+vars+"test-vm-secrets/db-password",
+		"JWT_SECRET:"+vars+"test-vm-secrets/jwt-secret",
+		"vmcred.signing-key:"+vars+"test-vm-vmcred-signing/signing.key")
+	wantDirectives(t, "microvm@test-vm drop-in", drop, "Service", "RuntimeDirectory", "vmcred-test-vm")
+	// cloud-hypervisor with vsock: microvm.nix makes the unit Type=notify.
+	wantDirectives(t, "microvm@test-vm drop-in", drop, "Service", "Type", "notify")
+	ready := unit(t, r.Units, "vmcred-ready@test-vm.service")
+	wantDirectives(t, "vmcred-ready@test-vm", ready, "Unit", "BindsTo", "microvm@test-vm.service")
+	wantDirectives(t, "vmcred-ready@test-vm", ready, "Install", "WantedBy", "microvm@test-vm.service")
 
 	vm := r.Vms["test-vm"]
-	wantCreds := map[string]any{}
-	for file, name := range seedSecrets {
-		wantCreds[name] = map[string]any{"file": "/run/secrets/vars/per-machine/britton-desktop/test-vm-secrets/" + file}
+	if vm.Hypervisor != "cloud-hypervisor" {
+		t.Errorf("hypervisor %s, want cloud-hypervisor", vm.Hypervisor)
 	}
-	if diff := cmp.Diff(wantCreds, vm["credentials"]); diff != "" {
-		t.Errorf("services.vmcred.vms.test-vm.credentials (-want +got):\n%s", diff)
-	}
-	wantStatic := map[string]any{}
-	for k, v := range seedStatic {
-		wantStatic[k] = v
-	}
-	if diff := cmp.Diff(wantStatic, vm["static"]); diff != "" {
-		t.Errorf("services.vmcred.vms.test-vm.static (-want +got):\n%s", diff)
-	}
+	wantRunnerCallsScript(t, "test-vm", vm)
+	pack, serve := scriptLines(t, "test-vm", vm)
+	wantContains(t, "pack", pack, "'--from-credentials-directory=API_KEY,DB_PASSWORD,JWT_SECRET'",
+		"--static 'CLUSTER=britton-desktop' --static 'ENVIRONMENT=test'", "--manifest-by-channel", "--channel vsock-stream:2:8889")
+	wantContains(t, "serve", serve, "--listen unix:/var/lib/microvms/test-vm/notify.vsock_8889")
 
-	if msgs := append(failed(r.Host.Assertions), failed(r.Guest.Assertions)...); len(msgs) > 0 {
-		t.Errorf("the example fails assertions: %q", msgs)
-	}
-	if ws := append(r.Host.Warnings, r.Guest.Warnings...); len(ws) > 0 {
-		t.Errorf("the example causes warnings: %q", ws)
-	}
-	if sc := r.Host.Systemd.Services["microvm@test-vm"].ServiceConfig; len(sc["LoadCredential"].([]any)) != 4 {
-		t.Errorf("microvm@test-vm LoadCredential = %v, want the three secrets and the signing key", sc["LoadCredential"])
-	}
-	if _, ok := r.Host.Systemd.Services["vmcred-ready@test-vm"]; !ok {
-		t.Error("no vmcred-ready@test-vm.service")
-	}
-
-	want := "/usr/bin/vmcred-guest load --credstore /run/credstore --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials --channel vsock-stream:2:8889"
-	if got := r.Guest.Unit.ServiceConfig["ExecStart"]; got != want {
-		t.Errorf("the VM's agent ExecStart = %q, want %q", got, want)
-	}
-	if !contains(r.Guest.ConsumerDeps.Requires, "vmcred-guest.service") || !contains(r.Guest.ConsumerDeps.After, "vmcred-guest.service") {
-		t.Errorf("demo-oem-credentials does not require and follow the agent: %+v", r.Guest.ConsumerDeps)
-	}
-	var lc []string
-	for _, v := range r.Demo.ServiceConfig["LoadCredential"].([]any) {
-		lc = append(lc, v.(string))
-	}
-	if diff := cmp.Diff(seedLoadCredential, lc); diff != "" {
-		t.Errorf("demo-oem-credentials LoadCredential (-seed +example):\n%s", diff)
+	agent := unit(t, vm.Units, "vmcred-guest.service")
+	wantContains(t, "agent", lineWith(t, "agent", agent, "ExecStart="),
+		"bin/vmcred-guest load --credstore /run/credstore --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials --channel vsock-stream:2:8889")
+	guestOrdering(t, "test-vm", vm, "demo-oem-credentials")
+	demo := unit(t, vm.Units, "demo-oem-credentials.service")
+	wantDirectives(t, "demo-oem-credentials", demo, "Unit", "After", "network.target vmcred-guest.service")
+	wantDirectives(t, "demo-oem-credentials", demo, "Service", "LoadCredential", seedLoadCredential...)
+	if got := vm.Etc["vmcred/trusted.d/key-1.pub"]; !strings.HasPrefix(got, "vmcred-ed25519-public ") {
+		t.Errorf("the VM's trusted key = %q, want the signing generator's public key", got)
 	}
 }

@@ -6,9 +6,9 @@
 # The unit below mirrors guest/systemd/vmcred-guest.service directive for
 # directive (nixos-modules/units_test.go compares them); change both together.
 #
-# Uses only the part of nixpkgs `lib` that tests/stub-lib.nix provides, so the
-# module can be evaluated offline by the tests.
-{ config, lib, pkgs, ... }:
+# Tested offline with nixpkgs' real lib and microvm.nix's real modules
+# (tests/harness.nix, tests/guest-harness.nix; nixos-modules/README.md).
+{ config, lib, pkgs, options, ... }:
 
 let
   inherit (lib) mkOption mkIf types;
@@ -38,7 +38,9 @@ let
       { mode = "0444"; }
       // (if keyIsText k then { text = k; } else { source = k; })
     ))
-    cfg.trustedKeys);
+    # A string that is not a key fails the assertion below instead of a
+    # confusing type error on environment.etc.
+    (lib.filter (k: !builtins.isString k || keyIsText k) cfg.trustedKeys));
 
   loadArgs =
     [ "load" "--credstore" cfg.credstore "--status-dir" statusDir ]
@@ -52,9 +54,39 @@ let
   statusRuntimeDir = lib.removePrefix "/run/" statusDir;
 
   consumerUnits = map (lib.removeSuffix ".service") cfg.consumers;
+  # What a consumer unit has when something defines it besides the
+  # requires/after below.
+  definedService = u:
+    let s = config.systemd.services.${u} or { }; in
+    (s.script or "") != "" || (s.serviceConfig.ExecStart or null) != null;
+  missingConsumers = lib.filter (u: !(definedService u)) consumerUnits;
 in
 {
+  # One module however it is imported (this file by path, the flake's
+  # nixosModules.guest, vmcred's host module for declared VMs): NixOS
+  # de-duplicates imports by key.
+  key = "github.com/vmcred/vmcred/nixos-modules/guest.nix";
+  _file = "vmcred/nixos-modules/guest.nix";
+
   options.services.vmcred-guest = {
+    hostVM = mkOption {
+      type = types.nullOr (types.strMatching "[A-Za-z0-9_][A-Za-z0-9_.-]*");
+      default = null;
+      example = "test-vm";
+      description = ''
+        For a microvm.nix VM whose configuration the host's vmcred module
+        cannot extend (microvm.vms.<name>.flake, evaluatedConfig, or an
+        imperative `microvm -c` VM): its name in the host's
+        services.vmcred.vms. Sets `microvm.extraArgsScript` to
+        /etc/vmcred/vms/<name>/extra-args, the script the host installs for
+        that VM, and for cloud-hypervisor and Firecracker `channel` to
+        `vsock-stream:2:8889` (the host's default `channel.port`; set
+        `channel` for another). (VMs declared in
+        microvm.vms.<name>.config are wired by the host module; leave this
+        null there.)
+      '';
+    };
+
     enable = lib.mkEnableOption "the vmcred guest agent (vmcred-guest.service), which loads, verifies and exposes the credentials the VM host sent";
 
     package = mkOption {
@@ -170,8 +202,20 @@ in
     };
   };
 
-  config = mkIf cfg.enable {
+  config = lib.mkMerge [
+  (lib.optionalAttrs (options ? microvm && options.microvm ? extraArgsScript) {
+    microvm.extraArgsScript = mkIf (cfg.hostVM != null) "/etc/vmcred/vms/${cfg.hostVM}/extra-args";
+    # Hybrid vsock: no manifest reaches the VM by firmware, so the agent
+    # must be told where the channel is: the host module's default port.
+    services.vmcred-guest.channel = mkIf (cfg.hostVM != null && builtins.elem config.microvm.hypervisor [ "cloud-hypervisor" "firecracker" ])
+      (lib.mkDefault "vsock-stream:2:8889");
+  })
+  (mkIf cfg.enable {
     assertions = [
+      {
+        assertion = missingConsumers == [ ];
+        message = "services.vmcred-guest.consumers names ${lib.concatStringsSep ", " missingConsumers}, which this configuration does not define (no script or ExecStart in systemd.services): a typo would give vmcred-guest a consumer that never runs.";
+      }
       {
         assertion = lib.all (k: !builtins.isString k || keyIsText k) cfg.trustedKeys;
         message = ''
@@ -261,5 +305,6 @@ in
         after = [ "vmcred-guest.service" ];
       }))
     ];
-  };
+  })
+  ];
 }

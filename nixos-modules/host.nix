@@ -13,17 +13,23 @@
 #    the credentials, the static strings and a signed manifest into files
 #    in that folder and prints the hypervisor arguments that point at them
 #    (never a secret in argv), and starts `vmcred-host serve` for the vsock
-#    channel and the guest's report.
+#    channel and the guest's report, failing the VM's start if serve does
+#    not come up. VMs declared in microvm.vms.<name>.config get it (and the
+#    guest module) through microvm.nix's extraModules; every VM's script is
+#    also at /etc/vmcred/vms/<name>/extra-args, for VMs built from a flake
+#    or by `microvm -c` (guest.nix: services.vmcred-guest.hostVM). This
+#    module adds no microvm.vms entry.
 #  - vmcred-ready@<name>.service (oneshot, `vmcred-host wait`) becomes
 #    active once the guest agent reported that every credential arrived
 #    intact; other host units order after it.
 #
 # Evaluates without microvm.nix (then services.vmcred.vms must be empty).
-# Uses only the part of nixpkgs `lib` that tests/stub-lib.nix provides, so the
-# module can be evaluated offline by the tests.
+# Tested offline with nixpkgs' real lib and microvm.nix's real modules
+# (tests/harness.nix, tests/guest-harness.nix; nixos-modules/README.md).
 { config, lib, pkgs, options, ... }:
 
 let
+  config' = config;
   inherit (lib) mkOption mkIf types;
 
   cfg = config.services.vmcred;
@@ -31,7 +37,9 @@ let
   # The module's definitions carry this file name (see _file below).
   moduleFile = "vmcred/nixos-modules/host.nix";
 
-  hasMicrovm = options ? microvm && options.microvm ? vms;
+  # microvm.nix's host module declares microvm.host.enable (this module
+  # declares microvm.vms too, to add the guest wiring to declared VMs).
+  hasMicrovm = options ? microvm && options.microvm ? host;
   stateDir = if hasMicrovm then config.microvm.stateDir else "/var/lib/microvms";
 
   vmcredHost = "${cfg.package}/bin/vmcred-host";
@@ -45,6 +53,11 @@ let
   signingKeyId = "vmcred.signing-key";
   reservedName = n: lib.hasPrefix "vmcred." n;
 
+  rm = "${pkgs.coreutils}/bin/rm";
+  sleep = "${pkgs.coreutils}/bin/sleep";
+  # How long the args script waits for `vmcred-host serve` to listen.
+  serveStartSeconds = 10;
+
   defaultPort = 8889; # microvm.nix's cloud-hypervisor runner owns 8888 (socat notify bridge)
   defaultWaitSeconds = 120;
   # Hypervisors whose vsock is a Unix socket on the host (<socket>_<port>).
@@ -56,11 +69,13 @@ let
 
   # The VM's evaluated NixOS configuration, found the way microvm.nix finds
   # it; null for a VM microvm.nix does not know.
+  inMicrovmVms = name: hasMicrovm && config.microvm.vms ? ${name};
+
   guestOf = name:
     let
       vm = config.microvm.vms.${name};
     in
-    if !(hasMicrovm && config.microvm.vms ? ${name}) then null
+    if !(inMicrovmVms name) then null
     else if vm.flake != null then vm.flake.nixosConfigurations.${name}.config
     else if (vm.evaluatedConfig or null) != null then vm.evaluatedConfig.config
     else if vm.config != null then vm.config.config
@@ -69,16 +84,43 @@ let
   # Only a VM declared in this configuration (microvm.vms.<name>.config) can
   # be given its extraArgsScript from here.
   declarative = name:
-    hasMicrovm && config.microvm.vms ? ${name}
+    inMicrovmVms name
     && config.microvm.vms.${name}.flake == null
     # (older microvm.nix has no evaluatedConfig option)
     && (config.microvm.vms.${name}.evaluatedConfig or null) == null;
+
+  # Where the host installs each VM's extraArgsScript at a fixed path, for
+  # VMs whose configuration is built elsewhere (microvm.vms.<name>.flake,
+  # evaluatedConfig, or `microvm -c` without microvm.vms): their
+  # configuration sets microvm.extraArgsScript to this path
+  # (services.vmcred-guest.hostVM = "<name>" in guest.nix does).
+  etcArgsScript = name: "/etc/vmcred/vms/${name}/extra-args";
+
+  # QEMU's fw_cfg carrier, where there is no SMBIOS: the `microvm` machine,
+  # and aarch64's `virt` with direct kernel boot (microvm.nix's default on
+  # aarch64), whose firmware tables the guest does not see.
+  fwCfgMachine = m: m == "microvm" || lib.hasPrefix "virt" m;
+
+  # cloud-hypervisor's vsock socket: microvm.nix's runner uses
+  # notify.vsock (relative to the VM's folder) unless
+  # microvm.cloud-hypervisor.extraArgs has `--vsock …,socket=PATH`.
+  chVsockSocket = name: guest:
+    let
+      args = guest.microvm.cloud-hypervisor.extraArgs or [ ];
+      values = lib.concatLists (lib.imap0 (i: a:
+        if a == "--vsock" && i + 1 < builtins.length args then [ (builtins.elemAt args (i + 1)) ]
+        else if lib.hasPrefix "--vsock=" a then [ (lib.removePrefix "--vsock=" a) ]
+        else [ ]) args);
+      sockets = lib.concatMap (v: let m = builtins.match "(.*,)?socket=([^,]+)(,.*)?" v; in lib.optional (m != null) (builtins.elemAt m 1)) values;
+      socket = if sockets == [ ] then "notify.vsock" else builtins.head sockets;
+    in
+    if lib.hasPrefix "/" socket then socket else "${stateDir}/${name}/${socket}";
 
   detectHypervisor = guest:
     if guest == null then null
     else
       let h = guest.microvm.hypervisor; in
-      if h == "qemu" then (if (guest.microvm.qemu.machine or "") == "microvm" then "qemu-microvm" else "qemu")
+      if h == "qemu" then (if fwCfgMachine (guest.microvm.qemu.machine or "") then "qemu-microvm" else "qemu")
       else if builtins.elem h [ "cloud-hypervisor" "firecracker" ] then h
       else "unsupported hypervisor ${h}";
 
@@ -104,9 +146,13 @@ let
     # Hybrid-vsock VMs get it on the agent's command line (--channel, the
     # stream form): no firmware manifest reaches them (bootstrap mode).
     channelAddress = if hybrid then "vsock-stream:2:${toString port}" else "vsock:2:${toString port}";
-    vsockSocket = "${stateDir}/${name}/notify.vsock";
+    vsockSocket = if hypervisor == "cloud-hypervisor" && guest != null then chVsockSocket name guest else "${stateDir}/${name}/notify.vsock";
     listenPath = "${vsockSocket}_${toString port}";
-    listenAddress = if hybrid then "unix:${listenPath}" else "vsock:2:${toString port}";
+    # QEMU (vhost-vsock): any local CID, so that listening does not depend on
+    # vhost_vsock being loaded yet (CID 2 is only there once it is);
+    # --expect-cid keeps other VMs out.
+    listenAddress = if hybrid then "unix:${listenPath}" else "vsock:any:${toString port}";
+    statusFile = "${runtimeDir}/${name}.json";
 
     waitSeconds =
       if vm.waitReady == true then defaultWaitSeconds
@@ -139,23 +185,28 @@ let
     # microvm.nix's runner does
     #   runtime_args=$(<this script>)
     #   exec <hypervisor> <its args> ${runtime_args:-}
-    # unquoted, so the output is split at whitespace and glob-expanded. The
-    # script therefore takes pack's NUL-separated output (--print0) and
-    # refuses any argument containing whitespace or a glob character.
-    # vmcred-host pack prints only absolute paths under runtimeDir and
-    # base64, which contain neither, so this never fires unless pack is
-    # broken; then the VM does not start, rather than starting with a
-    # mangled argument.
+    # unquoted, so the output is split at whitespace and glob-expanded, and
+    # its contract (microvm.extraArgsScript) is one line of arguments. The
+    # script therefore takes pack's NUL-separated output (--print0), refuses
+    # any argument containing whitespace or a glob character, and prints
+    # them on one line. vmcred-host pack prints only absolute paths under
+    # runtimeDir and base64, which contain neither, so the check never
+    # fires unless pack is broken; then the VM does not start, rather than
+    # starting with a mangled argument.
+    #
+    # microvm@<name> runs with `path = [ ]` (microvm.nix; this module's
+    # drop-in too): every program here is named by its store path.
     script = pkgs.writeShellScript "vmcred-args-${name}" ''
       # microvm.extraArgsScript for ${name}, generated by vmcred
       # (nixos-modules/host.nix). Prints the hypervisor arguments that
-      # vmcred-host pack adds, one per line.
+      # vmcred-host pack adds, on one line.
       set -euo pipefail
       ${lib.optionalString hasCredentials ''
         : "''${CREDENTIALS_DIRECTORY:?vmcred: no \$CREDENTIALS_DIRECTORY: is the vmcred drop-in on microvm@${name}.service active?}"''}
       rd=${lib.escapeShellArg runtimeDir}
       ${lib.escapeShellArg vmcredHost} ${lib.escapeShellArgs packArgs}${lib.optionalString (vm.signingKeyFile != null) " --sign-key \"$CREDENTIALS_DIRECTORY/${signingKeyId}\""} --print0 >"$rd/hypervisor-args"
       mapfile -d "" -t args <"$rd/hypervisor-args"
+      ${rm} -f -- "$rd/hypervisor-args"
       for i in "''${!args[@]}"; do
         case "''${args[$i]}" in
           "" | *[[:space:]]* | *[][*?]*)
@@ -169,10 +220,42 @@ let
         # socat notify bridge: it lives in microvm@${name}.service's cgroup and
         # stops with the VM. NOTIFY_SOCKET is dropped: microvm.nix decides
         # when the VM unit is ready; vmcred's readiness is ${readyUnit}.
-        ${lib.optionalString hybrid "rm -f -- ${lib.escapeShellArg listenPath}"}
+        ${rm} -f -- ${lib.escapeShellArg statusFile}${lib.optionalString hybrid " ${lib.escapeShellArg listenPath}"}
         (unset NOTIFY_SOCKET; exec ${lib.escapeShellArg vmcredHost} ${lib.escapeShellArgs serveArgs}) </dev/null >&2 &
+        serve=$!
+        # serve writes its status file once it listens. Until then the VM
+        # does not start: a bind failure or an early exit fails microvm@${name}
+        # (and shows in its journal) instead of leaving a VM without channel.
+        for ((n = 0; n < ${toString (serveStartSeconds * 10)}; n++)); do
+          [[ -e ${lib.escapeShellArg statusFile} ]] && break
+          if ! kill -0 "$serve" 2>/dev/null; then
+            st=0; wait "$serve" || st=$?
+            echo "vmcred: vmcred-host serve for ${name} exited (status $st) before listening on ${listenAddress}" >&2
+            exit 1
+          fi
+          ${sleep} 0.1
+        done
+        if [[ ! -e ${lib.escapeShellArg statusFile} ]]; then
+          kill "$serve" 2>/dev/null || true
+          echo "vmcred: vmcred-host serve for ${name} did not listen on ${listenAddress} within ${toString serveStartSeconds} s" >&2
+          exit 1
+        fi
+        # Payload files the hypervisor reads at its start (SMBIOS and fw_cfg
+        # files): deleted once the guest has reported, long after the
+        # hypervisor read them, as vmcred-host run deletes them; the rest go
+        # with the runtime folder when the VM stops.
+        payload=()
+        for a in "''${args[@]}"; do
+          if [[ $a =~ (path|file)=($rd/[^,]+) ]]; then payload+=("''${BASH_REMATCH[2]}"); fi
+        done
+        if ((''${#payload[@]})); then
+          (
+            while [[ -e ${lib.escapeShellArg statusFile} && $(<${lib.escapeShellArg statusFile}) =~ \"state\":[[:space:]]*\"waiting\" ]]; do ${sleep} 1; done
+            ${rm} -f -- "''${payload[@]}"
+          ) </dev/null >/dev/null 2>&1 &
+        fi
       ''}
-      if ((''${#args[@]})); then printf '%s\n' "''${args[@]}"; fi
+      echo "''${args[*]}"
     '';
   };
 
@@ -314,18 +397,35 @@ let
         '';
       };
 
+      secretsUnits = mkOption {
+        type = types.listOf types.str;
+        default = lib.optional ((config'.sops.useSystemdActivation or false) == true) "sops-install-secrets.service";
+        defaultText = lib.literalExpression ''lib.optional config.sops.useSystemdActivation "sops-install-secrets.service"'';
+        example = [ "sops-install-secrets.service" ];
+        description = ''
+          Units that put this VM's secret files in place; microvm@<name>
+          wants and starts after them, instead of failing (and restarting
+          every 5 s) on a missing LoadCredential= source. Secrets that NixOS
+          activation writes (clan vars and sops-nix by default) exist before
+          any unit starts and need none. Default: sops-nix's unit when
+          `sops.useSystemdActivation` is set.
+        '';
+      };
+
       setExtraArgsScript = mkOption {
         type = types.bool;
         default = true;
         description = ''
-          Set `microvm.extraArgsScript` in the VM's configuration
-          (microvm.vms.<name>.config). Only possible for VMs declared in this
-          configuration; for a VM built from a flake
-          (microvm.vms.<name>.flake) it is skipped, and that flake's
-          configuration must set `microvm.extraArgsScript` to
-          `runtimeArgsScript` itself. A VM that already has an
+          Set `microvm.extraArgsScript` in the VM's configuration, for VMs
+          declared in microvm.vms.<name>.config (through microvm.nix's
+          extraModules). For a VM built from a flake or evaluatedConfig,
+          which this module cannot extend, check instead that its
+          configuration sets it to /etc/vmcred/vms/<name>/extra-args (the
+          guest module's services.vmcred-guest.hostVM does), and fail
+          evaluation with that fix otherwise. A VM that already has an
           extraArgsScript gets a conflicting-definitions error: set this to
-          false and have that script also run `runtimeArgsScript`.
+          false and have that script also run `runtimeArgsScript` (or
+          /etc/vmcred/vms/<name>/extra-args).
         '';
       };
 
@@ -401,6 +501,34 @@ let
       }
     ];
 
+  # Signing keys named by more than one VM.
+  signingKeys = lib.filter (k: k != null) (lib.mapAttrsToList (_: vm: vm.signingKeyFile) cfg.vms);
+
+  # A VM whose configuration this module cannot extend (flake,
+  # evaluatedConfig) must point microvm.extraArgsScript at the installed
+  # script itself.
+  externalWiringAssertions = name: vm:
+    let
+      g = guestOf name;
+      at = "services.vmcred.vms.${name}";
+      from = if config.microvm.vms.${name}.flake != null then "the flake's nixosConfigurations.${name}" else "microvm.vms.${name}.evaluatedConfig";
+    in
+    lib.optionals (inMicrovmVms name && !(declarative name) && vm.setExtraArgsScript) [
+      {
+        assertion = (g.microvm.extraArgsScript or null) == etcArgsScript name;
+        message = "${at}: VM ${name} is built from ${from}, which this module cannot extend, and its microvm.extraArgsScript is ${builtins.toJSON (g.microvm.extraArgsScript or null)}, so vmcred would not reach it. Fix: in that configuration, import vmcred's guest module (inputs.vmcred.nixosModules.guest) and set services.vmcred-guest.hostVM = \"${name}\" (it sets microvm.extraArgsScript = \"${etcArgsScript name}\", installed by this host); or set ${at}.setExtraArgsScript = false if you wire it yourself.";
+      }
+    ]
+    # Its agent must dial the channel this host serves (hybrid vsock: no
+    # manifest by firmware names it).
+    ++ lib.optionals (inMicrovmVms name && !(declarative name) && (vmInfo name vm).hybrid && vm.channel.enable
+      && (g.services.vmcred-guest.enable or false)) [
+      {
+        assertion = g.services.vmcred-guest.channel == (vmInfo name vm).channelAddress;
+        message = "${at}: the agent in VM ${name} (${from}) dials ${builtins.toJSON g.services.vmcred-guest.channel}, but this host serves its channel for it at ${(vmInfo name vm).channelAddress}: set services.vmcred-guest.channel = \"${(vmInfo name vm).channelAddress}\" there.";
+      }
+    ];
+
   # QEMU VMs share the host's vsock port space.
   nativePorts = lib.mapAttrsToList (name: vm: vm.channel.port)
     (lib.filterAttrs (name: vm: vm.channel.enable && !((vmInfo name vm).hybrid)) cfg.vms);
@@ -410,34 +538,52 @@ let
     let
       i = vmInfo name vm;
     in
-    { config, options, ... }: {
+    { config, ... }: {
       _file = moduleFile;
-      microvm.extraArgsScript = "${i.script}";
-      assertions = [
-        {
-          assertion = vm.channel.enable -> config.microvm.vsock.cid != null;
-          message = "services.vmcred.vms.${name}: the channel needs a vsock device in the VM: set microvm.vsock.cid.";
-        }
-        {
-          assertion = (i.hybrid && (options.services or { }) ? vmcred-guest && config.services.vmcred-guest.enable) -> (config.services.vmcred-guest.trustedKeys or null) != [ ];
-          message = "services.vmcred.vms.${name}: the manifest reaches this ${toString i.hypervisor} VM by channel, so the guest agent must check its signature: set services.vmcred-guest.trustedKeys in the VM to the public key of ${"services.vmcred.vms.${name}"}.signingKeyFile.";
-        }
-        {
-          assertion = vm.mode == "verified" -> (options.services ? vmcred-guest && config.services.vmcred-guest.enable);
-          message = "services.vmcred.vms.${name}: mode \"verified\" needs the vmcred guest agent in the VM (import vmcred's guest.nix and set services.vmcred-guest.enable = true), or no service will see the credentials.";
-        }
-      ];
-    }
-    // lib.optionalAttrs ((options.services or { }) ? vmcred-guest) {
-      # Keep the guest agent consistent with this side.
-      services.vmcred-guest = {
-        mode = lib.mkDefault vm.mode;
-        channel = lib.mkIf (vm.channel.enable && i.hybrid) (lib.mkDefault i.channelAddress);
+      # The guest module, unconditionally: its options must not depend on
+      # `options` (that is what made NixOS recurse). Its key makes a second
+      # import (the user's own, by another path) a no-op.
+      imports = [ ./guest.nix ];
+      config = {
+        microvm.extraArgsScript = "${i.script}";
+        assertions = [
+          {
+            # (cloud-hypervisor: or a --vsock of the user's in its extraArgs)
+            assertion = vm.channel.enable -> (config.microvm.vsock.cid != null
+              || (i.hypervisor == "cloud-hypervisor" && lib.any (a: a == "--vsock" || lib.hasPrefix "--vsock=" a) (config.microvm.cloud-hypervisor.extraArgs or [ ])));
+            message = "services.vmcred.vms.${name}: the channel needs a vsock device in the VM: set microvm.vsock.cid.";
+          }
+          {
+            assertion = (i.hybrid && config.services.vmcred-guest.enable) -> config.services.vmcred-guest.trustedKeys != [ ];
+            message = "services.vmcred.vms.${name}: the manifest reaches this ${toString i.hypervisor} VM by channel, so the guest agent must check its signature: set services.vmcred-guest.trustedKeys in the VM to the public key of services.vmcred.vms.${name}.signingKeyFile.";
+          }
+          {
+            assertion = vm.mode == "verified" -> config.services.vmcred-guest.enable;
+            message = "services.vmcred.vms.${name}: mode \"verified\" needs the vmcred guest agent in the VM: set services.vmcred-guest.enable = true there, or no service will see the credentials.";
+          }
+        ];
+        # Keep the guest agent consistent with this side.
+        services.vmcred-guest = {
+          mode = lib.mkDefault vm.mode;
+          channel = lib.mkIf (vm.channel.enable && i.hybrid) (lib.mkDefault i.channelAddress);
+        };
       };
     };
 in
 {
   _file = moduleFile;
+
+  # Adds the guest wiring to the VMs declared in microvm.vms.<name>.config
+  # that services.vmcred.vms names, through microvm.nix's extraModules
+  # (which it applies to `config` VMs only). Declaring the option again
+  # extends each entry's submodule; it adds no entry: a VM that only
+  # services.vmcred.vms names (imperative, `microvm -c`) stays unknown to
+  # microvm.nix.
+  options.microvm.vms = mkOption {
+    type = types.attrsOf (types.submodule ({ name, ... }: {
+      config.extraModules = mkIf (cfg.vms ? ${name} && cfg.vms.${name}.setExtraArgsScript) [ (guestModule name cfg.vms.${name}) ];
+    }));
+  };
 
   options.services.vmcred = {
     package = mkOption {
@@ -470,7 +616,25 @@ in
             message = "services.vmcred.vms: QEMU VMs share the host's vsock port space; give each a different channel.port (now: ${lib.concatMapStringsSep ", " toString nativePorts}).";
           }
         ]
-        ++ lib.concatLists (lib.mapAttrsToList vmAssertions cfg.vms);
+        ++ lib.concatLists (lib.mapAttrsToList vmAssertions cfg.vms)
+        ++ lib.optionals hasMicrovm (lib.concatLists (lib.mapAttrsToList externalWiringAssertions cfg.vms))
+        ++ [
+          {
+            assertion = lib.unique signingKeys == signingKeys;
+            message = "services.vmcred.vms: VMs share a signingKeyFile. Every VM's hypervisor (microvm@<name>, user microvm) gets its key, so a shared key lets one VM's hypervisor sign manifests every other VM accepts: give each VM its own key (vmcred-host keygen, or a clan vars generator per VM).";
+          }
+        ];
+
+      # The args script of every VM at a fixed path, for VMs whose
+      # configuration is built elsewhere (etcArgsScript).
+      environment.etc = lib.mapAttrs' (name: vm: lib.nameValuePair
+        (lib.removePrefix "/etc/" (etcArgsScript name))
+        { source = (vmInfo name vm).script; })
+        cfg.vms;
+
+      # QEMU's vhost-vsock needs vhost_vsock, which a freshly booted host
+      # loads only when something opens /dev/vhost-vsock.
+      boot.kernelModules = lib.mkIf (lib.any (n: let i = vmInfo n cfg.vms.${n}; in cfg.vms.${n}.channel.enable && !i.hybrid) (builtins.attrNames cfg.vms)) [ "vhost_vsock" ];
 
       # vmcred-host check / keygen / wait for the administrator.
       environment.systemPackages = [ cfg.package ];
@@ -483,6 +647,13 @@ in
           {
             "microvm@${name}" = {
               overrideStrategy = "asDropin";
+              # As microvm.nix's own drop-in: no PATH= line (an imperative VM
+              # gets only this drop-in).
+              path = lib.mkForce [ ];
+              # The units that put the secrets in place: LoadCredential= fails
+              # the unit (and Restart=always loops) while a source is missing.
+              wants = vm.secretsUnits;
+              after = vm.secretsUnits;
               serviceConfig = {
                 LoadCredential = i.loadCredentials;
                 LoadCredentialEncrypted = i.loadCredentialsEncrypted;
@@ -529,12 +700,5 @@ in
         cfg.vms);
     }
 
-    (lib.optionalAttrs hasMicrovm {
-      microvm.vms = lib.mapAttrs
-        (name: vm: {
-          config = mkIf (vm.setExtraArgsScript && declarative name) (guestModule name vm);
-        })
-        cfg.vms;
-    })
   ]);
 }

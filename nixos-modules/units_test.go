@@ -3,10 +3,12 @@ package nixosmodules
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -45,24 +47,85 @@ func TestNixParse(t *testing.T) {
 	}
 }
 
-// TestGuestModuleMatchesUnitFile evaluates guest.nix (with a trusted key, as
-// the unit file assumes) and compares the unit it generates with
-// guest/systemd/vmcred-guest.service, directive by directive. Values are
-// compared as word lists, so `After=a b` equals a Nix list [ "a" "b" ], and
-// yes/true and no/false are the same.
-func TestGuestModuleMatchesUnitFile(t *testing.T) {
-	r := mustEval(t, evalArgs{
-		Module: "guest.nix",
-		Config: map[string]any{"services": map[string]any{"vmcred-guest": map[string]any{
-			"enable":      true,
-			"trustedKeys": []string{testKey},
-		}}},
-	})
-	svc, ok := r.Config.Systemd.Services["vmcred-guest"]
-	if !ok {
-		t.Fatal("guest.nix defines no systemd.services.vmcred-guest")
+// guestEval is what tests/guest-harness.nix prints: a NixOS configuration
+// with vmcred's guest module, evaluated with the real module system.
+type guestEval struct {
+	FailedAssertions []string
+	Warnings         []string
+	Units            map[string]string
+	Etc              map[string]struct {
+		Text, Source *string
+		Mode         string
 	}
-	got := renderNixService(t, svc)
+	KernelModules       []string
+	InitrdKernelModules []string
+}
+
+// evalGuest evaluates services.vmcred-guest = { enable = true; SETTINGS }
+// (Nix text) plus more module text.
+func evalGuest(t *testing.T, settings, more string) (*guestEval, error) {
+	t.Helper()
+	ni := testenv.NeedTool(t, "nix-instantiate", nixHint)
+	f := filepath.Join(t.TempDir(), "guest.nix")
+	src := fmt.Sprintf("{ lib, pkgs, ... }: {\n  services.vmcred-guest = { enable = true; %s };\n%s\n}\n", settings, more)
+	if err := os.WriteFile(f, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(ni, "--read-write-mode", "--store", filepath.Join(t.TempDir(), "store"),
+		"--eval", "--strict", "--json", abs(t, "tests/guest-harness.nix"), "--arg", "module", f)
+	cmd.Env = nixEnv(t)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("nix-instantiate guest-harness.nix: %v\n%s", err, withoutTraces(stderr.String()))
+	}
+	var r guestEval
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatalf("decode: %v\n%s", err, stdout.Bytes())
+	}
+	return &r, nil
+}
+
+func mustGuest(t *testing.T, settings, more string) *guestEval {
+	t.Helper()
+	r, err := evalGuest(t, settings, more)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+var storeVmcredGuest = regexp.MustCompile(`/nix/store/[^/ ]+/bin/vmcred-guest`)
+
+// agentExecStart is the agent's ExecStart with the package's store path
+// written as /usr (the unit file's).
+func agentExecStart(t *testing.T, r *guestEval) string {
+	t.Helper()
+	return storeVmcredGuest.ReplaceAllString(strings.TrimPrefix(lineWith(t, "vmcred-guest.service", unit(t, r.Units, "vmcred-guest.service"), "ExecStart="), "ExecStart="), "/usr/bin/vmcred-guest")
+}
+
+// TestGuestModuleMatchesUnitFile evaluates guest.nix (with a trusted key, as
+// the unit file assumes) and compares the unit text NixOS renders for it
+// with guest/systemd/vmcred-guest.service, directive by directive. Values
+// are compared as word lists; yes/true and no/false are the same. The two
+// lines only NixOS writes are checked apart: PATH= (NixOS's default path)
+// and X-RestartIfChanged=false (restartIfChanged = false: re-running the
+// agent on switch would re-read spent per-boot material).
+func TestGuestModuleMatchesUnitFile(t *testing.T) {
+	r := mustGuest(t, fmt.Sprintf("trustedKeys = [ %q ];", testKey), "")
+	text := storeVmcredGuest.ReplaceAllString(unit(t, r.Units, "vmcred-guest.service"), "/usr/bin/vmcred-guest")
+	got, err := parseUnit([]byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equalStrings(got["Service.X-RestartIfChanged"], []string{"false"}) {
+		t.Errorf("X-RestartIfChanged = %q, want false (restartIfChanged = false)", got["Service.X-RestartIfChanged"])
+	}
+	delete(got, "Service.X-RestartIfChanged")
+	if env := got["Service.Environment"]; len(env) != 1 || !strings.HasPrefix(env[0], `"PATH=`) {
+		t.Errorf("Environment = %q, want NixOS's PATH only", env)
+	}
+	delete(got, "Service.Environment")
 
 	b, err := os.ReadFile("../guest/systemd/vmcred-guest.service")
 	if err != nil {
@@ -75,113 +138,97 @@ func TestGuestModuleMatchesUnitFile(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("guest.nix's vmcred-guest unit differs from guest/systemd/vmcred-guest.service (-file +module):\n%s", diff)
 	}
-	if svc.RestartIfChanged == nil || *svc.RestartIfChanged {
-		t.Error("restartIfChanged must be false: re-running the agent on switch would present a spent channel token")
-	}
 }
 
 func TestGuestModuleOptions(t *testing.T) {
-	guest := func(cfg map[string]any) *evalResult {
-		t.Helper()
-		cfg["enable"] = true
-		return mustEval(t, evalArgs{
-			Module: "guest.nix",
-			Config: map[string]any{"services": map[string]any{"vmcred-guest": cfg}},
-		})
-	}
-	execStart := func(r *evalResult) string {
-		return fmt.Sprint(r.Config.Systemd.Services["vmcred-guest"].ServiceConfig["ExecStart"])
-	}
-
 	t.Run("defaults", func(t *testing.T) {
-		r := guest(map[string]any{})
-		if got, want := execStart(r), "/usr/bin/vmcred-guest load --credstore /run/credstore --status-dir /run/vmcred --system-credentials /run/vmcred-system-credentials"; got != want {
+		r := mustGuest(t, "", "")
+		if got, want := agentExecStart(t, r), "/usr/bin/vmcred-guest load --credstore /run/credstore --status-dir /run/vmcred --system-credentials /run/vmcred-system-credentials"; got != want {
 			t.Errorf("ExecStart = %q, want %q (no keys, no --trust-key)", got, want)
 		}
 		if !anyContains(r.Warnings, "trustedKeys is empty") {
 			t.Errorf("no warning about missing trusted keys: %q", r.Warnings)
 		}
-		if msgs := failed(r.Assertions); len(msgs) > 0 {
-			t.Errorf("assertions fail with defaults: %q", msgs)
+		if len(r.FailedAssertions) > 0 {
+			t.Errorf("assertions fail with defaults: %q", r.FailedAssertions)
 		}
-		if len(r.Config.Boot.Initrd.KernelModules) != 0 {
-			t.Errorf("verified mode loads %q in the initrd; only systemd mode needs that", r.Config.Boot.Initrd.KernelModules)
+		if len(r.InitrdKernelModules) != 0 {
+			t.Errorf("verified mode loads %q in the initrd; only systemd mode needs that", r.InitrdKernelModules)
 		}
 	})
 
 	t.Run("trusted keys become files", func(t *testing.T) {
-		r := guest(map[string]any{"trustedKeys": []string{testKey, "/etc/keys/other.pub"}})
-		if got := r.Config.Environment.Etc["vmcred/trusted.d/key-1.pub"]; got["text"] != testKey || got["mode"] != "0444" {
-			t.Errorf("key-1.pub = %v", got)
+		r := mustGuest(t, fmt.Sprintf("trustedKeys = [ %q /etc/keys/other.pub ];", testKey), "")
+		if k := r.Etc["vmcred/trusted.d/key-1.pub"]; k.Text == nil || *k.Text != testKey || k.Mode != "0444" {
+			t.Errorf("key-1.pub = %+v", k)
 		}
-		if got := r.Config.Environment.Etc["vmcred/trusted.d/key-2.pub"]; got["source"] != "/etc/keys/other.pub" {
-			t.Errorf("key-2.pub = %v", got)
+		if k := r.Etc["vmcred/trusted.d/key-2.pub"]; k.Source == nil || *k.Source != "/etc/keys/other.pub" || k.Mode != "0444" {
+			t.Errorf("key-2.pub = %+v", k)
 		}
-		if len(r.Warnings) != 0 {
-			t.Errorf("warnings with keys: %q", r.Warnings)
+		if len(r.Warnings) != 0 || len(r.FailedAssertions) != 0 {
+			t.Errorf("with keys: warnings %q, failed assertions %q", r.Warnings, r.FailedAssertions)
 		}
 	})
 
 	t.Run("a string that is not a key", func(t *testing.T) {
-		r := guest(map[string]any{"trustedKeys": []string{"ssh-ed25519 AAAA"}})
-		if !anyContains(failed(r.Assertions), "a string must be the key itself") {
-			t.Errorf("no failing assertion for a non-key string; failing: %q", failed(r.Assertions))
+		r := mustGuest(t, `trustedKeys = [ "ssh-ed25519 AAAA" ];`, "")
+		if !anyContains(r.FailedAssertions, "a string must be the key itself") {
+			t.Errorf("no failing assertion for a non-key string; failing: %q", r.FailedAssertions)
 		}
 	})
 
 	t.Run("systemd mode", func(t *testing.T) {
-		r := guest(map[string]any{"mode": "systemd", "trustedKeys": []string{testKey}})
-		if got := execStart(r); !strings.HasSuffix(got, " --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials") {
+		r := mustGuest(t, fmt.Sprintf(`mode = "systemd"; trustedKeys = [ %q ];`, testKey), "")
+		if got := agentExecStart(t, r); !strings.HasSuffix(got, " --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials") {
 			t.Errorf("ExecStart = %q", got)
 		}
-		if diff := cmp.Diff([]string{"dmi-sysfs", "qemu_fw_cfg"}, r.Config.Boot.Initrd.KernelModules); diff != "" {
+		if diff := cmp.Diff([]string{"dmi-sysfs", "qemu_fw_cfg"}, r.InitrdKernelModules); diff != "" {
 			t.Errorf("initrd modules (-want +got):\n%s", diff)
 		}
 	})
 
 	t.Run("channel and extra flags", func(t *testing.T) {
-		r := guest(map[string]any{"channel": "vsock:2:8889", "extraArgs": []string{"--timeout", "60s"}, "credstore": "/run/vmcred-store"})
+		r := mustGuest(t, `channel = "vsock:2:8889"; extraArgs = [ "--timeout" "60s" ]; credstore = "/run/vmcred-store";`, "")
 		want := "/usr/bin/vmcred-guest load --credstore /run/vmcred-store --status-dir /run/vmcred --system-credentials /run/vmcred-system-credentials --channel vsock:2:8889 --timeout 60s"
-		if got := execStart(r); got != want {
+		if got := agentExecStart(t, r); got != want {
 			t.Errorf("ExecStart = %q, want %q", got, want)
 		}
-		sc := r.Config.Systemd.Services["vmcred-guest"].ServiceConfig
-		if diff := cmp.Diff([]any{"vmcred-store", "vmcred"}, sc["RuntimeDirectory"]); diff != "" {
-			t.Errorf("RuntimeDirectory (-want +got):\n%s", diff)
-		}
-		if diff := cmp.Diff([]any{"/run/vmcred-store", "/run/vmcred"}, sc["ReadWritePaths"]); diff != "" {
-			t.Errorf("ReadWritePaths (-want +got):\n%s", diff)
-		}
+		u := unit(t, r.Units, "vmcred-guest.service")
+		wantDirectives(t, "agent", u, "Service", "RuntimeDirectory", "vmcred-store", "vmcred")
+		wantDirectives(t, "agent", u, "Service", "ReadWritePaths", "/run/vmcred-store", "/run/vmcred")
 	})
 
 	t.Run("consumers", func(t *testing.T) {
-		r := guest(map[string]any{"consumers": []string{"demo-oem-credentials", "other.service"}})
+		r := mustGuest(t, `consumers = [ "demo-oem-credentials" "other.service" ];`,
+			`systemd.services.demo-oem-credentials.script = "true";
+			 systemd.services.other.serviceConfig.ExecStart = "/bin/true";`)
 		for _, name := range []string{"demo-oem-credentials", "other"} {
-			s, ok := r.Config.Systemd.Services[name]
-			if !ok {
-				t.Errorf("consumer %s: no systemd.services entry", name)
-				continue
-			}
-			if !contains(s.Requires, "vmcred-guest.service") || !contains(s.After, "vmcred-guest.service") {
-				t.Errorf("consumer %s: requires=%q after=%q, want vmcred-guest.service in both", name, s.Requires, s.After)
-			}
+			u := unit(t, r.Units, name+".service")
+			wantDirectives(t, name, u, "Unit", "Requires", "vmcred-guest.service")
+			wantDirectives(t, name, u, "Unit", "After", "vmcred-guest.service")
+		}
+		if len(r.FailedAssertions) != 0 {
+			t.Errorf("failed assertions: %q", r.FailedAssertions)
+		}
+	})
+
+	t.Run("a consumer that is not defined", func(t *testing.T) {
+		r := mustGuest(t, `consumers = [ "demo-oem-credentails" ];`, `systemd.services.demo-oem-credentials.script = "true";`)
+		if !anyContains(r.FailedAssertions, "demo-oem-credentails, which this configuration does not define") {
+			t.Errorf("a misspelt consumer: failed assertions %q", r.FailedAssertions)
 		}
 	})
 
 	t.Run("values a unit file cannot take unquoted", func(t *testing.T) {
-		for _, cfg := range []map[string]any{
-			{"extraArgs": []string{"--x", "a b"}},
-			{"extraArgs": []string{"100%"}},
-			{"credstore": "/var/lib/credstore"},
-			{"channel": "vsock:2:x"},
+		for _, settings := range []string{
+			`extraArgs = [ "--x" "a b" ];`,
+			`extraArgs = [ "100%" ];`,
+			`credstore = "/var/lib/credstore";`,
+			`channel = "vsock:2:x";`,
 		} {
-			cfg["enable"] = true
-			_, err := evalModule(t, evalArgs{
-				Module: "guest.nix",
-				Config: map[string]any{"services": map[string]any{"vmcred-guest": cfg}},
-			})
+			_, err := evalGuest(t, settings, "")
 			if err == nil || !strings.Contains(err.Error(), "is not of type") {
-				t.Errorf("%v: want a type error, got %v", cfg, err)
+				t.Errorf("%s: want a type error, got %v", settings, err)
 			}
 		}
 	})
@@ -190,10 +237,7 @@ func TestGuestModuleOptions(t *testing.T) {
 // TestKernelModules keeps guest.nix's default list and
 // guest/systemd/modules-load.d/vmcred.conf the same.
 func TestKernelModules(t *testing.T) {
-	r := mustEval(t, evalArgs{
-		Module: "guest.nix",
-		Config: map[string]any{"services": map[string]any{"vmcred-guest": map[string]any{"enable": true}}},
-	})
+	r := mustGuest(t, "", "")
 	b, err := os.ReadFile("../guest/systemd/modules-load.d/vmcred.conf")
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +248,7 @@ func TestKernelModules(t *testing.T) {
 			want = append(want, line)
 		}
 	}
-	if diff := cmp.Diff(want, r.Config.Boot.KernelModules); diff != "" {
+	if diff := cmp.Diff(want, r.KernelModules); diff != "" {
 		t.Errorf("boot.kernelModules vs modules-load.d/vmcred.conf (-file +module):\n%s", diff)
 	}
 }
@@ -245,63 +289,6 @@ func parseUnit(b []byte) (unitDirectives, error) {
 		}
 	}
 	return normalize(raw), sc.Err()
-}
-
-// renderNixService turns a NixOS service definition into the directives
-// NixOS writes for it. restartIfChanged and overrideStrategy are NixOS
-// settings, not directives.
-func renderNixService(t *testing.T, s nixService) unitDirectives {
-	t.Helper()
-	raw := map[string][]string{}
-	add := func(key string, vals ...string) {
-		if len(vals) > 0 {
-			raw[key] = append(raw[key], vals...)
-		}
-	}
-	if s.Description != "" {
-		add("Unit.Description", s.Description)
-	}
-	add("Unit.Documentation", strings.Join(s.Documentation, " "))
-	for key, list := range map[string][]string{
-		"Wants": s.Wants, "Requires": s.Requires, "BindsTo": s.BindsTo,
-		"After": s.After, "Before": s.Before, "Conflicts": s.Conflicts,
-	} {
-		if len(list) > 0 {
-			add("Unit."+key, strings.Join(list, " "))
-		}
-	}
-	for k, v := range s.UnitConfig {
-		add("Unit."+k, nixValues(t, v)...)
-	}
-	for k, v := range s.ServiceConfig {
-		add("Service."+k, nixValues(t, v)...)
-	}
-	if len(s.WantedBy) > 0 {
-		add("Install.WantedBy", strings.Join(s.WantedBy, " "))
-	}
-	return normalize(raw)
-}
-
-// nixValues renders an option value the way NixOS's unit generator does: a
-// list is one line per element, a bool is true/false.
-func nixValues(t *testing.T, v any) []string {
-	t.Helper()
-	switch v := v.(type) {
-	case bool:
-		return []string{fmt.Sprint(v)}
-	case string:
-		return []string{v}
-	case float64:
-		return []string{fmt.Sprint(int64(v))}
-	case []any:
-		var out []string
-		for _, x := range v {
-			out = append(out, nixValues(t, x)...)
-		}
-		return out
-	}
-	t.Fatalf("unexpected value %#v in a unit definition", v)
-	return nil
 }
 
 func normalize(raw map[string][]string) unitDirectives {

@@ -70,8 +70,13 @@ type Config struct {
 	// TrustKeys, when any are given, make a valid signature by one of them
 	// required.
 	TrustKeys []ed25519.PublicKey
-	// VM, when set, must match the manifest's VM name.
+	// VM is this VM's name: the manifest must have been issued for it.
+	// Empty refuses every manifest unless AllowAnyVM is set: a manifest
+	// signed for another VM must not pass here (issue 17, finding 10).
 	VM string
+	// AllowAnyVM accepts a manifest issued for any VM when VM is empty
+	// (--allow-any-vm): for images that cannot know their VM's name.
+	AllowAnyVM bool
 	// SystemCredentials is the folder systemd imported credentials into
 	// (/run/credentials/@system), for the cross-check; "" skips it.
 	SystemCredentials string
@@ -121,6 +126,11 @@ type Skipped struct {
 	Name   string `json:"name,omitempty"`
 	Reason string `json:"reason"`
 	Detail string `json:"detail,omitempty"`
+	// Count, when above 0, stands for that many strings skipped for
+	// Reason and not named (index -1): only the first
+	// oemstring.MaxSkipped are, so a hostile table cannot make the report
+	// grow with every string it holds.
+	Count int `json:"count,omitempty"`
 }
 
 // Report is the outcome of one load: what the status file holds, what the
@@ -224,6 +234,13 @@ func LoadContext(ctx context.Context, cfg Config) (Report, error) {
 }
 
 func load(cfg Config, now func() time.Time, rep *Report, ch *channel) error {
+	if cfg.StatusDir != "" {
+		// Before anything is read: the credstore's state file and the
+		// report go there.
+		if err := CheckStatusDir(cfg.StatusDir); err != nil {
+			return cli.WithCode(cli.ExitIO, err)
+		}
+	}
 	v, err := readVerify(cfg, now, rep, ch)
 	if err != nil {
 		return err
@@ -282,7 +299,7 @@ func readVerify(cfg Config, now func() time.Time, rep *Report, ch *channel) (ver
 		return verified{}, cli.WithCode(cli.ExitIO, err)
 	}
 	for _, s := range fw.Parsed.Skipped {
-		rep.Skipped = append(rep.Skipped, Skipped{Index: s.Index, Source: s.Source, Name: s.Name, Reason: string(s.Reason), Detail: s.Detail})
+		rep.Skipped = append(rep.Skipped, Skipped{Index: s.Index, Source: s.Source, Name: s.Name, Reason: string(s.Reason), Detail: s.Detail, Count: s.Count})
 	}
 	var problems []string
 	for _, s := range fw.Sources {
@@ -370,10 +387,11 @@ func summary(n int, rep *Report) string {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // WriteStatus writes the report to dir/status.json atomically, mode 0600:
-// it holds no value, but names and digests are root's business.
+// it holds no value, but names and digests are root's business. dir must
+// pass CheckStatusDir (it is created 0700 if missing).
 func WriteStatus(dir string, rep Report) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create status folder: %w", err)
+	if err := CheckStatusDir(dir); err != nil {
+		return err
 	}
 	sort.SliceStable(rep.Credentials, func(i, j int) bool { return rep.Credentials[i].Name < rep.Credentials[j].Name })
 	b, err := json.MarshalIndent(rep, "", "  ")
@@ -381,6 +399,56 @@ func WriteStatus(dir string, rep Report) error {
 		return fmt.Errorf("encode status: %w", err)
 	}
 	return writeFileAtomic(filepath.Join(dir, StatusFile), append(b, '\n'), 0o600)
+}
+
+// ErrUnsafeStatusDir means the status folder could be written by someone
+// other than this agent: whoever can write it can forge the report that
+// `vmcred-guest status` shows, or plant files where the agent writes.
+var ErrUnsafeStatusDir = errors.New("status folder is not private to the agent")
+
+// CheckStatusDir makes sure dir is a folder only this process's user can
+// write, as credstore.Open checks the credstore: it creates dir (and
+// missing parents) with mode 0700 if it is missing, and refuses a symlink,
+// a non-folder, a folder owned by another user and one that gives group or
+// others any access. A folder it did not create is never tightened
+// silently: it may already hold files someone else planted.
+func CheckStatusDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	created := false
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("create status folder: %w", err)
+		}
+		created = true
+		fi, err = os.Lstat(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("status folder: %w", err)
+	}
+	switch {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("status folder %s: %w: it is a symlink (use the real path)", dir, ErrUnsafeStatusDir)
+	case !fi.IsDir():
+		return fmt.Errorf("status folder %s: %w: not a folder", dir, ErrUnsafeStatusDir)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() {
+		owner := "an unknown user"
+		if ok {
+			owner = fmt.Sprintf("uid %d", st.Uid)
+		}
+		return fmt.Errorf("status folder %s: %w: owned by %s, not by this agent (uid %d)", dir, ErrUnsafeStatusDir, owner, os.Geteuid())
+	}
+	if created {
+		// MkdirAll's mode went through the umask; make it exactly 0700.
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("status folder: %w", err)
+		}
+		return nil
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("status folder %s: %w: mode %#o gives group or others access (chmod 0700 %s, or remove it and let vmcred create it)", dir, ErrUnsafeStatusDir, perm, dir)
+	}
+	return nil
 }
 
 // ReadStatus reads the report the last load wrote.
@@ -396,15 +464,23 @@ func ReadStatus(dir string) (Report, error) {
 	return rep, nil
 }
 
+// writeFileAtomic writes path through a temporary file with a random name,
+// created with O_EXCL (os.CreateTemp), so a file or symlink planted under a
+// predictable name is never opened. Temporary files an earlier, killed
+// write left (the folder is private, so they are ours) are removed first.
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	// One fixed temporary name, truncated on open: a load killed between
-	// create and rename leaves at most this one file, which the next load
-	// overwrites, instead of a new random name each time.
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, mode)
+	dir, base := filepath.Split(path)
+	pattern := "." + base + ".*.tmp"
+	if stale, err := filepath.Glob(filepath.Join(dir, pattern)); err == nil {
+		for _, f := range stale {
+			_ = os.Remove(f)
+		}
+	}
+	f, err := os.CreateTemp(dir, pattern)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	tmp := f.Name()
 	ok := false
 	defer func() {
 		if !ok {

@@ -112,6 +112,9 @@ func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstrin
 	if err := m.Check(now, cfg.VM); err != nil {
 		v.problems = append(v.problems, ManifestName+": "+err.Error())
 	}
+	if cfg.VM == "" && !cfg.AllowAnyVM {
+		v.problems = append(v.problems, fmt.Sprintf("%s: issued for vm %q, but this load was not told its VM name: pass --vm NAME (the name `vmcred-host pack --vm` used) or write it to /etc/vmcred/vm-name, or pass --allow-any-vm to accept a manifest issued for any VM", ManifestName, m.VM))
+	}
 
 	byName := make(map[string]oemstring.Entry, len(delivered))
 	for _, e := range delivered {

@@ -144,7 +144,7 @@ func TestNear60KTable(t *testing.T) {
 	}
 	work := t.TempDir()
 	store := filepath.Join(shmDir(t), "credstore")
-	_, err := Load(Config{Root: os.DirFS("/"), Firmware: firmware.Options{DMITable: writeTable(t, work, p.strs, 0)}, Credstore: store, StatusDir: filepath.Join(work, "s")})
+	_, err := Load(Config{Root: os.DirFS("/"), Firmware: firmware.Options{DMITable: writeTable(t, work, p.strs, 0)}, Credstore: store, StatusDir: filepath.Join(work, "s"), VM: "test-vm"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +220,7 @@ func TestRefusals(t *testing.T) {
 			status := filepath.Join(work, "status")
 			// An earlier good boot's content, which a refused load keeps.
 			prev := pack(t, packOpts{key: priv}, map[string][]byte{"old": []byte("kept")})
-			if _, err := Load(Config{Root: os.DirFS("/"), Firmware: firmware.Options{DMITable: writeTable(t, t.TempDir(), prev.strs, 0)}, Credstore: store, StatusDir: status, TrustKeys: []ed25519.PublicKey{pub}, Now: func() time.Time { return issued }}); err != nil {
+			if _, err := Load(Config{Root: os.DirFS("/"), Firmware: firmware.Options{DMITable: writeTable(t, t.TempDir(), prev.strs, 0)}, Credstore: store, StatusDir: status, TrustKeys: []ed25519.PublicKey{pub}, VM: "test-vm", Now: func() time.Time { return issued }}); err != nil {
 				t.Fatal(err)
 			}
 			cfg := Config{Root: os.DirFS("/"), Firmware: firmware.Options{DMITable: writeTable(t, work, tt.build(t), tt.cut)}, Credstore: store, StatusDir: status, TrustKeys: tt.keys, VM: "test-vm", Now: func() time.Time { return issued.Add(time.Hour) }}
@@ -252,7 +252,7 @@ func TestExtraSystemdCredentialNotExposed(t *testing.T) {
 	strs := append(p.strs, "io.systemd.credential:vmm.notify_socket=vsock-stream:2:8888")
 	work := t.TempDir()
 	store := filepath.Join(shmDir(t), "credstore")
-	rep, err := Load(Config{Root: os.DirFS("/"), Firmware: firmware.Options{DMITable: writeTable(t, work, strs, 0)}, Credstore: store, StatusDir: filepath.Join(work, "s"), TrustKeys: []ed25519.PublicKey{pub}, Now: func() time.Time { return issued }})
+	rep, err := Load(Config{Root: os.DirFS("/"), Firmware: firmware.Options{DMITable: writeTable(t, work, strs, 0)}, Credstore: store, StatusDir: filepath.Join(work, "s"), TrustKeys: []ed25519.PublicKey{pub}, VM: "test-vm", Now: func() time.Time { return issued }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +289,7 @@ func TestSystemdCrossCheck(t *testing.T) {
 				os.WriteFile(filepath.Join(sys, "small"), []byte("s"), 0o400)
 			}
 			store := filepath.Join(shmDir(t), "credstore")
-			rep, err := Load(Config{Root: os.DirFS("/"), Firmware: firmware.Options{DMITable: writeTable(t, work, p.strs, 0)}, Credstore: store, StatusDir: filepath.Join(work, "s"), TrustKeys: []ed25519.PublicKey{pub}, SystemCredentials: sys, Now: func() time.Time { return issued }})
+			rep, err := Load(Config{Root: os.DirFS("/"), Firmware: firmware.Options{DMITable: writeTable(t, work, p.strs, 0)}, Credstore: store, StatusDir: filepath.Join(work, "s"), TrustKeys: []ed25519.PublicKey{pub}, SystemCredentials: sys, VM: "test-vm", Now: func() time.Time { return issued }})
 			notes := map[string]string{}
 			for _, n := range rep.SystemCheck {
 				notes[n.Name] = n.Status

@@ -230,7 +230,8 @@ func TestListCredstoreSkipsWhatSystemdSkips(t *testing.T) {
 }
 
 func TestStatusShowsHostAck(t *testing.T) {
-	dir := t.TempDir()
+	// The agent wants a status folder of its own, 0700: t.TempDir is 0755.
+	dir := filepath.Join(t.TempDir(), "vmcred")
 	rep := agent.Report{Outcome: agent.OutcomeReady, Summary: "1 credential verified", Policy: agent.PolicyDigest, Credstore: "/run/credstore",
 		Credentials: []agent.CredentialResult{{Name: "a", Size: 1, SHA256: strings.Repeat("0", 64), Verification: agent.PolicyDigest}}}
 	text := func(rep agent.Report) string {

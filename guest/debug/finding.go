@@ -258,6 +258,7 @@ func systemdFinding(name, status string, size uint64, systemSize int64, dir stri
 func skippedFindings(skipped []Skipped) []Finding {
 	type group struct {
 		which []string
+		n     int
 	}
 	var order []string
 	groups := map[string]*group{}
@@ -270,6 +271,11 @@ func skippedFindings(skipped []Skipped) []Finding {
 			g = &group{}
 			groups[s.Reason] = g
 			order = append(order, s.Reason)
+		}
+		g.n += max(s.Count, 1)
+		if s.Count > 0 {
+			g.which = append(g.which, fmt.Sprintf("%d more not named", s.Count))
+			continue
 		}
 		w := s.Source
 		if s.Index != nil {
@@ -284,7 +290,7 @@ func skippedFindings(skipped []Skipped) []Finding {
 	for _, reason := range order {
 		g := groups[reason]
 		f := Finding{Code: CodeStringsSkipped, Severity: SeverityWarning,
-			Message: fmt.Sprintf("%s skipped, %s: %s", plural(len(g.which), "string"), reason, strings.Join(g.which, ", "))}
+			Message: fmt.Sprintf("%s skipped, %s: %s", plural(g.n, "string"), reason, strings.Join(g.which, ", "))}
 		switch {
 		case strings.Contains(reason, "set twice"):
 			f.Fix = "two strings or sources set the same name and the first wins (fw_cfg before SMBIOS, as in systemd): remove the duplicate"

@@ -24,6 +24,7 @@ import (
 	"github.com/vmcred/vmcred/guest/firmware"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/credential"
+	"github.com/vmcred/vmcred/shared/oemstring"
 )
 
 // List modes: what a List was built from.
@@ -75,6 +76,31 @@ type Skipped struct {
 	Prefix string `json:"prefix,omitempty"`
 	Reason string `json:"reason"`
 	Detail string `json:"detail,omitempty"`
+	// Count, when above 0, stands for that many inputs skipped for Reason
+	// and not named (no index): only the first oemstring.MaxSkipped are.
+	Count int `json:"count,omitempty"`
+}
+
+// fromParsed converts the parser's skipped records.
+func fromParsed(in []oemstring.Skip) []Skipped {
+	out := make([]Skipped, 0, len(in))
+	for _, s := range in {
+		if s.Count > 0 {
+			out = append(out, Skipped{Reason: string(s.Reason), Count: s.Count})
+			continue
+		}
+		out = append(out, Skipped{Index: ptr(s.Index), Source: s.Source, Name: s.Name, Prefix: s.Prefix, Reason: string(s.Reason), Detail: s.Detail})
+	}
+	return out
+}
+
+// skippedCount is how many inputs skipped stands for.
+func skippedCount(skipped []Skipped) int {
+	n := 0
+	for _, s := range skipped {
+		n += max(s.Count, 1)
+	}
+	return n
 }
 
 // List is the output of `vmcred-guest list`.
@@ -118,9 +144,7 @@ func ListFromFirmware(rep firmware.Report, verified map[string]string) List {
 			Source: e.Source, Prefix: e.Prefix, Index: ptr(e.Index), Verified: v,
 		})
 	}
-	for _, s := range rep.Parsed.Skipped {
-		l.Skipped = append(l.Skipped, Skipped{Index: ptr(s.Index), Source: s.Source, Name: s.Name, Prefix: s.Prefix, Reason: string(s.Reason), Detail: s.Detail})
-	}
+	l.Skipped = append(l.Skipped, fromParsed(rep.Parsed.Skipped)...)
 	l.Findings = sortFindings(append(sourceFindings(rep.Sources), skippedFindings(l.Skipped)...))
 	return l
 }
@@ -495,8 +519,12 @@ func writeSkipped(w io.Writer, skipped []Skipped, noun string) {
 		fmt.Fprintln(w, ".")
 		return
 	}
-	fmt.Fprintf(w, ", %s skipped:\n", plural(len(skipped), noun))
+	fmt.Fprintf(w, ", %s skipped:\n", plural(skippedCount(skipped), noun))
 	for _, s := range skipped {
+		if s.Count > 0 {
+			wrap(w, "  ", fmt.Sprintf("%s more: %s", plural(s.Count, noun), s.Reason))
+			continue
+		}
 		var what string
 		if s.Index != nil {
 			what = fmt.Sprintf("#%d %s", *s.Index, s.Source)

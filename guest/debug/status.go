@@ -75,6 +75,9 @@ func readStatusFile(in Inspector) (*statusFile, []Finding, error) {
 	f, err := os.Open(in.real(path))
 	if err == nil {
 		defer f.Close()
+		err = checkWriters(f, in.real(path))
+	}
+	if err == nil {
 		var b []byte
 		b, err = io.ReadAll(io.LimitReader(f, maxStatusSize+1))
 		if err == nil && len(b) > maxStatusSize {
@@ -101,6 +104,44 @@ func readStatusFile(in Inspector) (*statusFile, []Finding, error) {
 			Fix: "run `systemctl restart vmcred-guest` to write a fresh report; if it stays unreadable, check the folder is not shared with another tool"}
 	}
 	return nil, []Finding{fd}, cli.WithCode(cli.ExitIO, fmt.Errorf("status: %w", err))
+}
+
+// errForgeable means the status file, or its folder, could have been
+// written by a user other than root or the agent's: what it says may be
+// forged, so it is not shown.
+var errForgeable = errors.New("another user could have written it: not shown (the agent refuses such a folder; check who made it)")
+
+// checkWriters refuses a status file that someone other than root or this
+// user owns, or that group or others may write, in a folder of which the
+// same holds. The agent writes it 0600 in a 0700 folder of its own (see
+// agent.CheckStatusDir).
+func checkWriters(f *os.File, path string) error {
+	euid := os.Geteuid()
+	check := func(what string, fi fs.FileInfo) error {
+		uid, ok := ownerUID(fi)
+		if !ok {
+			return fmt.Errorf("%s: cannot tell the owner of %s: %w", path, what, errForgeable)
+		}
+		if uid != 0 && uid != euid {
+			return fmt.Errorf("%s: %s is owned by uid %d: %w", path, what, uid, errForgeable)
+		}
+		if fi.Mode().Perm()&0o022 != 0 {
+			return fmt.Errorf("%s: %s has mode %#o: %w", path, what, fi.Mode().Perm(), errForgeable)
+		}
+		return nil
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if err := check("the file", fi); err != nil {
+		return err
+	}
+	di, err := os.Stat(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	return check("its folder", di)
 }
 
 // reportFindings turns what the last load recorded into findings, each
@@ -212,6 +253,10 @@ func systemDirOf(rep agent.Report, name string) string {
 func fromAgentSkipped(in []agent.Skipped) []Skipped {
 	out := make([]Skipped, 0, len(in))
 	for _, s := range in {
+		if s.Count > 0 {
+			out = append(out, Skipped{Reason: s.Reason, Count: s.Count})
+			continue
+		}
 		out = append(out, Skipped{Index: ptr(s.Index), Source: s.Source, Name: s.Name, Reason: s.Reason, Detail: s.Detail})
 	}
 	return out
@@ -331,7 +376,7 @@ func (st Status) WriteText(w io.Writer) error {
 	if tb.write(w) {
 		fmt.Fprintln(w)
 	}
-	fmt.Fprintf(w, "%s, %s.\n", plural(len(rep.Credentials), "credential"), plural(len(rep.Skipped), "string")+" skipped")
+	fmt.Fprintf(w, "%s, %s.\n", plural(len(rep.Credentials), "credential"), plural(skippedCount(fromAgentSkipped(rep.Skipped)), "string")+" skipped")
 	if len(rep.SystemCheck) > 0 {
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "systemd's own import, checked against the manifest:")

@@ -5,6 +5,8 @@ import (
 	"io"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/vmcred/vmcred/shared/termtext"
 )
 
 // Width is the console width the human output is laid out for: the 80
@@ -29,7 +31,15 @@ type table struct {
 	rows [][]string
 }
 
-func (t *table) add(cells ...string) { t.rows = append(t.rows, cells) }
+// add adds a row. Cells may hold text from a table or a status file that
+// someone else wrote: they are sanitized here (shared/termtext), so no
+// escape sequence reaches the terminal and the widths count what is shown.
+func (t *table) add(cells ...string) {
+	for i, c := range cells {
+		cells[i] = termtext.Clean(c, 0)
+	}
+	t.rows = append(t.rows, cells)
+}
 
 // write writes the table and reports whether it had any row; with none it
 // writes nothing at all.
@@ -108,8 +118,10 @@ func clip(s string, n int) string {
 
 // wrap writes text word-wrapped to Width: the first line starts with
 // first, the others with as many spaces as first is wide. A word longer
-// than a line (a long path) gets a line of its own.
+// than a line (a long path) gets a line of its own. text is sanitized
+// (shared/termtext): it may come from a status file or a table.
 func wrap(w io.Writer, first, text string) {
+	text = termtext.Clean(text, 0)
 	indent := strings.Repeat(" ", runeLen(first))
 	line := first
 	empty := true

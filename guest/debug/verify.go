@@ -144,9 +144,7 @@ func openManifest(b []byte, keys []ed25519.PublicKey) opened {
 func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verification, error) {
 	v := Verification{Credstore: in.Credstore, Credentials: []VerifiedCredential{}, Skipped: []Skipped{}, Sources: fw.Sources,
 		TrustKeys: len(pol.TrustKeys), TrustFrom: pol.TrustFrom, Policy: "none", Result: "incomplete", in: in}
-	for _, s := range fw.Parsed.Skipped {
-		v.Skipped = append(v.Skipped, Skipped{Index: ptr(s.Index), Source: s.Source, Name: s.Name, Prefix: s.Prefix, Reason: string(s.Reason), Detail: s.Detail})
-	}
+	v.Skipped = append(v.Skipped, fromParsed(fw.Parsed.Skipped)...)
 	var fds []Finding
 	add := func(f ...Finding) { fds = append(fds, f...) }
 	add(sourceFindings(fw.Sources)...)

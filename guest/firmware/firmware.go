@@ -32,6 +32,11 @@ const (
 	dmiRoot           = "sys/firmware/dmi"
 )
 
+// maxNotes bounds the count-byte notes of one table: a hostile table of
+// 100,000 tiny type-11 structures gets 8 notes and a count, not a note
+// (and a warning line, and a line of status.json) each.
+const maxNotes = 8
+
 // Source kinds, as they appear in reports and `list --json`.
 const (
 	SourceSMBIOS = "smbios"
@@ -172,20 +177,32 @@ func readTable(fsys fs.FS, name string, maxSize int64, p *oemstring.Parser) Stat
 		st.Fault = err.Error()
 		return st
 	}
-	structs, err := smbios.ReadTable(data)
-	for _, o := range smbios.OEMStructures(structs) {
+	// ScanTable keeps no structure: memory stays bounded by the largest
+	// one, whatever the number of structures in the table.
+	mismatches := 0
+	err = smbios.ScanTable(data, smbios.TypeOEMStrings, func(i int, s smbios.Structure) bool {
+		if s.Type != smbios.TypeOEMStrings {
+			return true
+		}
 		// systemd's read_smbios11_field requires header length 5 (one count
 		// byte); it refuses the structure otherwise, and so do we.
-		if o.Count < 0 || len(structs[o.Structure].Formatted) != 1 {
-			st.Fault = fmt.Sprintf("%s: type 11 structure %d at offset %d: header length is not 5", st.Path, o.Structure, o.Offset)
-			break
+		if s.Length != smbios.OEMLength {
+			st.Fault = fmt.Sprintf("%s: type 11 structure %d at offset %d: header length is not 5", st.Path, i, s.Offset)
+			return false
 		}
+		o := smbios.OEM{Structure: i, Offset: s.Offset, Handle: s.Handle, Count: int(s.Formatted[0]), Strings: s.Strings}
 		if o.Count != len(o.Strings) {
-			st.Notes = append(st.Notes, o.CountMismatch().Error())
+			if mismatches++; mismatches <= maxNotes {
+				st.Notes = append(st.Notes, o.CountMismatch().Error())
+			}
 		}
 		st.Structures++
 		st.Strings += len(o.Strings)
 		p.AddStrings(SourceSMBIOS, o.Strings)
+		return true
+	})
+	if mismatches > maxNotes {
+		st.Notes = append(st.Notes, fmt.Sprintf("%s: %d more type 11 structures whose count byte disagrees with their strings", st.Path, mismatches-maxNotes))
 	}
 	switch {
 	case st.Fault != "":

@@ -44,6 +44,7 @@ type ManifestCredential struct {
 // the planner must reserve before it knows the deliveries.
 func BuildManifest(params ManifestParams, creds []ManifestCredential, deliveries map[string]plan.Delivery) (credential.Secret, error) {
 	b := manifest.NewBuilder(params.VM, params.Nonce, params.IssuedAt)
+	defer b.Wipe()
 	b.SetNotAfter(params.NotAfter)
 	if params.Channel != "" || params.Token.Len() > 0 {
 		b.SetChannel(params.Channel, params.Token)

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/vmcred/vmcred/shared/credential"
@@ -31,15 +34,49 @@ var ErrChildExited = errors.New("hypervisor exited before its api socket answere
 // CHBoot drives cloud-hypervisor's REST API on the Unix socket: it waits
 // until the socket accepts connections (or the child exits, or wait
 // passes), then sends PUT /api/v1/vm.create with body and PUT
-// /api/v1/vm.boot, each expecting a 2xx answer.
+// /api/v1/vm.boot, each expecting a 2xx answer. It is CHBootWith with the
+// default CHOptions.
 //
-// body holds secrets: it is sent only over the socket, which cloud-
-// hypervisor creates with its own umask (protect the directory), and it
-// never appears in errors, which quote at most the server's answer with
-// every OEM string of body redacted.
+// body holds secrets: it is sent only over the socket, and only after the
+// process listening there proved to be the hypervisor (see CHOptions), and
+// it never appears in errors, which quote at most the server's answer
+// with every OEM string of body redacted.
 func CHBoot(ctx context.Context, socket string, body credential.Secret, exited <-chan struct{}, wait time.Duration) error {
+	return CHBootWith(ctx, socket, body, exited, CHOptions{Wait: wait})
+}
+
+// CHOptions tune CHBootWith.
+type CHOptions struct {
+	// Wait bounds the wait for the socket (DefaultSocketWait when 0).
+	Wait time.Duration
+	// PeerPID is the process the API socket must belong to: the listener,
+	// as SO_PEERCRED reports it, must be this process or one of its
+	// descendants. 0 means the child Run started (ChildPID(ctx)) when ctx
+	// has one, else this process.
+	PeerPID int
+	// PeerUIDs also accept a listener of one of these uids that is not a
+	// descendant of PeerPID (a hypervisor started by another launcher as a
+	// dedicated user). None by default: another local user who binds the
+	// socket path first (finding 1 of issue 17) is never sent a byte.
+	PeerUIDs []int
+}
+
+// ErrUnexpectedPeer means the process listening on the API socket is not
+// the hypervisor CHBoot was started for.
+var ErrUnexpectedPeer = errors.New("the api socket belongs to another process")
+
+// CHBootWith is CHBoot with options. Every connection it makes is checked
+// with SO_PEERCRED before a byte of body is written on it.
+func CHBootWith(ctx context.Context, socket string, body credential.Secret, exited <-chan struct{}, opts CHOptions) error {
+	wait := opts.Wait
 	if wait <= 0 {
 		wait = DefaultSocketWait
+	}
+	if opts.PeerPID == 0 {
+		opts.PeerPID = os.Getpid()
+		if pid, ok := ChildPID(ctx); ok {
+			opts.PeerPID = pid
+		}
 	}
 	if err := waitSocket(ctx, socket, exited, wait); err != nil {
 		return err
@@ -49,7 +86,15 @@ func CHBoot(ctx context.Context, socket string, body credential.Secret, exited <
 		Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 				var d net.Dialer
-				return d.DialContext(ctx, "unix", socket)
+				c, err := d.DialContext(ctx, "unix", socket)
+				if err != nil {
+					return nil, err
+				}
+				if err := checkPeer(c, socket, opts); err != nil {
+					c.Close()
+					return nil, err
+				}
+				return c, nil
 			},
 			DisableKeepAlives: true,
 		},
@@ -59,6 +104,40 @@ func CHBoot(ctx context.Context, socket string, body credential.Secret, exited <
 		return err
 	}
 	return put(ctx, client, "/api/v1/vm.boot", credential.Secret{})
+}
+
+// ErrUnsafeSocketPath means the API socket's path could be taken by
+// another local user before the hypervisor binds it.
+var ErrUnsafeSocketPath = errors.New("unsafe api socket path")
+
+// CheckAPISocketPath refuses a path for cloud-hypervisor's API socket that
+// another local user could bind first, and so receive vm.create with every
+// secret: a path that already exists (a socket planted there answers
+// before the hypervisor's), and one whose folder is not owned by this user
+// or root or lets group or others write (/tmp included: its sticky bit
+// does not stop anyone from creating a new name). Call it before starting
+// the hypervisor; CHBoot's peer check covers the moment between.
+func CheckAPISocketPath(path string) error {
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("--ch-api %s: %w: it already exists (a stale socket from an earlier run, or someone else's: remove it if it is yours)", path, ErrUnsafeSocketPath)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("--ch-api %s: %w", path, err)
+	}
+	dir := filepath.Dir(path)
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("--ch-api %s: folder: %w", path, err)
+	}
+	uid, ok := ownerUID(fi)
+	switch {
+	case !ok:
+		return fmt.Errorf("--ch-api %s: %w: cannot tell who owns %s", path, ErrUnsafeSocketPath, dir)
+	case uid != 0 && uid != os.Geteuid():
+		return fmt.Errorf("--ch-api %s: %w: its folder %s belongs to uid %d, not to this user (uid %d) or root", path, ErrUnsafeSocketPath, dir, uid, os.Geteuid())
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("--ch-api %s: %w: its folder %s has mode %#o: other users can create the socket first (use a folder of your own, e.g. $XDG_RUNTIME_DIR or a RuntimeDirectory=)", path, ErrUnsafeSocketPath, dir, fi.Mode().Perm())
+	}
+	return nil
 }
 
 func waitSocket(ctx context.Context, socket string, exited <-chan struct{}, wait time.Duration) error {

@@ -39,7 +39,8 @@ type Config struct {
 	// their own channel.
 	Signals <-chan os.Signal
 	// AfterStart, if set, runs once the child has started, with a channel
-	// that is closed when the child exits. If it fails, Run stops the
+	// that is closed when the child exits; its context carries the child's
+	// pid (ChildPID). If it fails, Run stops the
 	// child (SIGTERM, then SIGKILL after KillGrace) and returns its error.
 	AfterStart func(ctx context.Context, exited <-chan struct{}) error
 	// KillGrace defaults to DefaultKillGrace.
@@ -108,7 +109,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	var startErr error
 	if cfg.AfterStart != nil {
-		startErr = cfg.AfterStart(ctx, exited)
+		startErr = cfg.AfterStart(context.WithValue(ctx, childPIDKey{}, cmd.Process.Pid), exited)
 		if startErr != nil {
 			grace := cfg.KillGrace
 			if grace == 0 {
@@ -123,6 +124,16 @@ func Run(ctx context.Context, cfg Config) error {
 		return startErr
 	}
 	return exitError(cfg.Path, err)
+}
+
+// childPIDKey is the context key of the child's pid.
+type childPIDKey struct{}
+
+// ChildPID returns the pid of the child Run started, from the context Run
+// gives AfterStart: CHBoot sends secrets only to it or its descendants.
+func ChildPID(ctx context.Context) (int, bool) {
+	pid, ok := ctx.Value(childPIDKey{}).(int)
+	return pid, ok
 }
 
 // stop sends SIGTERM, then SIGKILL if the child has not exited after grace.

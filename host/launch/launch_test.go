@@ -124,3 +124,52 @@ func TestRunForwardsSignalsAndStatus(t *testing.T) {
 		t.Errorf("AfterStart failure: err = %v after %v", err, time.Since(start))
 	}
 }
+
+// TestCHBootPeerCheck: a listener that is neither the expected process
+// nor its descendant is sent nothing, unless its uid is allowed.
+func TestCHBootPeerCheck(t *testing.T) {
+	sleep := exec.Command("sleep", "30")
+	if err := sleep.Start(); err != nil {
+		t.Skip("no sleep: ", err)
+	}
+	t.Cleanup(func() { sleep.Process.Kill(); sleep.Wait() })
+	sock, got := fakeAPI(t, func(w http.ResponseWriter, _ *http.Request, _ []byte) { w.WriteHeader(http.StatusNoContent) })
+	body := credential.NewSecret([]byte(`{"platform":{"oem_strings":["x"]}}`))
+	err := CHBootWith(context.Background(), sock, body, make(chan struct{}), CHOptions{Wait: time.Second, PeerPID: sleep.Process.Pid})
+	if !errors.Is(err, ErrUnexpectedPeer) || len(*got) != 0 {
+		t.Fatalf("a listener outside the hypervisor's process tree: err %v, %d requests sent", err, len(*got))
+	}
+	err = CHBootWith(context.Background(), sock, body, make(chan struct{}), CHOptions{Wait: time.Second, PeerPID: sleep.Process.Pid, PeerUIDs: []int{os.Geteuid()}})
+	if err != nil || len(*got) != 2 {
+		t.Fatalf("an allowed uid: err %v, %d requests", err, len(*got))
+	}
+	// The default: this process and its descendants.
+	if err := CHBoot(context.Background(), sock, body, make(chan struct{}), time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if !descends(sleep.Process.Pid, os.Getpid()) || descends(os.Getpid(), sleep.Process.Pid) {
+		t.Error("descends got the process tree wrong")
+	}
+}
+
+func TestCheckAPISocketPath(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "d")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckAPISocketPath(filepath.Join(dir, "api.sock")); err != nil {
+		t.Errorf("a fresh path in a private folder: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "old.sock"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckAPISocketPath(filepath.Join(dir, "old.sock")); !errors.Is(err, ErrUnsafeSocketPath) {
+		t.Errorf("an existing path: %v", err)
+	}
+	if err := os.Chmod(dir, 0o770); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckAPISocketPath(filepath.Join(dir, "api.sock")); !errors.Is(err, ErrUnsafeSocketPath) {
+		t.Errorf("a group-writable folder: %v", err)
+	}
+}

@@ -28,13 +28,13 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unicode"
 
 	"github.com/vmcred/vmcred/host/atomicfile"
 	hostchannel "github.com/vmcred/vmcred/host/channel"
 	proto "github.com/vmcred/vmcred/shared/channel"
 	"github.com/vmcred/vmcred/shared/credential"
 	"github.com/vmcred/vmcred/shared/notify"
+	"github.com/vmcred/vmcred/shared/termtext"
 )
 
 // DefaultStatusDir is where serve writes and wait reads status files.
@@ -405,20 +405,9 @@ func isVerified(v proto.Verification) bool {
 	return v == proto.VerifiedSignature || v == proto.VerifiedDigest || v == proto.Unverified
 }
 
-// clean makes guest-supplied text safe for a status file and log lines:
-// control characters become spaces, and it is cut to max bytes.
-func clean(s string, max int) string {
-	s = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) || r == unicode.ReplacementChar {
-			return ' '
-		}
-		return r
-	}, strings.ToValidUTF8(s, " "))
-	if len(s) > max {
-		s = strings.ToValidUTF8(s[:max], "") + "…"
-	}
-	return s
-}
+// clean makes guest-supplied text safe for a status file and log lines
+// (shared/termtext: control characters become spaces), cut to max bytes.
+func clean(s string, max int) string { return termtext.Clean(s, max) }
 
 // oneLine keeps a STATUS= value on one line and within sd_notify's size.
 func oneLine(s string) string { return clean(s, 1000) }

@@ -399,6 +399,9 @@ func (s *suite) runTier2(t *testing.T, tc tier2Case, units map[string][]byte) ou
 	root := "case/root/"
 	a.file(root+"usr/bin/vmcred-guest", 0o755, s.guestBin)
 	a.file(root+"etc/vmcred/trusted.d/host.pub", 0o444, mustRead(t, s.pubKey))
+	// The VM's name, as the NixOS module writes it: the shipped unit has
+	// no --vm, and load refuses a manifest it cannot bind to its VM.
+	a.file(root+"etc/vmcred/vm-name", 0o444, []byte(tc.name+"\n"))
 	enable(a, "vmcred-guest.service", units[agentUnit])
 	enable(a, "demo-oem-credentials.service", units[demoUnit])
 	a.file(root+systemdUnits+"/demo-oem-credentials.service.d/vmcred.conf", 0o644, units[demoDropIn])

@@ -38,7 +38,7 @@ let
   # Never hard-code /run/secrets/...: clan moved vars paths in 2026
   # (/run/secrets/vars/per-machine/<machine>/<generator>/<file>).
   secrets = config.clan.core.vars.generators.test-vm-secrets.files;
-  signing = config.clan.core.vars.generators.vmcred-signing.files;
+  signing = config.clan.core.vars.generators.test-vm-vmcred-signing.files;
 in
 {
   imports = [ ../host.nix ];
@@ -62,7 +62,7 @@ in
   # The host's manifest signing key. The private half is a secret like the
   # others; the public half is not (secret = false), so the VM's
   # configuration can read it at evaluation time (.value).
-  clan.core.vars.generators.vmcred-signing = {
+  clan.core.vars.generators.test-vm-vmcred-signing = {
     files = {
       "signing.key".secret = true;
       "signing.pub".secret = false;

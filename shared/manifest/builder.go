@@ -57,6 +57,14 @@ func (b *Builder) Add(name string, value credential.Secret, d Delivery, static b
 		b.names = map[string]int{}
 	}
 	b.names[name] = i
+	if len(b.m.Entries) == cap(b.m.Entries) {
+		// Grow by hand so the old array's digests are cleared, not left
+		// in a freed buffer (see Wipe).
+		grown := make([]Entry, len(b.m.Entries), 2*cap(b.m.Entries)+4)
+		copy(grown, b.m.Entries)
+		wipeDigests(b.m.Entries)
+		b.m.Entries = grown
+	}
 	b.m.Entries = append(b.m.Entries, e)
 	return nil
 }
@@ -81,6 +89,7 @@ func (b *Builder) Envelope(key ed25519.PrivateKey) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer wipeDigests(m.Entries)
 	body, err := m.MarshalBinary()
 	if err != nil {
 		return nil, err
@@ -91,6 +100,11 @@ func (b *Builder) Envelope(key ed25519.PrivateKey) ([]byte, error) {
 	}
 	return Sign(body, key)
 }
+
+// Wipe clears the digests the Builder holds (a digest of a secret is
+// secret). Call it once the manifest is built, in a process that keeps
+// running afterwards; the Builder must not be used after.
+func (b *Builder) Wipe() { wipeDigests(b.m.Entries) }
 
 func wholeSeconds(t time.Time) time.Time {
 	if t.IsZero() {

@@ -37,6 +37,7 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 		return nil, fmt.Errorf("encode manifest: %w", err)
 	}
 	entries := sortedEntries(m.Entries)
+	defer wipeDigests(entries)
 
 	size := 4 + 1 + 1 + 1 + len(m.VM) + NonceSize + 8 + 8 + 1 + len(m.Channel) + TokenSize + binary.MaxVarintLen64
 	for _, e := range entries {
@@ -90,6 +91,15 @@ func (m *Manifest) UnmarshalBinary(data []byte) error {
 	}
 	*m = *v
 	return nil
+}
+
+// wipeDigests clears the digests of entries: a digest of a secret is
+// secret (a guessable password falls to it), so a copy nobody needs any
+// more is cleared rather than left in a freed buffer.
+func wipeDigests(entries []Entry) {
+	for i := range entries {
+		clear(entries[i].SHA256[:])
+	}
 }
 
 // sortedEntries returns a copy of entries sorted by name.

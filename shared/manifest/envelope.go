@@ -129,19 +129,25 @@ func Sign(body []byte, key ed25519.PrivateKey) ([]byte, error) {
 	if subtle.ConstantTimeCompare(ed25519.NewKeyFromSeed(key.Seed())[ed25519.SeedSize:], pub) != 1 {
 		return nil, fmt.Errorf("sign manifest: %w: private key's public half does not match its seed", ErrInvalidKey)
 	}
-	if _, err := Unmarshal(body); err != nil {
+	m, err := Unmarshal(body)
+	if err != nil {
 		return nil, fmt.Errorf("sign manifest: %w", err)
 	}
-	e := Envelope{Body: body, KeyID: keyID(pub), Sig: ed25519.Sign(key, signedMessage(body))}
+	wipeDigests(m.Entries)
+	msg := signedMessage(body)
+	defer clear(msg)
+	e := Envelope{Body: body, KeyID: keyID(pub), Sig: ed25519.Sign(key, msg)}
 	return e.MarshalBinary()
 }
 
 // WrapUnsigned checks that body is a valid manifest encoding and returns it
 // in an unsigned envelope, for guests without trusted keys.
 func WrapUnsigned(body []byte) ([]byte, error) {
-	if _, err := Unmarshal(body); err != nil {
+	m, err := Unmarshal(body)
+	if err != nil {
 		return nil, fmt.Errorf("wrap manifest: %w", err)
 	}
+	wipeDigests(m.Entries)
 	e := Envelope{Body: body}
 	return e.MarshalBinary()
 }

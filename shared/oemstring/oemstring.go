@@ -12,6 +12,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -71,13 +72,39 @@ type Skip struct {
 	Prefix string
 	Reason Reason
 	Detail string // e.g. the base64 error's offset or the size involved
+	// Count, when above 0, makes this a summary record: it stands for
+	// Count inputs skipped for Reason that were not named (past
+	// MaxSkipped); Index is -1 and Name, Prefix and Detail are empty.
+	Count int
 }
+
+// MaxSkipped is how many skipped inputs a Result names in Skipped. The
+// rest are only counted: a hostile table of 500,000 one-byte strings would
+// otherwise cost a record, a warning line and a line of status.json each
+// (issue 17, finding 7), where systemd itself logs one line per string.
+const MaxSkipped = 32
 
 // Result is what a Parser accepted and skipped, in input order.
 type Result struct {
 	Entries []Entry
+	// Skipped names the first MaxSkipped inputs that were skipped.
 	Skipped []Skip
-	Total   int // decoded bytes accepted, counted against credential.MaxTotalSize
+	// SkippedTotal counts every skipped input, named in Skipped or not;
+	// SkippedByReason counts them by reason (nil when none was skipped).
+	SkippedTotal    int
+	SkippedByReason map[Reason]int
+	Total           int // decoded bytes accepted, counted against credential.MaxTotalSize
+}
+
+// SkippedUnnamed is how many skipped inputs no record of Skipped names.
+func (r Result) SkippedUnnamed() int {
+	n := r.SkippedTotal
+	for _, s := range r.Skipped {
+		if s.Count == 0 {
+			n--
+		}
+	}
+	return n
 }
 
 // Parser accumulates credentials from several sources with systemd's rules:
@@ -103,7 +130,29 @@ func NewParser(prefixes ...string) *Parser {
 }
 
 // Result returns what was parsed so far. The slices are the Parser's own.
-func (p *Parser) Result() Result { return p.res }
+// When more than MaxSkipped inputs were skipped, Skipped ends with one
+// summary record (Count > 0) per reason of the unnamed ones, in the order
+// of the Reason constants.
+func (p *Parser) Result() Result {
+	r := p.res
+	if r.SkippedUnnamed() == 0 {
+		return r
+	}
+	unnamed := maps.Clone(r.SkippedByReason)
+	for _, s := range r.Skipped {
+		unnamed[s.Reason]--
+	}
+	r.Skipped = slices.Clip(r.Skipped)
+	for _, reason := range reasonOrder {
+		if n := unnamed[reason]; n > 0 {
+			r.Skipped = append(r.Skipped, Skip{Index: -1, Reason: reason, Count: n})
+		}
+	}
+	return r
+}
+
+// reasonOrder is the order of summary records.
+var reasonOrder = []Reason{ReasonNoPrefix, ReasonNoEquals, ReasonBadName, ReasonBadBase64, ReasonDuplicate, ReasonTooLarge, ReasonTotalTooLarge}
 
 // AddStrings parses OEM strings read from source, in order.
 func (p *Parser) AddStrings(source string, strs []string) {
@@ -122,7 +171,7 @@ func (p *Parser) AddString(source, s string) {
 	idx := p.next
 	p.next++
 	skip := func(name, prefix string, r Reason, detail string) {
-		p.res.Skipped = append(p.res.Skipped, Skip{Index: idx, Source: source, Name: name, Prefix: prefix, Reason: r, Detail: detail})
+		p.skip(Skip{Index: idx, Source: source, Name: name, Prefix: prefix, Reason: r, Detail: detail})
 	}
 	prefix := ""
 	for _, pf := range p.prefixes {
@@ -175,15 +224,27 @@ func (p *Parser) AddRaw(source, name string, value []byte) {
 		if errors.As(err, &ne) {
 			detail, name = ne.Reason, ne.Name
 		}
-		p.res.Skipped = append(p.res.Skipped, Skip{Index: idx, Source: source, Name: name, Reason: ReasonBadName, Detail: detail})
+		p.skip(Skip{Index: idx, Source: source, Name: name, Reason: ReasonBadName, Detail: detail})
 		return
 	}
 	p.take(idx, source, "", name, value)
 }
 
+// skip records s: counted always, named while fewer than MaxSkipped are.
+func (p *Parser) skip(s Skip) {
+	p.res.SkippedTotal++
+	if p.res.SkippedByReason == nil {
+		p.res.SkippedByReason = make(map[Reason]int)
+	}
+	p.res.SkippedByReason[s.Reason]++
+	if len(p.res.Skipped) < MaxSkipped {
+		p.res.Skipped = append(p.res.Skipped, s)
+	}
+}
+
 func (p *Parser) take(idx int, source, prefix, name string, data []byte) {
 	skip := func(r Reason, detail string) {
-		p.res.Skipped = append(p.res.Skipped, Skip{Index: idx, Source: source, Name: name, Prefix: prefix, Reason: r, Detail: detail})
+		p.skip(Skip{Index: idx, Source: source, Name: name, Prefix: prefix, Reason: r, Detail: detail})
 	}
 	// systemd checks the size budget first (credential_size_ok), then writes
 	// with O_EXCL, so a duplicate is refused only after its size is checked,

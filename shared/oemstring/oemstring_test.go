@@ -238,3 +238,25 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestSkippedAggregated: past MaxSkipped, skipped strings are counted by
+// reason, not recorded one by one (issue 17, finding 7).
+func TestSkippedAggregated(t *testing.T) {
+	p := NewParser()
+	for i := range 100_000 {
+		p.AddString("smbios", string(rune('a'+i%26)))
+	}
+	p.AddString("smbios", PrefixText+"no-equals")
+	p.AddString("smbios", PrefixText+"ok=1")
+	r := p.Result()
+	if len(r.Entries) != 1 || r.SkippedTotal != 100_001 || r.SkippedUnnamed() != 100_001-MaxSkipped {
+		t.Fatalf("%d entries, %d skipped, %d unnamed", len(r.Entries), r.SkippedTotal, r.SkippedUnnamed())
+	}
+	want := []Skip{{Index: -1, Reason: ReasonNoPrefix, Count: 100_000 - MaxSkipped}, {Index: -1, Reason: ReasonNoEquals, Count: 1}}
+	if diff := cmp.Diff(want, r.Skipped[MaxSkipped:]); diff != "" || r.Skipped[MaxSkipped-1].Index != MaxSkipped-1 {
+		t.Errorf("summary records (-want +got):\n%s", diff)
+	}
+	if r.SkippedByReason[ReasonNoPrefix] != 100_000 || r.SkippedByReason[ReasonNoEquals] != 1 {
+		t.Errorf("by reason: %v", r.SkippedByReason)
+	}
+}

@@ -106,7 +106,7 @@ func parseEntry(b []byte, name string, n int) (Structure, error) {
 	if len(b) >= 2 && b[1] != OEMLength {
 		return fault(1, ErrBadOEMLength, "type 11 header length is %d, want %d", b[1], OEMLength)
 	}
-	s, size, err := readStructure(b, 0, n)
+	s, size, err := readStructure(b, 0, n, true)
 	if err != nil {
 		var fe *FormatError
 		if errors.As(err, &fe) {

@@ -127,3 +127,35 @@ func FuzzReadEntries(f *testing.F) {
 		}
 	})
 }
+
+// FuzzScanTable checks ScanTable against ReadTable: the same structures
+// (type 11 decoded in full, the others by header), in the same order, and
+// the same error.
+func FuzzScanTable(f *testing.F) {
+	addTestdataSeeds(f, "*.dmi")
+	f.Add([]byte{})
+	f.Add([]byte{200, 4, 1, 0, 0, 0, 11, 5, 0, 0x0e, 1, 'a', 0, 0, 127, 4, 0xff, 0xfe, 0, 0})
+	f.Add(AppendStructure(nil, 11, 0x0e00, []byte{3}, []string{"a", "b"}))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		want, wantErr := ReadTable(data)
+		var got []Structure
+		err := ScanTable(data, TypeOEMStrings, func(i int, s Structure) bool {
+			if i != len(got) {
+				t.Fatalf("index %d, want %d", i, len(got))
+			}
+			got = append(got, s)
+			return true
+		})
+		if (err == nil) != (wantErr == nil) || (err != nil && err.Error() != wantErr.Error()) {
+			t.Fatalf("ScanTable error %v, ReadTable error %v", err, wantErr)
+		}
+		for i := range want {
+			if want[i].Type != TypeOEMStrings {
+				want[i] = Structure{Type: want[i].Type, Length: want[i].Length, Handle: want[i].Handle, Offset: want[i].Offset}
+			}
+		}
+		if diff := cmp.Diff(want, got, cmpopts.EquateEmpty()); diff != "" {
+			t.Fatalf("ScanTable and ReadTable disagree (-ReadTable +ScanTable):\n%s", diff)
+		}
+	})
+}

@@ -146,7 +146,7 @@ func ReadTable(data []byte) ([]Structure, error) {
 				Reason: "table ends without an end-of-table (type 127) structure",
 			}
 		}
-		s, n, err := readStructure(data[off:], off, len(out))
+		s, n, err := readStructure(data[off:], off, len(out), true)
 		if err != nil {
 			return out, err
 		}
@@ -158,10 +158,45 @@ func ReadTable(data []byte) ([]Structure, error) {
 	}
 }
 
+// ScanTable reads a table as ReadTable does, but keeps nothing: it calls
+// fn with each structure in turn, and decodes (with go-smbios: formatted
+// area and strings) only structures of type want; the others come with
+// their header fields and offset only. fn returning false stops the scan
+// (ScanTable then returns nil). Otherwise it returns what ReadTable would:
+// nil at type 127, or the fault, or ErrNoEndOfTable.
+//
+// Memory stays bounded by the largest structure rather than by the number
+// of structures: a hostile 1 MiB table of 166,000 empty structures costs
+// ReadTable a slice of them all, and ScanTable nothing.
+func ScanTable(data []byte, want uint8, fn func(index int, s Structure) bool) error {
+	off := 0
+	for index := 0; ; index++ {
+		if off == len(data) {
+			return &FormatError{
+				Offset: off, Structure: index, Err: ErrNoEndOfTable,
+				Reason: "table ends without an end-of-table (type 127) structure",
+			}
+		}
+		typ := data[off]
+		s, n, err := readStructure(data[off:], off, index, typ == want)
+		if err != nil {
+			return err
+		}
+		if !fn(index, s) {
+			return nil
+		}
+		off += n
+		if s.Type == TypeEndOfTable {
+			return nil
+		}
+	}
+}
+
 // readStructure finds the structure at the start of b (which starts at
-// offset base of the table and is structure number index), decodes it with
-// go-smbios and returns it with its size in bytes.
-func readStructure(b []byte, base, index int) (Structure, int, error) {
+// offset base of the table and is structure number index) and returns it
+// with its size in bytes; decode has go-smbios decode it, otherwise only
+// its header fields and offset are set.
+func readStructure(b []byte, base, index int, decode bool) (Structure, int, error) {
 	fault := func(at int, sentinel error, format string, args ...any) (Structure, int, error) {
 		return Structure{}, 0, &FormatError{
 			Offset: base + at, Structure: index, Err: sentinel,
@@ -198,6 +233,9 @@ func readStructure(b []byte, base, index int) (Structure, int, error) {
 		end = length + i + 2
 	}
 	raw := b[:end]
+	if !decode {
+		return Structure{Type: typ, Length: uint8(length), Handle: handle, Offset: base}, end, nil
+	}
 
 	// Let go-smbios decode exactly this structure. It reads until type 127,
 	// so every other type gets a terminator after it.

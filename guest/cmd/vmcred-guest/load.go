@@ -3,19 +3,18 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/vmcred/vmcred/guest/agent"
 	"github.com/vmcred/vmcred/guest/fetch"
+	"github.com/vmcred/vmcred/guest/trustkey"
 	"github.com/vmcred/vmcred/shared/address"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/logging"
-	"github.com/vmcred/vmcred/shared/manifest"
 )
 
 // DefaultSystemCredentials is where systemd's PID 1 imports credentials.
@@ -41,47 +40,21 @@ func (p *policyFlags) register(fs interface {
 }
 
 // keys reads the trusted public keys: each flag names a key file or a
-// folder whose *.pub files are all trusted.
+// folder whose *.pub files are all trusted. A key file or folder another
+// user could write is refused (exit 1), as pack refuses a signing key
+// others can read: see guest/trustkey.
 func (p *policyFlags) keys() ([]ed25519.PublicKey, error) {
-	var files []string
-	for _, k := range p.trustKeys {
-		st, err := os.Stat(k)
-		if err != nil {
-			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("trust key: %w", err))
-		}
-		if !st.IsDir() {
-			files = append(files, k)
-			continue
-		}
-		ents, err := os.ReadDir(k)
-		if err != nil {
-			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("trust key folder: %w", err))
-		}
-		n := 0
-		for _, e := range ents {
-			if e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".pub") {
-				files = append(files, filepath.Join(k, e.Name()))
-				n++
-			}
-		}
-		if n == 0 {
-			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("trust key folder %s holds no *.pub file", k))
-		}
+	keys, err := trustkey.Read(p.trustKeys)
+	var pe *trustkey.ParseError
+	switch {
+	case err == nil:
+		return keys, nil
+	case errors.Is(err, trustkey.ErrUnsafe):
+		return nil, cli.WithCode(cli.ExitFailure, err)
+	case errors.As(err, &pe):
+		return nil, cli.WithCode(cli.ExitUsage, err)
 	}
-	sort.Strings(files)
-	var keys []ed25519.PublicKey
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, cli.WithCode(cli.ExitIO, fmt.Errorf("trust key: %w", err))
-		}
-		k, err := manifest.ParsePublicKey(b)
-		if err != nil {
-			return nil, cli.WithCode(cli.ExitUsage, fmt.Errorf("trust key %s: %w", f, err))
-		}
-		keys = append(keys, k)
-	}
-	return keys, nil
+	return nil, cli.WithCode(cli.ExitIO, err)
 }
 
 func runLoad(ctx context.Context, env *cli.Env, args []string) error {
@@ -93,6 +66,8 @@ func runLoad(ctx context.Context, env *cli.Env, args []string) error {
 	credstore := fs.String("credstore", agent.DefaultCredstore, "expose credentials in this folder (must be on tmpfs or ramfs)")
 	statusDir := fs.String("status-dir", agent.DefaultStatusDir, "write the report (no values) to this folder")
 	allowPersistent := fs.Bool("allow-persistent", false, "accept a credstore that is not on tmpfs or ramfs")
+	vmFile := fs.String("vm-file", trustkey.DefaultVMNameFile, "without --vm: read this VM's name from `FILE` (one line) when it exists")
+	allowAnyVM := fs.Bool("allow-any-vm", false, "with neither --vm nor a --vm-file, accept a manifest issued for any VM (by default load refuses it: a manifest must be bound to its VM)")
 	channel := fs.String("channel", "", "dial the host's channel at `ADDR` instead of the address in the manifest (unix:PATH for a simulated VM); without a channel in the manifest nothing is dialed")
 	timeout := fs.Duration("timeout", agent.DefaultTimeout, "give the channel fetch, retries included, this `DURATION`; the report to the host then gets its own 10s")
 	if err := cli.Parse(env, fs, "vmcred-guest load [flags]", args); err != nil {
@@ -117,6 +92,18 @@ func runLoad(ctx context.Context, env *cli.Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if pol.vm == "" && *vmFile != "" {
+		// The image says which VM it is for (the NixOS module writes it).
+		switch name, err := trustkey.ReadVMName(*vmFile); {
+		case err == nil:
+			pol.vm = name
+		case errors.Is(err, os.ErrNotExist) && !fs.Changed("vm-file"):
+		case errors.Is(err, trustkey.ErrUnsafe):
+			return cli.WithCode(cli.ExitFailure, err)
+		default:
+			return cli.WithCode(cli.ExitIO, err)
+		}
+	}
 	rep, err := agent.LoadContext(ctx, agent.Config{
 		Root:              os.DirFS("/"),
 		Firmware:          opt,
@@ -126,6 +113,7 @@ func runLoad(ctx context.Context, env *cli.Env, args []string) error {
 		AllowUnverified:   pol.allowUnverified,
 		TrustKeys:         keys,
 		VM:                pol.vm,
+		AllowAnyVM:        *allowAnyVM,
 		SystemCredentials: pol.systemCredentials,
 		Version:           env.Version,
 		Channel:           *channel,
@@ -196,6 +184,12 @@ func logReport(log *logging.Logger, rep agent.Report) {
 		}
 	}
 	for _, s := range rep.Skipped {
+		if s.Count > 0 {
+			// The strings past the first oemstring.MaxSkipped: one line
+			// per reason, not one per string.
+			log.Warn(fmt.Sprintf("skipped %d more OEM strings, not named", s.Count), logging.String("reason", s.Reason))
+			continue
+		}
 		log.Warn("skipped OEM string", logging.Int("index", s.Index), logging.String("source", s.Source), logging.String("name", s.Name), logging.String("reason", s.Reason))
 	}
 	for _, c := range rep.Credentials {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/journal"
 	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/harden"
 	"github.com/vmcred/vmcred/shared/logging"
 	"go.uber.org/zap/zapcore"
 )
@@ -21,6 +22,11 @@ func main() {
 	journald, _ := journal.StderrIsJournalStream()
 	log := logging.New(os.Stderr, logging.Config{Journald: journald, Level: zapcore.InfoLevel, Name: "vmcred-guest"})
 	env := &cli.Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Log: log, Version: version}
+	// Before any secret is read: no core dump, no /proc/PID/mem for other
+	// processes (shared/harden says why, and why no mlock).
+	if err := harden.Apply(); err != nil {
+		log.Warn("process hardening: " + err.Error())
+	}
 	ctx, stop := newLazySignalContext(os.Interrupt, syscall.SIGTERM)
 	code := cli.Main(ctx, "vmcred-guest", commands(), os.Args[1:], env)
 	stop()

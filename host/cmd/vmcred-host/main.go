@@ -20,6 +20,7 @@ import (
 	"github.com/vmcred/vmcred/host/access"
 	"github.com/vmcred/vmcred/host/source"
 	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/harden"
 	"github.com/vmcred/vmcred/shared/logging"
 )
 
@@ -30,6 +31,11 @@ func main() {
 	journald, _ := journal.StderrIsJournalStream()
 	log := logging.New(os.Stderr, logging.Config{Journald: journald, Level: zapcore.InfoLevel, Name: "vmcred-host"})
 	env := &cli.Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Log: log, Version: version}
+	// Before any secret is read: no core dump, no /proc/PID/mem for other
+	// processes (shared/harden says why, and why no mlock).
+	if err := harden.Apply(); err != nil {
+		log.Warn("process hardening: " + err.Error())
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := cli.Main(ctx, "vmcred-host", commands(osDeps()), os.Args[1:], env)
 	stop()

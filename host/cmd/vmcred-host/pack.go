@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 	hostchannel "github.com/vmcred/vmcred/host/channel"
@@ -46,8 +47,21 @@ type packFlags struct {
 	// implied by --hypervisor firecracker): see bootstrapMode.
 	manifestByChannel bool
 	smbiosReserve     int
-	src               source.Flags
+	// lifetime is how long the manifest is valid (its not-after); 0 sets
+	// none.
+	lifetime time.Duration
+	src      source.Flags
 }
+
+// DefaultLifetime is pack's --lifetime: how long a manifest stays valid
+// after it is issued. Long, because QEMU keeps a VM's SMBIOS tables and
+// fw_cfg files across a reboot inside the guest: the agent then reads the
+// same manifest again, and a short lifetime would fail the boot of a VM
+// that reboots after it (the load fails loudly, naming the expiry; a
+// restart of the VM from the host re-packs). It still stops a pack from a
+// month ago from being accepted, e.g. a DMI table or payload kept
+// somewhere. --lifetime 0 sets no not-after.
+const DefaultLifetime = 30 * 24 * time.Hour
 
 func (f *packFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.vm, "vm", "", "the VM's `NAME` (required)")
@@ -68,6 +82,7 @@ func (f *packFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.manifestByChannel, "manifest-by-channel", false, "bootstrap mode: send every credential and the signed manifest (without a channel token) by channel, and pass nothing to the hypervisor; "+
 		"for launchers that own the firmware carrier (cloud-hypervisor under microvm.nix) and for firecracker (implied); needs --sign-key and --channel. "+
 		"Weaker than firmware delivery: any guest process that reaches the channel first can fetch (the agent then fails loudly)")
+	fs.DurationVar(&f.lifetime, "lifetime", DefaultLifetime, "the manifest is valid for this `DURATION` after it is issued (its not-after; a guest that reboots with the same firmware after it fails its load), 0 for no limit")
 	fs.IntVar(&f.smbiosReserve, "smbios-reserve", -1, fmt.Sprintf("`BYTES` of the 65535-byte SMBIOS table left for the hypervisor's own structures (default %d; 0 for dmi)", plan.DefaultSMBIOSReserve))
 }
 
@@ -172,7 +187,13 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 		env.Log.Warn(w.String())
 	}
 
+	if f.lifetime < 0 || (f.lifetime > 0 && f.lifetime < time.Second) {
+		return nil, cli.Usagef("--lifetime must be 0 (no limit) or at least 1s: a manifest's times are whole seconds")
+	}
 	params := emit.ManifestParams{VM: f.vm, IssuedAt: d.now(), Channel: f.channel}
+	if f.lifetime > 0 {
+		params.NotAfter = params.IssuedAt.Add(f.lifetime)
+	}
 	if _, err := io.ReadFull(d.rand, params.Nonce[:]); err != nil {
 		return nil, fmt.Errorf("manifest nonce: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"strings"
 
 	"github.com/vmcred/vmcred/host/launch"
@@ -40,6 +41,13 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 	if f.chAPI != "" && !hasAPISocket(command[1:], f.chAPI) {
 		return cli.Usagef("run: --ch-api %s: the cloud-hypervisor command must listen there: add --api-socket path=%s", f.chAPI, f.chAPI)
 	}
+	if f.chAPI != "" {
+		// vm.create carries every secret: refuse a path someone else could
+		// bind first (CHBoot then checks who listens: launch.CHOptions).
+		if err := launch.CheckAPISocketPath(f.chAPI); err != nil {
+			return cli.WithCode(cli.ExitFailure, fmt.Errorf("run: %w", err))
+		}
+	}
 
 	// Bind first: the manifest names the channel, and an AF_VSOCK port 0
 	// is only known once bound.
@@ -66,6 +74,12 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 		pk.removeTemp()
 	}()
 
+	if pk.result.API == nil {
+		// The payload files are written and the hypervisor reads them, not
+		// this process's memory: keep no copy for the life of the VM
+		// (issue 17, finding 6).
+		handedOver(pk)
+	}
 	cfg := launch.Config{
 		Path:    command[0],
 		Args:    append(append([]string(nil), command[1:]...), pk.result.Args...),
@@ -79,6 +93,9 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 			if err := launch.CHBoot(ctx, api.Socket, pk.result.APIBody(), exited, 0); err != nil {
 				return cli.WithCode(cli.ExitFailure, err)
 			}
+			// Handed over: wipe the body and every payload now, not when
+			// the VM stops.
+			handedOver(pk)
 			// cloud-hypervisor has the strings now; the body file is not
 			// needed any more.
 			if err := os.Remove(api.BodyFile); err != nil {
@@ -98,6 +115,16 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 		return cli.WithCode(cli.ExitFailure, fmt.Errorf("run: %w", err))
 	}
 	return err
+}
+
+// handedOver wipes the payloads once the hypervisor has them, and then
+// returns the freed heap to the kernel (debug.FreeOSMemory: a GC, then
+// MADV_DONTNEED on free pages), so that copies Go made on the way and
+// freed without clearing (a slice outgrown, a digest's scratch) are gone
+// too, not readable in /proc/PID/mem for the life of the VM.
+func handedOver(pk *packed) {
+	pk.result.Wipe()
+	debug.FreeOSMemory()
 }
 
 func isTagged(err error) bool {

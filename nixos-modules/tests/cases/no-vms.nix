@@ -1,0 +1,2 @@
+# vmcred's host module and nothing for it to do.
+{ ... }: { }

@@ -1,0 +1,9 @@
+{ lib, ... }:
+{
+  options.settings = lib.mkOption {
+    type = lib.types.deferredModuleWith {
+      staticModules = [ ./settings-opts.nix ];
+    };
+    default = { };
+  };
+}
