@@ -76,6 +76,7 @@ func (s *suite) runTiming(t *testing.T, img sysImage, units map[string][]byte, a
 		firmware = s.pack(t, append(args, packArgs(t, dir, seedCreds())...)...)
 		a.file("case/root/usr/bin/vmcred-guest", 0o755, s.guestBin)
 		a.file("case/root/etc/vmcred/trusted.d/host.pub", 0o444, mustRead(t, s.pubKey))
+		a.file("case/root/etc/vmcred/vm-name", 0o444, []byte(name+"\n")) // as runTier2
 		enable(a, "vmcred-guest.service", units[agentUnit])
 	}
 	etc := "case/root/etc/vmcred-test/"
