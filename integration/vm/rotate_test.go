@@ -231,6 +231,8 @@ func TestTier2Rotate(t *testing.T) {
 	a.file(root+"usr/bin/vmcred-guest", 0o755, s.guestBin)
 	a.file(root+"usr/bin/rotatecheck", 0o755, mustRead(t, rotatecheck))
 	a.file(root+"etc/vmcred/trusted.d/host.pub", 0o444, mustRead(t, s.pubKey))
+	// The VM's name for the manifest binding load now checks (as runTier2).
+	a.file(root+"etc/vmcred/vm-name", 0o444, []byte("rotate\n"))
 	enable(a, "vmcred-guest.service", agent)
 	enable(a, "rotate-consumer.service", rotUnit("consumer", "LoadCredential=API_KEY", "%d/API_KEY", ""))
 	enable(a, "rotate-path.service", rotUnit("path", "LoadCredential=api:/run/credstore/API_KEY", "%d/api", ""))
