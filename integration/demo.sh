@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# make demo: the simulated VM end to end.
+# make demo: the simulated VM end to end, host-dialed (DESIGN §8).
 #
 # The host packs three random secrets and two static strings into an SMBIOS
 # table file, laid out as QEMU would, with a signed manifest; a 4 MiB secret
-# (over systemd's 1 MiB, never in firmware) goes by the channel instead. The
-# host serves the channel on a Unix socket, the host end of hybrid vsock as
-# cloud-hypervisor and Firecracker expose it. The guest agent reads the
-# table as if it were /sys/firmware/dmi/tables/DMI, verifies the signature,
-# fetches the channel secret, writes its credstore and reports back; the
-# host's `wait` sees the guest ready. The demo shows names, sizes and SHA-256
-# digests on both sides — never a value.
+# (over systemd's 1 MiB, never in firmware) is left to the host's session.
+# The guest agent starts (vmcred-guest agent: it would listen on privileged
+# vsock port 730, which only guest root can bind; here a Unix socket in a
+# private folder stands for it), loads what the table carries and waits.
+# The host dials the agent (vmcred-host push): the agent sends a fresh
+# challenge, the host answers with a manifest signed over it and the values,
+# the agent verifies everything, writes its credstore all or nothing and
+# reports on the same connection; the host records the report and `wait`
+# sees the guest ready. The demo shows names, sizes and SHA-256 digest
+# prefixes on both sides — never a value.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 host=$PWD/bin/vmcred-host
@@ -19,9 +22,9 @@ guest=$PWD/bin/vmcred-guest
 base=/dev/shm
 [ -d "$base" ] && [ -w "$base" ] || base=${TMPDIR:-/tmp}
 work=$(mktemp -d "$base/vmcred-demo.XXXXXX")
-serve_pid=
+agent_pid=
 cleanup() {
-  [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null
+  [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -29,12 +32,15 @@ persistent=()
 if [ "$base" != /dev/shm ]; then persistent=(--allow-persistent); fi
 
 umask 077
-mkdir -p "$work/secrets"
+mkdir -p "$work/secrets" "$work/vm"
 for name in api-key db-password jwt-secret; do
   head -c 48 /dev/urandom | base64 | tr -d '\n' > "$work/secrets/$name"
 done
 head -c $((4 << 20)) /dev/urandom > "$work/secrets/disk-key"
 chmod 0400 "$work"/secrets/*
+sources=(--cred api-key=file:"$work/secrets/api-key" --cred db-password=file:"$work/secrets/db-password"
+  --cred jwt-secret=file:"$work/secrets/jwt-secret" --cred disk-key=file:"$work/secrets/disk-key"
+  --static ENVIRONMENT=test --static CLUSTER=demo)
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 digest() { sha256sum < "$1" | cut -d' ' -f1; }
@@ -44,40 +50,40 @@ for f in "$work"/secrets/*; do
   printf '  %-12s %8d bytes  sha256 %.16s…\n' "$(basename "$f")" "$(wc -c < "$f")" "$(digest "$f")"
 done
 
-say "host: vmcred-host keygen, then pack --hypervisor dmi with a signed manifest"
+say "host: vmcred-host keygen, then pack --hypervisor dmi (firmware for what fits)"
 "$host" keygen --out "$work/host"
-sock="$work/vm.vsock_5000" # hybrid vsock: the guest dials port 5000, the host listens on <socket>_<PORT>
-"$host" pack --vm demo --hypervisor dmi --out "$work/DMI" --sign-key "$work/host.key" \
-  --cred api-key=file:"$work/secrets/api-key" \
-  --cred db-password=file:"$work/secrets/db-password" \
-  --cred jwt-secret=file:"$work/secrets/jwt-secret" \
-  --cred disk-key=file:"$work/secrets/disk-key" \
-  --static ENVIRONMENT=test --static CLUSTER=demo \
-  --overflow channel --channel "unix:$sock" --runtime-dir "$work/host-run"
+"$host" pack --vm demo --hypervisor dmi --out "$work/DMI" --sign-key "$work/host.key" "${sources[@]}" \
+  --overflow channel --runtime-dir "$work/host-run"
 printf '  wrote %s: %d bytes, mode %s\n' "$work/DMI" "$(wc -c < "$work/DMI")" "$(stat -c %a "$work/DMI")"
-
-say "host: vmcred-host serve (channel and readiness); vmcred-host wait"
-"$host" serve --vm demo --listen "unix:$sock" --runtime-dir "$work/host-run" --status-dir "$work/host-status" &
-serve_pid=$!
-for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
-[ -S "$sock" ] || { echo "demo: serve did not start" >&2; exit 1; }
-"$host" wait --vm demo --status-dir "$work/host-status" --timeout 30s > "$work/wait.out" &
-wait_pid=$!
 
 say "guest: vmcred-guest list (what the firmware carries; disk-key is not there)"
 "$guest" list --dmi-table "$work/DMI"
 
-say "guest: vmcred-guest load (verify the signature, fetch by channel, expose, report)"
-"$guest" load --dmi-table "$work/DMI" --trust-key "$work/host.pub" --vm demo --channel "unix:$sock" \
-  --credstore "$work/credstore" --status-dir "$work/status" --system-credentials "" "${persistent[@]}"
+say "guest: vmcred-guest agent (loads the firmware, listens for the host's session)"
+sock="$work/vm/agent.sock"
+"$guest" agent --listen "unix:$sock" --dmi-table "$work/DMI" --trust-key "$work/host.pub" --vm demo \
+  --credstore "$work/credstore" --status-dir "$work/status" --system-credentials "" "${persistent[@]}" 2> "$work/agent.log" &
+agent_pid=$!
+for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+[ -S "$sock" ] || { echo "demo: the agent did not start" >&2; cat "$work/agent.log" >&2; exit 1; }
+sed 's/^/  /' "$work/agent.log"
+
+say "host: vmcred-host wait, then vmcred-host push (dial the agent, signed session)"
+"$host" wait --vm demo --status-dir "$work/host-status" --timeout 30s > "$work/wait.out" &
+wait_pid=$!
+"$host" push --vm demo --connect "unix:$sock" --sign-key "$work/host.key" --status-dir "$work/host-status" "${sources[@]}"
 ls -l "$work/credstore" | sed 's/^/  /'
 
-say "host: readiness, as the guest reported it"
+say "host: readiness, as the agent reported it on the session the host dialed"
 wait "$wait_pid" || { echo "demo: vmcred-host wait did not see the guest ready" >&2; exit 1; }
 sed 's/^/  /' "$work/wait.out"
 
-say "guest: vmcred-guest status"
+say "guest: vmcred-guest status, and verify against the manifest the agent accepted"
 "$guest" status --status-dir "$work/status"
+"$guest" verify --dmi-table "$work/DMI" --trust-key "$work/host.pub" --vm demo --credstore "$work/credstore" \
+  --status-dir "$work/status" --system-credentials "" --search-path "$work/credstore" > "$work/verify.out" \
+  || { cat "$work/verify.out"; echo "demo: verify failed" >&2; exit 1; }
+head -3 "$work/verify.out" | sed 's/^/  /'
 
 say "check: every secret arrived byte for byte"
 fail=0
@@ -93,4 +99,14 @@ for kv in ENVIRONMENT=test CLUSTER=demo; do
   printf '  %-12s static string                                   %s\n' "$name" "$ok"
 done
 [ "$fail" = 0 ] || { echo "demo: a credential did not arrive intact" >&2; exit 1; }
-say "demo passed: the guest holds exactly what the host packed, verified by signature, and the host knows"
+
+say "check: a session signed by another key is refused, and nothing changes"
+"$host" keygen --out "$work/other" > /dev/null
+if "$host" push --vm demo --connect "unix:$sock" --sign-key "$work/other.key" --status-dir "$work/host-status-2" "${sources[@]}" 2> "$work/refused.log"; then
+  echo "demo: a session signed by an unknown key was accepted" >&2; exit 1
+fi
+grep -q 'signed by an untrusted key' "$work/refused.log" && echo '  refused: the manifest is signed by an untrusted key; push exited 1'
+for name in api-key disk-key; do
+  [ "$(digest "$work/secrets/$name")" = "$(digest "$work/credstore/$name")" ] || { echo "demo: the refused session changed $name" >&2; exit 1; }
+done
+say "demo passed: the guest holds exactly what the host sent, verified by signature over its own challenge, and the host knows"

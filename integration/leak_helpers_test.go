@@ -12,6 +12,7 @@ package integration
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -30,8 +31,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/vmcred/vmcred/shared/manifest"
 )
 
 // needle is one encoding of a secret to search for. what names the secret
@@ -46,7 +45,7 @@ const (
 	oemVmcred   = "io.vmcred.credential.binary:"
 	oemSystemd  = "io.systemd.credential.binary:"
 	oemText     = "io.systemd.credential:"
-	manifestOEM = oemSystemd + "vmcred.manifest="
+	manifestOEM = oemVmcred + "vmcred.manifest="
 )
 
 // stableBase64 returns the base64 characters of w that do not depend on
@@ -164,81 +163,12 @@ func randomBytes(n int) []byte {
 	return b
 }
 
-// tokenFromOEM decodes the channel token from a manifest OEM string
-// ("io.systemd.credential.binary:vmcred.manifest=BASE64"); nil when the
-// manifest carries none.
-func tokenFromOEM(t *testing.T, s []byte) []byte {
-	t.Helper()
-	b64, ok := bytes.CutPrefix(s, []byte(manifestOEM))
-	if !ok {
-		t.Fatalf("not a manifest OEM string")
-	}
-	raw, err := base64.StdEncoding.DecodeString(string(b64))
-	if err != nil {
-		t.Fatalf("manifest OEM string: %v", err)
-	}
-	return tokenFromEnvelope(t, raw)
-}
-
-// tokenFromEnvelope decodes the channel token from a manifest envelope.
-func tokenFromEnvelope(t *testing.T, raw []byte) []byte {
-	t.Helper()
-	env, err := manifest.ParseEnvelope(raw)
-	if err != nil {
-		t.Fatalf("manifest envelope: %v", err)
-	}
-	m, err := manifest.Unmarshal(env.Body)
-	if err != nil {
-		t.Fatalf("manifest body: %v", err)
-	}
-	if m.Token.Len() == 0 {
-		return nil
-	}
-	return bytes.Clone(m.Token.Reveal())
-}
-
-// tokenFromTable finds the manifest OEM string in a DMI table file (the
-// strings are NUL-terminated ASCII) and returns its token.
-func tokenFromTable(t *testing.T, path string) []byte {
-	t.Helper()
-	tab, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := bytes.Index(tab, []byte(manifestOEM))
-	if i < 0 {
-		t.Fatalf("%s holds no manifest", path)
-	}
-	end := bytes.IndexByte(tab[i:], 0)
-	if end < 0 {
-		t.Fatalf("%s: manifest string not terminated", path)
-	}
-	return tokenFromOEM(t, tab[i:i+end])
-}
-
-// tokenFromRuntimeDir finds the manifest among pack's payload files: an
-// SMBIOS string file starting with the manifest prefix, or a fw_cfg file
-// whose name the printed arguments tie to vmcred.manifest.
-func tokenFromRuntimeDir(t *testing.T, dir string) []byte {
-	t.Helper()
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		if !e.Type().IsRegular() {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if bytes.HasPrefix(b, []byte(manifestOEM)) {
-			return tokenFromOEM(t, b)
-		}
-	}
-	t.Fatalf("no manifest payload file in %s", dir)
-	return nil
+// digestEncodings are the SHA-256 of a value in every encoding the hunt
+// searches: a digest of a guessable value is as good as the value to
+// someone who can test guesses, so it may live only where the value may.
+func digestEncodings(kind, name string, v []byte) []needle {
+	sum := sha256.Sum256(v)
+	return leakEncodings(nil, fmt.Sprintf("SHA-256 of %s %q", kind, name), sum[:])
 }
 
 // procWatch samples /proc/PID/cmdline and /proc/PID/environ of a process
@@ -483,8 +413,11 @@ type holdRelay struct {
 	release     chan struct{}
 	releaseOnce sync.Once
 	conns       atomic.Int32
-	first       atomic.Int64 // server bytes relayed on the first connection
+	first       atomic.Int64 // held-direction bytes relayed on the first connection
 	wg          sync.WaitGroup
+	// upward holds what the dialing side sends (the host pushing to the
+	// agent) instead of what the upstream side sends.
+	upward bool
 }
 
 func newHoldRelay(t *testing.T, path, upstream string, holdAfter int64) *holdRelay {
@@ -539,21 +472,27 @@ func (r *holdRelay) handle(down net.Conn, first bool) {
 		return
 	}
 	defer up.Close()
+	src, dst := up, down // the held direction
+	if r.upward {
+		src, dst = down, up
+	}
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		io.Copy(up, down)
-		up.(*net.UnixConn).CloseWrite()
+		io.Copy(src, dst)
+		if cw, ok := src.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
 	}()
 	if !first {
-		io.Copy(down, up)
+		io.Copy(dst, src)
 		return
 	}
-	n, _ := io.CopyN(down, up, r.holdAfter)
+	n, _ := io.CopyN(dst, src, r.holdAfter)
 	r.first.Add(n)
 	close(r.held)
 	<-r.release
-	m, _ := io.Copy(down, up)
+	m, _ := io.Copy(dst, src)
 	r.first.Add(m)
 }
 

@@ -1,11 +1,13 @@
-// Package agent is the guest boot service behind `vmcred-guest load`: it
-// reads the credentials the host passed (firmware.Read), checks them against
-// the policy, writes what passed to the credstore in one all-or-nothing
-// step, and records a report with no values in the status folder.
+// Package agent is the guest boot service behind `vmcred-guest agent` and
+// `vmcred-guest load`: it reads the credentials the host passed in firmware
+// (firmware.Read), accepts host-dialed sessions on a privileged vsock port
+// for the rest (Agent.Serve, DESIGN §8), checks everything against one
+// policy, writes what passed to the credstore in one all-or-nothing step,
+// and records a report with no values in the status folder.
 //
 // The steps are plain functions over injected resources (an fs.FS for the
-// firmware, directories for the stores) so tests need no root and no VM.
-// Guest packages only.
+// firmware, directories for the stores, a net.Listener for sessions) so
+// tests need no root and no VM. Guest packages only.
 package agent
 
 import (
@@ -22,9 +24,9 @@ import (
 	"time"
 
 	"github.com/vmcred/vmcred/guest/credstore"
-	"github.com/vmcred/vmcred/guest/fetch"
 	"github.com/vmcred/vmcred/guest/firmware"
 	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/credential"
 	"github.com/vmcred/vmcred/shared/manifest"
 	"github.com/vmcred/vmcred/shared/oemstring"
 )
@@ -41,8 +43,8 @@ const (
 	stateFile        = "credstore.state"
 )
 
-// ManifestFile is the copy of the manifest a load fetched by channel
-// (bootstrap mode), kept in the status folder next to StatusFile for the
+// ManifestFile is the copy of the manifest the agent accepted from the
+// last host session, kept in the status folder next to StatusFile for the
 // debug commands; see saveManifest.
 const ManifestFile = "manifest"
 
@@ -73,6 +75,7 @@ type Config struct {
 	// VM is this VM's name: the manifest must have been issued for it.
 	// Empty refuses every manifest unless AllowAnyVM is set: a manifest
 	// signed for another VM must not pass here (issue 17, finding 10).
+	// Sessions always need it.
 	VM string
 	// AllowAnyVM accepts a manifest issued for any VM when VM is empty
 	// (--allow-any-vm): for images that cannot know their VM's name.
@@ -84,16 +87,6 @@ type Config struct {
 	Version string
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
-	// Channel, when set, is dialed instead of the manifest's channel
-	// address (--channel): tests and simulated VMs reach the host's Unix
-	// socket this way. A manifest without a channel means no dial at all,
-	// override or not.
-	Channel string
-	// Timeout bounds the channel fetch, retries included (DefaultTimeout
-	// when 0). The REPORT gets its own ReportTimeout afterwards.
-	Timeout time.Duration
-	// Dial opens channel connections (fetch.Dial when nil).
-	Dial fetch.DialFunc
 }
 
 // Outcomes of a load.
@@ -141,22 +134,24 @@ type Report struct {
 	Problems []string `json:"problems,omitempty"`
 	Policy   string   `json:"policy"` // PolicySignature, PolicyDigest or PolicyUnverified
 	// ManifestSource is where the manifest came from: ManifestFromFirmware,
-	// or ManifestFromChannel in bootstrap mode (weaker: see bootstrap).
-	ManifestSource string             `json:"manifest_source,omitempty"`
-	KeyID          string             `json:"key_id,omitempty"`
-	VM             string             `json:"vm,omitempty"`
-	Channel        string             `json:"channel,omitempty"`
-	NotAfter       *time.Time         `json:"not_after,omitempty"`
-	SystemCheck    []SystemNote       `json:"systemd_check,omitempty"`
-	Credstore      string             `json:"credstore"`
-	Credentials    []CredentialResult `json:"credentials"`
-	Skipped        []Skipped          `json:"skipped"`
-	Sources        []firmware.Status  `json:"sources"`
-	Store          *credstore.Result  `json:"store,omitempty"`
-	Fetch          *ChannelStep       `json:"fetch,omitempty"`
-	Version        string             `json:"agent_version"`
-	StartedAt      time.Time          `json:"started_at"`
-	Timings        Timings            `json:"timings_ms"`
+	// or ManifestFromSession (a host-dialed session).
+	ManifestSource string `json:"manifest_source,omitempty"`
+	KeyID          string `json:"key_id,omitempty"`
+	VM             string `json:"vm,omitempty"`
+	// Generation is the manifest's generation (the credential set's).
+	Generation  uint64             `json:"generation,omitempty"`
+	NotAfter    *time.Time         `json:"not_after,omitempty"`
+	SystemCheck []SystemNote       `json:"systemd_check,omitempty"`
+	Credstore   string             `json:"credstore"`
+	Credentials []CredentialResult `json:"credentials"`
+	Skipped     []Skipped          `json:"skipped"`
+	Sources     []firmware.Status  `json:"sources"`
+	Store       *credstore.Result  `json:"store,omitempty"`
+	// Fetch is the host session that brought the manifest, if one did.
+	Fetch     *ChannelStep `json:"fetch,omitempty"`
+	Version   string       `json:"agent_version"`
+	StartedAt time.Time    `json:"started_at"`
+	Timings   Timings      `json:"timings_ms"`
 }
 
 // Timings are the durations of the load's steps, in milliseconds.
@@ -193,25 +188,34 @@ func joinProblems(p []string) string {
 // Load is LoadContext without a context.
 func Load(cfg Config) (Report, error) { return LoadContext(context.Background(), cfg) }
 
-// LoadContext runs one load. The report is returned (and written to the
-// status folder, when one is set) whether the load succeeded or not; the
-// error's exit code follows DESIGN §7: 1 for a policy or verification
-// failure, 3 when a source or the store could not be read or written.
-//
-// When the manifest names a channel, the credentials it lists for the
-// channel are fetched there (after the manifest is verified, before the
-// credstore is written) and verified like all others, and the outcome,
-// failed or ready, is reported to the host on the same channel; the
-// report records whether the host acknowledged. ctx bounds the channel.
-func LoadContext(ctx context.Context, cfg Config) (Report, error) {
+// LoadContext runs one firmware load (`vmcred-guest load`, and the agent at
+// boot). The report is returned (and written to the status folder, when
+// one is set) whether the load succeeded or not; the error's exit code
+// follows DESIGN §7: 1 for a policy or verification failure, 3 when a
+// source or the store could not be read or written. A manifest that lists
+// credentials for the channel cannot be completed from firmware: the load
+// fails naming them (the agent waits for the host's session instead).
+func LoadContext(_ context.Context, cfg Config) (Report, error) {
+	rep, _, err := run(cfg, nil)
+	return rep, err
+}
+
+// run is one load: from firmware alone (sess nil), or with a host
+// session's manifest and values. It writes the status file and returns the
+// verification result for the caller (the agent keeps the generation and
+// the changed names).
+func run(cfg Config, sess *sessionInput) (Report, verified, error) {
 	now := cfg.Now
 	if now == nil {
 		now = time.Now
 	}
 	start := now()
 	rep := Report{Outcome: OutcomeFailed, Policy: PolicyUnverified, Credstore: cfg.Credstore, Version: cfg.Version, StartedAt: start.UTC(), Credentials: []CredentialResult{}, Skipped: []Skipped{}}
-	ch := &channel{cfg: cfg, ctx: ctx}
-	err := load(cfg, now, &rep, ch)
+	if sess != nil {
+		rep.Fetch = sess.step
+		rep.Timings.Fetch = ms(sess.took)
+	}
+	v, err := load(cfg, now, &rep, sess)
 	rep.Timings.Total = ms(now().Sub(start))
 	if err != nil {
 		var f *Failure
@@ -223,49 +227,48 @@ func LoadContext(ctx context.Context, cfg Config) (Report, error) {
 		rep.Outcome = OutcomeFailed
 		rep.Summary = "load failed: " + err.Error()
 	}
-	// Always report, failures too, so the host never waits in vain.
-	ch.report(&rep)
 	if cfg.StatusDir != "" {
 		if werr := WriteStatus(cfg.StatusDir, rep); werr != nil && err == nil {
 			err = cli.WithCode(cli.ExitIO, werr)
 		}
 	}
-	return rep, err
+	return rep, v, err
 }
 
-func load(cfg Config, now func() time.Time, rep *Report, ch *channel) error {
+func load(cfg Config, now func() time.Time, rep *Report, sess *sessionInput) (verified, error) {
 	if cfg.StatusDir != "" {
 		// Before anything is read: the credstore's state file and the
 		// report go there.
 		if err := CheckStatusDir(cfg.StatusDir); err != nil {
-			return cli.WithCode(cli.ExitIO, err)
+			return verified{}, cli.WithCode(cli.ExitIO, err)
 		}
 	}
-	v, err := readVerify(cfg, now, rep, ch)
+	v, err := readVerify(cfg, now, rep, sess)
 	if err != nil {
-		return err
+		return v, err
 	}
 
 	t2 := now()
 	if err := saveManifest(cfg.StatusDir, rep.ManifestSource, v); err != nil {
-		return cli.WithCode(cli.ExitIO, err)
+		return v, cli.WithCode(cli.ExitIO, err)
 	}
 	// Channel credentials are not bound by systemd's 1 MiB import limit
 	// (firmware ones are, by the parser); the manifest bounds them.
 	store, err := credstore.Open(cfg.Credstore, credstore.Options{AllowPersistent: cfg.AllowPersistent, StatePath: filepath.Join(cfg.StatusDir, stateFile), MaxSize: manifest.MaxEntrySize})
 	if err != nil {
 		if errors.Is(err, credstore.ErrNotInMemory) {
-			return cli.WithCode(cli.ExitFailure, err)
+			return v, cli.WithCode(cli.ExitFailure, err)
 		}
-		return cli.WithCode(cli.ExitIO, err)
+		return v, cli.WithCode(cli.ExitIO, err)
 	}
 	defer store.Close()
 	res, err := store.Replace(v.expose)
 	rep.Timings.Write = ms(now().Sub(t2))
 	if err != nil {
-		return cli.WithCode(cli.ExitIO, err)
+		return v, cli.WithCode(cli.ExitIO, err)
 	}
 	rep.Store = &res
+	v.store = res
 	for i := range rep.Credentials {
 		c := &rep.Credentials[i]
 		if c.Problem != "" {
@@ -278,21 +281,20 @@ func load(cfg Config, now func() time.Time, rep *Report, ch *channel) error {
 	}
 	rep.Outcome = OutcomeReady
 	rep.Summary = summary(len(v.expose), rep)
-	return nil
+	return v, nil
 }
 
 // readVerify reads the firmware, parses it with systemd's rules and
-// verifies what arrived (fetching channel credentials when the manifest
-// names a channel): everything a load does before the credstore write. It
+// verifies what arrived, with the session's manifest and values when there
+// is a session: everything a load does before the credstore write. It
 // returns what to expose; problems are a *Failure.
-func readVerify(cfg Config, now func() time.Time, rep *Report, ch *channel) (verified, error) {
+func readVerify(cfg Config, now func() time.Time, rep *Report, sess *sessionInput) (verified, error) {
 	t0 := now()
 	fw, err := firmware.Read(cfg.Root, cfg.Firmware)
 	rep.Sources = fw.Sources
 	rep.Timings.Read = ms(now().Sub(t0))
-	if errors.Is(err, firmware.ErrNoSource) && cfg.Channel != "" {
-		// No firmware at all (Firecracker): the manifest may come by
-		// channel (bootstrap, below).
+	if errors.Is(err, firmware.ErrNoSource) && sess != nil {
+		// No firmware at all (Firecracker): the session brings everything.
 		err = nil
 	}
 	if err != nil {
@@ -318,54 +320,28 @@ func readVerify(cfg Config, now func() time.Time, rep *Report, ch *channel) (ver
 		}
 		delivered = append(delivered, e)
 	}
-
+	rep.ManifestSource = ""
 	if manifestEntry != nil {
 		rep.ManifestSource = ManifestFromFirmware
-	} else if cfg.Channel != "" && ch != nil {
-		// Bootstrap mode: the manifest comes by channel, so it must be
-		// signed by a trusted key.
-		if len(cfg.TrustKeys) == 0 {
-			problems = append(problems, "bootstrap refused: no "+ManifestName+" in firmware and no --trust-key: a manifest fetched by channel ("+cfg.Channel+") comes with the values it vouches for, so only a signature by a trusted key can verify it")
-			return verified{}, cli.WithCode(cli.ExitFailure, &Failure{Problems: problems})
-		}
-		me, problem := ch.bootstrap(rep)
-		rep.Timings.Fetch = ms(ch.took)
-		if problem != "" {
-			problems = append(problems, problem)
-			return verified{}, cli.WithCode(failureCode(ch, len(problems) == 1), &Failure{Problems: problems})
-		}
-		manifestEntry = me
-		rep.ManifestSource = ManifestFromChannel
+	}
+	if sess != nil {
+		// The session's manifest is the one that counts; a firmware
+		// manifest only vouched for the boot-time load.
+		manifestEntry = &oemstring.Entry{Name: ManifestName, Value: credential.NewSecret(sess.envelope), Source: SourceChannel}
+		rep.ManifestSource = ManifestFromSession
 	}
 
 	t1 := now()
-	v, err := verify(cfg, now(), manifestEntry, delivered, rep, ch)
-	rep.Timings.Fetch = ms(ch.took)
-	if ch.bootstrapped {
-		// The fetch happened before t1 (and verify did not dial).
-		rep.Timings.Verify = ms(now().Sub(t1))
-	} else {
-		rep.Timings.Verify = ms(now().Sub(t1) - ch.took)
-	}
+	v, err := verify(cfg, now(), manifestEntry, delivered, rep, sess)
+	rep.Timings.Verify = ms(now().Sub(t1))
 	if err != nil {
 		return verified{}, err
 	}
-	onlyFetch := len(problems) == 0 && len(v.problems) == v.fetchFailed
 	problems = append(problems, v.problems...)
 	if len(problems) > 0 {
-		return verified{}, cli.WithCode(failureCode(ch, onlyFetch), &Failure{Problems: problems})
+		return v, cli.WithCode(cli.ExitFailure, &Failure{Problems: problems})
 	}
 	return v, nil
-}
-
-// failureCode is the exit code of a failed load: 4 (timeout, DESIGN §7)
-// when the only thing wrong is that the channel fetch ran out of --timeout,
-// 1 otherwise.
-func failureCode(ch *channel, onlyFetch bool) int {
-	if ch != nil && ch.timedOut && onlyFetch {
-		return cli.ExitTimeout
-	}
-	return cli.ExitFailure
 }
 
 // summary is the one line for STATUS= and the log, e.g.

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"crypto/ed25519"
 	"fmt"
 	"os"
@@ -22,7 +21,7 @@ import (
 // `vmcred-host pack --mode verified` hands a VM.
 func benchTable(b *testing.B, n, size int, key ed25519.PrivateKey) []byte {
 	b.Helper()
-	mb := manifest.NewBuilder("bench-vm", [manifest.NonceSize]byte{1}, issued)
+	mb := manifest.NewBuilder("bench-vm", issued)
 	strs := make([]string, 0, n+1)
 	for i := range n {
 		name := fmt.Sprintf("cred-%03d", i)
@@ -89,7 +88,7 @@ func BenchmarkReadVerify(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				rep := Report{Credentials: []CredentialResult{}, Skipped: []Skipped{}}
-				v, err := readVerify(cfg, now, &rep, &channel{cfg: cfg, ctx: context.Background()})
+				v, err := readVerify(cfg, now, &rep, nil)
 				if err != nil {
 					b.Fatal(err)
 				}

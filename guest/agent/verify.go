@@ -45,22 +45,24 @@ type SystemNote struct {
 
 type verified struct {
 	problems []string
-	// fetchFailed counts the problems that are channel credentials the
-	// fetch did not bring.
-	fetchFailed int
+	// needSession: the manifest lists credentials for the channel, which
+	// only a host session brings.
+	needSession bool
 	expose      []credstore.Entry
-	// envelope is the accepted manifest's signed bytes, and tokenless
-	// says it carries no channel token (saveManifest).
-	envelope  []byte
-	tokenless bool
+	// envelope is the accepted manifest's signed bytes (saveManifest),
+	// and m the manifest itself.
+	envelope []byte
+	m        *manifest.Manifest
+	// store is what the credstore write did (set by load).
+	store credstore.Result
 }
 
 // verify applies the policy to what arrived and decides what is exposed.
 // It records each credential's outcome in rep. Problems are returned in
 // the result; an error is returned only for what is not a policy matter.
-// Once the manifest is accepted, and if it names a channel, ch fetches the
-// channel credentials, which are then checked like the others.
-func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstring.Entry, rep *Report, ch *channel) (verified, error) {
+// With a session, its manifest is checked against the session (see
+// checkSession) and its channel values are checked like the others.
+func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstring.Entry, rep *Report, sess *sessionInput) (verified, error) {
 	var v verified
 	// Each credential is recorded once. One the manifest lists is hashed
 	// once, for both the check and the record: a channel credential may be
@@ -98,13 +100,13 @@ func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstrin
 		}
 		return v, nil
 	}
-	v.envelope, v.tokenless = me.Value.Reveal(), m.Token.Len() == 0
+	v.envelope, v.m = me.Value.Reveal(), m
 	rep.Policy = PolicyDigest
 	if ver.Trusted {
 		rep.Policy = PolicySignature
 		rep.KeyID = ver.KeyID
 	}
-	rep.VM, rep.Channel = m.VM, m.Channel
+	rep.VM, rep.Generation = m.VM, m.Generation
 	if !m.NotAfter.IsZero() {
 		t := m.NotAfter.UTC()
 		rep.NotAfter = &t
@@ -115,32 +117,36 @@ func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstrin
 	if cfg.VM == "" && !cfg.AllowAnyVM {
 		v.problems = append(v.problems, fmt.Sprintf("%s: issued for vm %q, but this load was not told its VM name: pass --vm NAME (the name `vmcred-host pack --vm` used) or write it to /etc/vmcred/vm-name, or pass --allow-any-vm to accept a manifest issued for any VM", ManifestName, m.VM))
 	}
+	if sess != nil {
+		if p := sess.check(cfg, m, ver); p != "" {
+			v.problems = append(v.problems, ManifestName+": "+p)
+		}
+	} else if m.HasChallenge() {
+		// Only a session's manifest is signed over a challenge; one in
+		// firmware was copied out of a session.
+		v.problems = append(v.problems, ManifestName+": signed for a host session (it has a challenge), not for firmware: refused")
+	}
 
 	byName := make(map[string]oemstring.Entry, len(delivered))
 	for _, e := range delivered {
+		if sess != nil {
+			// A session supersedes what firmware brought at boot for
+			// every credential it sends itself.
+			if entry, ok := m.Lookup(e.Name); ok && entry.Delivery == manifest.DeliveryChannel {
+				continue
+			}
+		}
 		byName[e.Name] = e
 	}
-	// The channel: dialed only when the accepted manifest names one. Even
-	// when the checks above failed, the agent fetches, so that it can tell
-	// the host (the REPORT needs an authenticated HELLO first).
-	fetchProblem := ""
-	if ch != nil && m.Channel != "" {
-		var got []oemstring.Entry
-		// A failed fetch is a problem through the credentials it did
-		// not bring (below); with none listed for the channel, the load
-		// does not depend on it, and rep.Fetch tells what happened.
-		got, fetchProblem = ch.fetch(m, rep)
-		for _, e := range got {
+	if sess != nil {
+		for _, e := range sess.creds {
 			entry, listed := m.Lookup(e.Name)
-			_, twice := byName[e.Name]
 			var p string
 			switch {
 			case !listed:
-				p = fmt.Sprintf("credential %q arrived by channel but is not in the manifest", e.Name)
+				p = fmt.Sprintf("credential %q arrived in the session but is not in the manifest", e.Name)
 			case entry.Delivery != manifest.DeliveryChannel:
-				p = fmt.Sprintf("credential %q arrived by channel but the manifest says it goes by %s", e.Name, entry.Delivery)
-			case twice:
-				p = fmt.Sprintf("credential %q arrived both by channel and by %s", e.Name, byName[e.Name].Source)
+				p = fmt.Sprintf("credential %q arrived in the session but the manifest says it goes by %s", e.Name, entry.Delivery)
 			}
 			if p != "" {
 				v.problems = append(v.problems, p)
@@ -157,9 +163,10 @@ func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstrin
 		if !ok {
 			p := fmt.Sprintf("credential %q is listed in the manifest (%d bytes, by %s) but did not arrive", me.Name, me.Size, me.Delivery)
 			how := "missing"
-			if me.Delivery == manifest.DeliveryChannel && fetchProblem != "" {
-				p, how = channelProblem(me, fetchProblem), "fetch-failed"
-				v.fetchFailed++
+			if me.Delivery == manifest.DeliveryChannel && sess == nil {
+				p = fmt.Sprintf("credential %q is listed in the manifest (%d bytes) for the host's session, which a load from firmware alone does not have (vmcred-guest agent accepts it)", me.Name, me.Size)
+				how = "awaiting-session"
+				v.needSession = true
 			}
 			v.problems = append(v.problems, p)
 			rep.Credentials = append(rep.Credentials, CredentialResult{Name: me.Name, Size: int(me.Size), SHA256: hex.EncodeToString(me.SHA256[:]), Verification: how, Problem: p, Delivery: me.Delivery.String()})
@@ -183,8 +190,9 @@ func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstrin
 		// refuse the load. One under systemd's prefixes may come from
 		// another tool (microvm.nix adds vmm.notify_socket itself); it is
 		// reported and not exposed, and systemd imports it as it would
-		// without vmcred.
-		if e.Prefix == oemstring.PrefixVmcred {
+		// without vmcred. A session's manifest may leave out what the
+		// firmware brought at boot (a credential the host retired).
+		if e.Prefix == oemstring.PrefixVmcred && sess == nil {
 			p := fmt.Sprintf("credential %q arrived under vmcred's prefix but is not in the manifest", e.Name)
 			v.problems = append(v.problems, p)
 			record(e, "not-in-manifest", p, "")

@@ -43,8 +43,7 @@ func pack(t *testing.T, o packOpts, values map[string][]byte) packed {
 	if o.prefix == "" {
 		o.prefix = oemstring.PrefixVmcred
 	}
-	var nonce [manifest.NonceSize]byte
-	b := manifest.NewBuilder(o.vm, nonce, issued)
+	b := manifest.NewBuilder(o.vm, issued)
 	if !o.notAfter.IsZero() {
 		b.SetNotAfter(o.notAfter)
 	}
@@ -64,7 +63,7 @@ func pack(t *testing.T, o packOpts, values map[string][]byte) packed {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.strs = append(p.strs, format(t, oemstring.PrefixBinary, ManifestName, env))
+	p.strs = append(p.strs, format(t, oemstring.PrefixVmcred, ManifestName, env))
 	return p
 }
 

@@ -96,7 +96,7 @@ func TestHostAck(t *testing.T) {
 // (unsigned when nil).
 func envelope(t *testing.T, k ed25519.PrivateKey, vm string, notAfter time.Time) []byte {
 	t.Helper()
-	b := manifest.NewBuilder(vm, [manifest.NonceSize]byte{}, time.Unix(1e9, 0))
+	b := manifest.NewBuilder(vm, time.Unix(1e9, 0))
 	b.SetNotAfter(notAfter)
 	if err := b.Add("api-key", credential.NewSecret([]byte("x")), manifest.DeliverySMBIOS, false); err != nil {
 		t.Fatal(err)
@@ -251,10 +251,9 @@ func TestStatusShowsHostAck(t *testing.T) {
 	if s := text(rep); !strings.Contains(s, "Host ack       n/a (no channel)\n") {
 		t.Errorf("no n/a for a load without a channel:\n%s", s)
 	}
-	rep.Channel = "vsock-stream:2:5000"
-	rep.Fetch = &agent.ChannelStep{Address: "vsock-stream:2:5000", Attempts: 1, Received: []string{"a"}, Reported: true, Acknowledged: true, Ack: "ready"}
+	rep.Fetch = &agent.ChannelStep{Address: "vsock:2:1034", Attempts: 1, Received: []string{"a"}, Reported: true, Acknowledged: true, Ack: "ready"}
 	s := text(rep)
-	for _, want := range []string{"Host ack       yes: ready\n", "Channel        vsock-stream:2:5000: 1 credential received in 1 attempt\n"} {
+	for _, want := range []string{"Host ack       yes: ready\n", "Channel        session from vsock:2:1034: 1 credential received\n"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("status lacks %q:\n%s", want, s)
 		}

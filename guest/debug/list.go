@@ -156,9 +156,9 @@ func ListFromFirmware(rep firmware.Report, verified map[string]string) List {
 // when the status file, the saved manifest or the credstore cannot be
 // read.
 //
-// When the last load fetched the manifest by channel (bootstrap mode) and
-// saved it, its signature is checked against pol.TrustKeys (required, as
-// for the agent's bootstrap) and the List says by which key; list checks
+// When the agent took the manifest from a host session and saved it, its
+// signature is checked against pol.TrustKeys (required, as the agent
+// requires them for sessions) and the List says by which key; list checks
 // no more than that (`verify` does). It reads no firmware: the agent saves
 // a copy only when firmware held no manifest, and firmware does not change
 // within a boot; when the status file says the manifest came from

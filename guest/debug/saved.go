@@ -20,12 +20,12 @@ const (
 	// firmware.
 	ManifestFromFirmware = "firmware"
 	// ManifestFromSaved: the copy the last load saved in the status folder
-	// (agent.ManifestFile) after fetching it by channel (bootstrap mode).
+	// (agent.ManifestFile): the one the agent accepted in a host session.
 	ManifestFromSaved = "saved"
 )
 
 // errSavedNeedsKey refuses a saved manifest when no trust keys are given.
-var errSavedNeedsKey = errors.New("it came by channel with the values it vouches for, so only a signature by a trusted key can verify it, and no trust keys were given")
+var errSavedNeedsKey = errors.New("it came in the host's session with the values it vouches for, so only a signature by a trusted key can verify it, and no trust keys were given")
 
 // liveManifest is the manifest a view checks, and where it came from.
 type liveManifest struct {
@@ -36,23 +36,22 @@ type liveManifest struct {
 	err      error            // the same, for an exit code
 }
 
-// findManifest picks the manifest the views check. Firmware wins: a
-// manifest in the live firmware is the one the host passed this boot, and
-// the agent saves no copy of it. Only when firmware holds none (fwErr nil
-// or firmware.ErrNoSource: no source at all, as on Firecracker) is the
-// copy the last load saved after fetching it by channel used; when the
-// firmware could not be read, whether it holds one is unknown, so the
-// saved copy is not used either.
+// findManifest picks the manifest the views check: the one the agent
+// accepted, whichever way it came, so that the debug views and the agent
+// apply one policy to the same manifest. After a host session the agent
+// keeps that session's manifest in the status folder (and removes it
+// after a load from firmware alone), so a saved copy wins; otherwise the
+// manifest in the live firmware is the one the host passed this boot.
 func findManifest(in Inspector, fw firmware.Report, fwErr error) liveManifest {
+	if lm := in.savedManifest(); lm.entry != nil || lm.err != nil {
+		return lm
+	}
 	for i, e := range fw.Parsed.Entries {
 		if e.Name == agent.ManifestName {
 			return liveManifest{entry: &fw.Parsed.Entries[i], from: ManifestFromFirmware}
 		}
 	}
-	if fwErr != nil && !errors.Is(fwErr, firmware.ErrNoSource) {
-		return liveManifest{}
-	}
-	return in.savedManifest()
+	return liveManifest{}
 }
 
 // savedManifest reads the copy of the manifest the last load saved, if
@@ -88,7 +87,7 @@ func (in Inspector) savedManifest() liveManifest {
 }
 
 // open opens the manifest with the trusted keys as openManifest does. A
-// saved copy is held to the agent's bootstrap rule: without trust keys it
+// saved copy is held to the agent's session rule: without trust keys it
 // is refused (its digests are still decoded, to compare as unverified).
 func (lm liveManifest) open(keys []ed25519.PublicKey) opened {
 	if lm.from == ManifestFromSaved && len(keys) == 0 {
@@ -105,7 +104,7 @@ func (lm liveManifest) finding(err error, trustFrom string) Finding {
 	if lm.from != ManifestFromSaved {
 		return manifestFinding(agent.ManifestName+": "+err.Error(), trustFrom)
 	}
-	where := lm.file + " (the manifest the last load fetched by channel and saved)"
+	where := lm.file + " (the manifest the agent accepted from the host's last session)"
 	if errors.Is(err, errSavedNeedsKey) {
 		return Finding{Code: CodeNoTrustKeys, Severity: SeverityError, Credential: agent.ManifestName,
 			Message: where + " was not checked: " + err.Error(),
@@ -115,7 +114,7 @@ func (lm liveManifest) finding(err error, trustFrom string) Finding {
 	f.Message = where + ": " + f.Message
 	switch f.Code {
 	case CodeManifestBadSignature, CodeManifestInvalid, CodeManifestUnsigned:
-		f.Fix = fmt.Sprintf("the file changed after the load accepted it: find what wrote to %s (root's alone); restarting the VM makes the host pack and the agent save a fresh one", lm.file)
+		f.Fix = fmt.Sprintf("the file changed after the agent accepted it: find what wrote to %s (root's alone); vmcred-host push makes the agent save a fresh one", lm.file)
 	}
 	return f
 }
@@ -143,5 +142,5 @@ func describeManifest(policy, keyID string) string {
 
 // savedText is the line the human views add for a saved copy.
 func savedText(file string) string {
-	return "from " + file + ", the copy the last load saved (no manifest in firmware)"
+	return "from " + file + ", the copy the agent saved from the host's last session"
 }

@@ -219,8 +219,8 @@ func reportFindings(rep agent.Report, trustFrom string) []Finding {
 		}
 	}
 	for _, f := range sourceFindings(rep.Sources) {
-		if f.Code == CodeDMIMissing && rep.ManifestSource == agent.ManifestFromChannel {
-			// Bootstrap mode: the manifest came by channel because no
+		if f.Code == CodeDMIMissing && rep.ManifestSource == agent.ManifestFromSession {
+			// The manifest came in the host's session because no
 			// firmware carried it (Firecracker has none at all).
 			f.Severity = SeverityWarning
 		}
@@ -335,8 +335,8 @@ func (st Status) WriteText(w io.Writer) error {
 	switch rep.ManifestSource {
 	case agent.ManifestFromFirmware:
 		kv(w, "Manifest", "from firmware")
-	case agent.ManifestFromChannel:
-		kv(w, "Manifest", "by channel (bootstrap mode), saved as "+filepath.Join(filepath.Dir(st.StatusFile), agent.ManifestFile))
+	case agent.ManifestFromSession:
+		kv(w, "Manifest", "from the host's session, saved as "+filepath.Join(filepath.Dir(st.StatusFile), agent.ManifestFile))
 	}
 	kv(w, "VM", orNA(rep.VM))
 	na := "n/a"
@@ -401,11 +401,11 @@ func channelText(rep *agent.Report) string {
 	f := rep.Fetch
 	switch {
 	case f == nil:
-		return orNA(rep.Channel)
+		return "n/a"
 	case f.Error != "":
-		return fmt.Sprintf("%s: fetch failed after %s (see below)", f.Address, plural(f.Attempts, "attempt"))
+		return fmt.Sprintf("session from %s refused (see below)", f.Address)
 	}
-	return fmt.Sprintf("%s: %s received in %s", f.Address, plural(len(f.Received), "credential"), plural(f.Attempts, "attempt"))
+	return fmt.Sprintf("session from %s: %s received", f.Address, plural(len(f.Received), "credential"))
 }
 
 // describeSource is one firmware source in a line.

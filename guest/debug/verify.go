@@ -59,7 +59,7 @@ type Verification struct {
 	VM           string     `json:"vm,omitempty"`
 	IssuedAt     *time.Time `json:"issued_at,omitempty"`
 	NotAfter     *time.Time `json:"not_after,omitempty"`
-	Channel      string     `json:"channel,omitempty"`
+	Generation   uint64     `json:"generation,omitempty"`
 	Credstore    string     `json:"credstore"`
 	// Credentials has one row per manifest entry, then the unlisted ones.
 	Credentials []VerifiedCredential `json:"credentials"`
@@ -131,11 +131,11 @@ func openManifest(b []byte, keys []ed25519.PublicKey) opened {
 // copies and the file LoadCredential= picks against the manifest's
 // digests. It writes nothing. fwErr is firmware.Read's error.
 //
-// The manifest is the live firmware's; when firmware holds none (bootstrap
-// mode), the copy the last load saved in in.StatusDir after fetching it by
-// channel (findManifest). That copy gets the same checks as a firmware
-// manifest, signature first, and trust keys are required for it as the
-// agent requires them for bootstrap. The error
+// The manifest is the live firmware's; when firmware holds none, the copy
+// the agent saved in in.StatusDir from the host's last session
+// (findManifest). That copy gets the same checks as a firmware manifest,
+// signature first, and trust keys are required for it as the agent
+// requires them for sessions. The error
 // carries exit code 1 for a verification failure and 3 when something
 // could not be read (a failure found elsewhere wins: it is certain).
 //
@@ -342,7 +342,7 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 			break
 		}
 		m := o.m
-		v.VM, v.Channel = m.VM, m.Channel
+		v.VM, v.Generation = m.VM, m.Generation
 		v.IssuedAt = ptr(m.IssuedAt.UTC())
 		if !m.NotAfter.IsZero() {
 			v.NotAfter = ptr(m.NotAfter.UTC())

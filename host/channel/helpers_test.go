@@ -4,34 +4,15 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"maps"
 	"net"
-	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/vmcred/vmcred/shared/address"
-	proto "github.com/vmcred/vmcred/shared/channel"
-	"github.com/vmcred/vmcred/shared/credential"
-	"github.com/vmcred/vmcred/shared/manifest"
 	"github.com/vmcred/vmcred/shared/notify"
 )
-
-// canaryToken is recognisable so tests can assert it never shows up in an
-// error, event or file. It is exactly proto.TokenSize bytes.
-const canaryToken = "TOKEN-CANARY-0123456789abcdefghi"
-
-var testNonce = [manifest.NonceSize]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
-
-// fixture is one VM's serve state with its sources on disk.
-type fixture struct {
-	dir    string
-	state  *State
-	values map[string][]byte
-}
 
 func randomBytes(t testing.TB, n int) []byte {
 	t.Helper()
@@ -42,34 +23,11 @@ func randomBytes(t testing.TB, n int) []byte {
 	return b
 }
 
-// newFixture writes each value to a 0400 file and builds the state.
-func newFixture(t testing.TB, values map[string][]byte) *fixture {
-	t.Helper()
-	f := &fixture{dir: t.TempDir(), values: values}
-	var creds []StateCredential
-	for _, name := range slices.Sorted(maps.Keys(values)) {
-		v := values[name]
-		p := filepath.Join(f.dir, "src-"+name)
-		if err := os.WriteFile(p, v, 0o400); err != nil {
-			t.Fatal(err)
-		}
-		creds = append(creds, StateCredential{Name: name, Size: int64(len(v)), SHA256: credential.NewSecret(v).SHA256(), File: p})
-	}
-	st, err := NewState("test-vm", testNonce, credential.NewSecret([]byte(canaryToken)), "unix:"+filepath.Join(f.dir, "ch.sock"), time.Unix(1_800_000_000, 0), creds)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.state = st
-	return f
-}
-
 // events records what the server reported.
 type events struct {
 	mu      sync.Mutex
 	notify  []notify.Message
 	ends    []string
-	fetched [][]string
-	reports []proto.Report
 	dropped []error
 	changed chan struct{}
 }
@@ -90,19 +48,6 @@ func (e *events) Events() Events {
 			e.notify, e.ends = append(e.notify, m), append(e.ends, end)
 			e.mu.Unlock()
 			e.poke()
-		},
-		Fetched: func(_ Peer, _ Hello, names []string, _ int64) {
-			e.mu.Lock()
-			e.fetched = append(e.fetched, names)
-			e.mu.Unlock()
-			e.poke()
-		},
-		Report: func(_ Peer, _ Hello, r proto.Report) string {
-			e.mu.Lock()
-			e.reports = append(e.reports, r)
-			e.mu.Unlock()
-			e.poke()
-			return "recorded " + r.Outcome.String()
 		},
 		Dropped: func(_ Peer, err error) {
 			e.mu.Lock()
@@ -143,12 +88,12 @@ func (e *events) droppedWith(target error) int {
 	return n
 }
 
-// serve starts a server for f on a Unix socket in a temporary folder and
-// returns the socket's path; the server stops when the test ends.
-func serve(t testing.TB, f *fixture, mod func(*Config)) (string, *events) {
+// serve starts a server on a Unix socket in a temporary folder and returns
+// the socket's path; the server stops when the test ends.
+func serve(t testing.TB, mod func(*Config)) (string, *events) {
 	t.Helper()
 	ev := newEvents()
-	cfg := Config{State: func() (*State, error) { return f.state, nil }, Events: ev.Events()}
+	cfg := Config{Events: ev.Events()}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -189,10 +134,13 @@ func dial(t testing.TB, path string) *net.UnixConn {
 	return c
 }
 
-func goodHello() proto.Hello {
-	return proto.Hello{Token: credential.NewSecret([]byte(canaryToken)), BootNonce: testNonce, BootID: "boot-1", AgentVersion: "test 1"}
-}
-
-func readyReport() proto.Report {
-	return proto.Report{Outcome: proto.OutcomeReady, Summary: "all verified", AgentVersion: "test 1"}
+// sendNotify writes msg, half-closes and waits for the server to close.
+func sendNotify(t testing.TB, path, msg string) {
+	t.Helper()
+	c := dial(t, path)
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.CloseWrite()
+	_, _ = c.Read(make([]byte, 1))
 }

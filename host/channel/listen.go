@@ -14,7 +14,11 @@ import (
 	"github.com/vmcred/vmcred/shared/address"
 )
 
-// Listener is a bound channel socket and the address it is bound to.
+// ErrAbstract: an abstract Unix socket (unix:@name) has no owner and no
+// mode, so any local user could connect; it is refused.
+var ErrAbstract = errors.New("an abstract Unix socket (unix:@name) has no permissions; use a socket file")
+
+// Listener is a bound socket and the address it is bound to.
 type Listener struct {
 	net.Listener
 	// Bound is the bound address: for AF_VSOCK with port 0, the port the
@@ -26,11 +30,13 @@ type Listener struct {
 // through github.com/mdlayher/vsock, bound to a's CID (CIDAny binds every
 // local CID, as systemd-vmspawn does) and port (0: any free port; the one
 // picked is in Bound). For unix:PATH it creates a Unix stream socket that
-// only this user can connect to: it binds a temporary name in PATH's
-// directory, sets mode 0600 and renames it to PATH, so no other user ever
-// sees PATH with a looser mode. A stale socket at PATH (one nobody
-// listens on) is replaced; any other file there is refused. Closing the
-// listener removes PATH.
+// only this user can connect to: it binds inside a new private folder
+// (0700, next to PATH), sets mode 0600 and renames the socket to PATH, so
+// no other user can reach it before the chmod, whatever the umask
+// (issue 17, finding 2). A stale socket at PATH (one nobody listens on)
+// is replaced; any other file there is refused. An abstract name
+// (unix:@name) has no permissions at all and is refused (finding 3).
+// Closing the listener removes PATH.
 func Listen(a address.Address) (*Listener, error) {
 	if err := a.CheckListen(); err != nil {
 		return nil, err
@@ -75,19 +81,20 @@ func (l *unixListener) Close() error {
 
 func listenUnix(path string) (net.Listener, error) {
 	if strings.HasPrefix(path, "@") {
-		// Abstract: no file, no mode; any local user can connect. Only
-		// for tests and setups that check the peer otherwise.
-		return net.Listen("unix", path)
+		return nil, ErrAbstract
 	}
 	if err := clearStale(path); err != nil {
 		return nil, err
 	}
-	tmp := filepath.Join(filepath.Dir(path), ".vmcred-"+rand.Text()[:10]+".sock")
+	priv := filepath.Join(filepath.Dir(path), ".vmcred-"+rand.Text()[:10])
+	tmp := filepath.Join(priv, "s")
 	if len(tmp) > address.MaxUnixPathLen {
-		// The temporary name is longer than path; bind path directly and
-		// tighten it at once.
-		tmp = path
+		return nil, fmt.Errorf("%s: the private folder's socket name %s would be over the %d-byte sun_path limit; use a shorter path", path, tmp, address.MaxUnixPathLen)
 	}
+	if err := os.Mkdir(priv, 0o700); err != nil {
+		return nil, err
+	}
+	defer os.Remove(priv)
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
 		return nil, err
@@ -101,10 +108,8 @@ func listenUnix(path string) (net.Listener, error) {
 	if err := os.Chmod(tmp, 0o600); err != nil {
 		return fail(err)
 	}
-	if tmp != path {
-		if err := os.Rename(tmp, path); err != nil {
-			return fail(err)
-		}
+	if err := os.Rename(tmp, path); err != nil {
+		return fail(err)
 	}
 	return &unixListener{UnixListener: l, path: path}, nil
 }

@@ -12,8 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	proto "github.com/vmcred/vmcred/shared/channel"
-	"github.com/vmcred/vmcred/shared/manifest"
 	"github.com/vmcred/vmcred/shared/notify"
 )
 
@@ -23,13 +21,8 @@ const (
 	// as soon as they are accepted.
 	DefaultMaxConns = 64
 	// DefaultHelloTimeout is how long a connection has, from accept, to
-	// deliver Magic and a whole HELLO.
+	// send its first byte.
 	DefaultHelloTimeout = 5 * time.Second
-	// DefaultReportTimeout is how long the agent has, after CREDENTIALS,
-	// to send its REPORT: it verifies and writes the credstore meanwhile.
-	DefaultReportTimeout = 2 * time.Minute
-	// DefaultWriteTimeout bounds each frame the server writes.
-	DefaultWriteTimeout = 30 * time.Second
 	// DefaultNotifyIdle ends a notify message this long after its last
 	// byte when no EOF comes (cloud-hypervisor ≤ 52 and vhost-device-vsock
 	// do not forward the guest's half-close). microvm.nix's socat bridge
@@ -47,20 +40,10 @@ var (
 	ErrBusy = errors.New("too many connections")
 	// ErrWrongCID: an AF_VSOCK peer that is not the expected VM.
 	ErrWrongCID = errors.New("peer is not the expected VM")
-	// ErrUnknownProtocol: neither vmcred's Magic nor sd_notify text.
-	ErrUnknownProtocol = errors.New("neither vmcred's protocol nor sd_notify text")
-	// ErrBadToken: a HELLO whose token is not the manifest's.
-	ErrBadToken = errors.New("channel token does not match")
-	// ErrWrongBoot: a HELLO whose boot nonce is not the manifest's.
-	ErrWrongBoot = errors.New("boot nonce does not match the manifest")
-	// ErrAlreadyFetched: this boot's credentials were served already.
-	ErrAlreadyFetched = errors.New("credentials already fetched for this boot")
-	// ErrNoState: there is no serve state (pack has not run).
-	ErrNoState = errors.New("no serve state")
+	// ErrUnknownProtocol: not sd_notify text.
+	ErrUnknownProtocol = errors.New("not sd_notify text")
 	// ErrEmpty: the peer closed without sending a byte.
 	ErrEmpty = errors.New("closed without sending anything")
-	// ErrNoReport: an authenticated agent closed without its REPORT.
-	ErrNoReport = errors.New("closed without a report")
 )
 
 // Peer identifies a connection in events and log lines.
@@ -85,14 +68,6 @@ func (p Peer) String() string {
 	return "connection " + strconv.FormatUint(p.Seq, 10) + " on " + p.Listener
 }
 
-// Hello is what an authenticated agent said about itself.
-type Hello struct {
-	VM           string
-	Nonce        [manifest.NonceSize]byte
-	BootID       string
-	AgentVersion string
-}
-
 // Events are the server's reports to its owner. Each is optional and may
 // be called from many goroutines at once.
 type Events struct {
@@ -100,25 +75,13 @@ type Events struct {
 	// end is "eof", or "idle" when the message was ended by the idle
 	// timeout.
 	Notify func(p Peer, m notify.Message, end string)
-	// Fetched: CREDENTIALS went to an authenticated agent.
-	Fetched func(p Peer, h Hello, names []string, bytes int64)
-	// Report: an authenticated agent's REPORT. The returned text goes
-	// back in the ACK.
-	Report func(p Peer, h Hello, r proto.Report) string
 	// Dropped: a connection was refused or broke a rule. err names the
-	// problem, never a value or the token.
+	// problem.
 	Dropped func(p Peer, err error)
 }
 
 // Config configures a Server.
 type Config struct {
-	// State returns the current serve state; it is called for every
-	// HELLO, so a server outlives a re-pack (new nonce, new token). An
-	// error makes the agent retry (CodeUnavailable).
-	State func() (*State, error)
-	// AllowRefetch serves a boot's credentials more than once (a guest
-	// rebooted with the same firmware, hence the same manifest).
-	AllowRefetch bool
 	// ExpectCID, when not 0, refuses AF_VSOCK peers with another CID.
 	// Guest CIDs are always above 2, so 0 can mean "unset".
 	ExpectCID uint32
@@ -129,29 +92,19 @@ type Config struct {
 	// Limits; zero means the default.
 	MaxConns      int
 	HelloTimeout  time.Duration
-	ReportTimeout time.Duration
-	WriteTimeout  time.Duration
 	NotifyIdle    time.Duration
 	NotifyTimeout time.Duration
 }
 
-// Server serves one VM's channel. Its methods are safe for concurrent use.
+// Server receives one VM's vmm.notify_socket messages. Its methods are
+// safe for concurrent use.
 type Server struct {
 	cfg Config
 	seq atomic.Uint64
-
-	mu sync.Mutex
-	// nonce is the boot the fetch record is for; a new nonce resets it.
-	nonce    [manifest.NonceSize]byte
-	fetched  bool
-	inflight bool
 }
 
-// New returns a server. cfg.State is required.
+// New returns a server.
 func New(cfg Config) (*Server, error) {
-	if cfg.State == nil {
-		return nil, errors.New("channel server: no State function")
-	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
 			*d = v
@@ -161,8 +114,6 @@ func New(cfg Config) (*Server, error) {
 		cfg.MaxConns = DefaultMaxConns
 	}
 	def(&cfg.HelloTimeout, DefaultHelloTimeout)
-	def(&cfg.ReportTimeout, DefaultReportTimeout)
-	def(&cfg.WriteTimeout, DefaultWriteTimeout)
 	def(&cfg.NotifyIdle, DefaultNotifyIdle)
 	def(&cfg.NotifyTimeout, DefaultNotifyTimeout)
 	if cfg.PeerCID == nil {
@@ -222,7 +173,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			// Unblock any read or write when the server stops.
 			stop := context.AfterFunc(ctx, func() { conn.Close() })
 			defer stop()
-			if err := s.handle(ctx, conn, p); err != nil {
+			if err := s.handle(conn, p); err != nil {
 				s.drop(p, err)
 			}
 		}()
@@ -247,7 +198,7 @@ func (s *Server) drop(p Peer, err error) {
 }
 
 // handle serves one connection. A returned error is reported as a drop.
-func (s *Server) handle(ctx context.Context, c net.Conn, p Peer) error {
+func (s *Server) handle(c net.Conn, p Peer) error {
 	start := time.Now()
 	if s.cfg.ExpectCID != 0 {
 		if cid, ok := s.cfg.PeerCID(c); ok && cid != s.cfg.ExpectCID {
@@ -264,10 +215,7 @@ func (s *Server) handle(ctx context.Context, c net.Conn, p Peer) error {
 		}
 		return fmt.Errorf("read first byte: %w", timeoutErr(err, s.cfg.HelloTimeout))
 	}
-	switch {
-	case first[0] == proto.Magic[0]:
-		return s.vmcred(ctx, c, p)
-	case notify.IsKeyByte(first[0]):
+	if notify.IsKeyByte(first[0]) {
 		return s.notify(c, p, first[0], start)
 	}
 	return fmt.Errorf("%w (first byte 0x%02x)", ErrUnknownProtocol, first[0])
@@ -324,164 +272,6 @@ func (s *Server) notify(c net.Conn, p Peer, first byte, start time.Time) error {
 		s.cfg.Events.Notify(p, m, end)
 	}
 	return nil
-}
-
-// vmcred runs one conversation: HELLO → CREDENTIALS or ERROR → REPORT →
-// ACK. The read deadline set by handle (HelloTimeout from accept) still
-// covers Magic and HELLO.
-func (s *Server) vmcred(ctx context.Context, c net.Conn, p Peer) error {
-	var rest [len(proto.Magic) - 1]byte
-	if _, err := io.ReadFull(c, rest[:]); err != nil {
-		return fmt.Errorf("read magic: %w", timeoutErr(err, s.cfg.HelloTimeout))
-	}
-	if string(rest[:]) != proto.Magic[1:] {
-		return fmt.Errorf("read magic: %w", proto.ErrBadMagic)
-	}
-	conn := proto.NewServer(c)
-	refuse := func(code proto.ErrorCode, text string, err error) error {
-		_ = c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-		_ = conn.WriteError(code, text)
-		return err
-	}
-	h, err := conn.ReadHello()
-	if err != nil {
-		err = fmt.Errorf("read hello: %w", timeoutErr(err, s.cfg.HelloTimeout))
-		if errors.Is(err, proto.ErrUnsupportedVersion) {
-			return refuse(proto.CodeUnsupportedVersion, fmt.Sprintf("this host speaks protocol version %d", proto.ProtocolVersion), err)
-		}
-		return refuse(proto.CodeBadRequest, "malformed hello", err)
-	}
-	st, err := s.cfg.State()
-	if err != nil {
-		return refuse(proto.CodeUnavailable, "the host has no serve state for this VM yet; retry", fmt.Errorf("%w: %w", ErrNoState, err))
-	}
-	// The token first: nothing else is said to a peer that lacks it.
-	if !st.CheckToken(h.Token) {
-		return refuse(proto.CodeBadToken, "the channel token does not match", ErrBadToken)
-	}
-	// Bootstrap mode (the manifest goes by channel) is tokenless and the
-	// guest cannot know the nonce: see State.Bootstrap for what that
-	// costs. The fetch is still once per pack (keyed on st.Nonce).
-	if h.BootNonce != st.Nonce && !st.bootstrapHello(h) {
-		return refuse(proto.CodeWrongBoot, "the boot nonce is not the one the host packed; is the manifest from an earlier pack?", ErrWrongBoot)
-	}
-	hello := Hello{VM: st.VM, Nonce: st.Nonce, BootID: h.BootID, AgentVersion: h.AgentVersion}
-
-	// From here on the peer is authenticated: whatever happens to the
-	// fetch, it may send its REPORT (a failed one, then).
-	if err := s.serveCredentials(ctx, c, conn, p, st, hello); err != nil {
-		var re *proto.RemoteError
-		if !errors.As(err, &re) {
-			return err
-		}
-		s.drop(p, err)
-	}
-
-	if err := c.SetReadDeadline(time.Now().Add(s.cfg.ReportTimeout)); err != nil {
-		return err
-	}
-	r, err := conn.ReadReport()
-	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return ErrNoReport
-		}
-		err = fmt.Errorf("read report: %w", timeoutErr(err, s.cfg.ReportTimeout))
-		return refuse(proto.CodeBadRequest, "malformed report", err)
-	}
-	ack := "report received"
-	if s.cfg.Events.Report != nil {
-		ack = s.cfg.Events.Report(p, hello, r)
-	}
-	if err := c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout)); err != nil {
-		return err
-	}
-	if err := conn.WriteAck(ack); err != nil {
-		return fmt.Errorf("write ack: %w", err)
-	}
-	return nil
-}
-
-// serveCredentials answers an authenticated HELLO: CREDENTIALS once per
-// boot nonce, or ERROR. A refusal sent to the agent comes back as a
-// *proto.RemoteError (the conversation goes on to the REPORT); any other
-// error ends the connection.
-func (s *Server) serveCredentials(ctx context.Context, c net.Conn, conn *proto.Conn, p Peer, st *State, h Hello) error {
-	refuse := func(code proto.ErrorCode, text string, cause error) error {
-		_ = c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-		if err := conn.WriteError(code, text); err != nil {
-			return fmt.Errorf("write error: %w", err)
-		}
-		return fmt.Errorf("%w: %w", cause, &proto.RemoteError{Code: code, Text: text})
-	}
-	if !s.reserve(st.Nonce) {
-		if s.isInflight() {
-			return refuse(proto.CodeUnavailable, "another fetch for this boot is in progress; retry", ErrAlreadyFetched)
-		}
-		return refuse(proto.CodeAlreadyFetched, "this boot's credentials were fetched already (the host allows one fetch per boot; --allow-refetch permits more)", ErrAlreadyFetched)
-	}
-	done := false
-	defer func() { s.release(st.Nonce, done) }()
-
-	// The sources are opened and their sizes checked first: a problem
-	// found now is answered with ERROR. Their content is checked while it
-	// is sent (streamSource): a credential whose SHA-256 does not match
-	// loses its last bytes and the connection, so the agent never has a
-	// whole CREDENTIALS frame with wrong data.
-	srcs, err := st.openSources(ctx)
-	if err != nil {
-		// The detail (file paths) stays on the host; the guest learns
-		// only that it was the host's fault.
-		return refuse(proto.CodeInternal, "the host could not read the channel credentials; see the host's log", err)
-	}
-	defer closeSources(srcs)
-	if err := c.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout)); err != nil {
-		return err
-	}
-	total, err := streamCredentials(conn, srcs)
-	if err != nil {
-		return fmt.Errorf("write credentials: %w", err)
-	}
-	done = true
-	if s.cfg.Events.Fetched != nil {
-		names := st.Names()
-		if st.Bootstrap {
-			names = append([]string{ManifestName}, names...)
-		}
-		s.cfg.Events.Fetched(p, h, names, total)
-	}
-	return nil
-}
-
-// reserve claims this boot's one fetch. It fails if the fetch happened
-// (unless AllowRefetch) or another connection holds the claim.
-func (s *Server) reserve(nonce [manifest.NonceSize]byte) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if nonce != s.nonce {
-		s.nonce, s.fetched, s.inflight = nonce, false, false
-	}
-	if s.inflight || (s.fetched && !s.cfg.AllowRefetch) {
-		return false
-	}
-	s.inflight = true
-	return true
-}
-
-// release ends a claim; done says whether the credentials went out.
-func (s *Server) release(nonce [manifest.NonceSize]byte, done bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if nonce != s.nonce {
-		return
-	}
-	s.inflight = false
-	s.fetched = s.fetched || done
-}
-
-func (s *Server) isInflight() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.inflight
 }
 
 // timeoutErr names the limit when err is a deadline.

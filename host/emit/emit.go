@@ -15,7 +15,6 @@
 package emit
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -42,14 +41,7 @@ const (
 	RoleFwCfg  = "fwcfg"  // raw bytes for -fw_cfg name=...,file=
 	RoleCHAPI  = "ch-api" // the body of cloud-hypervisor's PUT vm.create
 	RoleDMI    = "dmi"    // a DMI table (pack --hypervisor dmi --out)
-	// RoleChannelManifest is the signed manifest that `vmcred-host serve`
-	// sends by channel in bootstrap mode (pack --manifest-by-channel).
-	RoleChannelManifest = "channel-manifest"
 )
-
-// ChannelManifestFile is the file name of the manifest served by channel
-// (bootstrap mode) in the runtime directory.
-const ChannelManifestFile = "vmcred.manifest.signed"
 
 // CHCreateBody is the file name of the vm.create request body in the
 // runtime directory.
@@ -74,10 +66,6 @@ type Options struct {
 	RuntimeDir string
 	// Out is the DMI table file for plan.DMI.
 	Out string
-	// ManifestFile writes the manifest (plan.ManifestName, which then goes
-	// by channel) to ChannelManifestFile in RuntimeDir, for serve
-	// (bootstrap mode: pack --manifest-by-channel).
-	ManifestFile bool
 	// CHAPISocket is cloud-hypervisor's API socket, for plans made with
 	// CHAPI.
 	CHAPISocket string
@@ -150,9 +138,6 @@ func Build(p *plan.Plan, vals Values, opts Options) (*Result, error) {
 			needDir = true
 		}
 	}
-	if opts.ManifestFile {
-		needDir = true
-	}
 	if needDir {
 		if err := checkDir(opts.RuntimeDir); err != nil {
 			return nil, err
@@ -165,22 +150,11 @@ func Build(p *plan.Plan, vals Values, opts Options) (*Result, error) {
 	case plan.CloudHypervisor:
 		err = r.cloudHypervisor(vals, opts)
 	case plan.Firecracker:
-		// Everything goes by channel: nothing to add.
+		// Everything goes in the host's session: nothing to add.
 	case plan.DMI:
 		err = r.dmi(vals, opts)
 	default:
 		err = fmt.Errorf("%w: no emitter for hypervisor %q", ErrOption, p.Hypervisor)
-	}
-	if err == nil && opts.ManifestFile {
-		// Bootstrap mode: no firmware carries the manifest; serve reads it
-		// from this file and sends it first on the channel. A copy, so the
-		// result owns (and wipes) what it writes.
-		m, ok := vals[plan.ManifestName]
-		if !ok {
-			err = fmt.Errorf("credential %q: %w: no value", plan.ManifestName, ErrValue)
-		} else {
-			r.addFile(ChannelManifestFile, plan.ManifestName, RoleChannelManifest, credential.NewSecret(bytes.Clone(m.Reveal())))
-		}
 	}
 	if err != nil {
 		r.wipe()

@@ -20,7 +20,6 @@ import (
 	"github.com/vmcred/vmcred/host/internal/goldenfile"
 	"github.com/vmcred/vmcred/host/plan"
 	"github.com/vmcred/vmcred/shared/credential"
-	"github.com/vmcred/vmcred/shared/manifest"
 	"github.com/vmcred/vmcred/shared/oemstring"
 	"github.com/vmcred/vmcred/shared/smbios"
 )
@@ -44,16 +43,12 @@ type fixtureCred struct {
 func fixture(t *testing.T) ([]fixtureCred, ManifestParams) {
 	t.Helper()
 	seed := sha256.Sum256([]byte("vmcred emit golden key"))
-	var nonce [manifest.NonceSize]byte
-	for i := range nonce {
-		nonce[i] = byte(i)
-	}
 	return []fixtureCred{
 			{"api-key", "api-key-value-0123456789abcdef", true},
 			{"db-password", "correct horse battery staple", true},
 			{"ENVIRONMENT", "test", false},
 		}, ManifestParams{
-			VM: "test-vm", Nonce: nonce, IssuedAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
+			VM: "test-vm", IssuedAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
 			Key: ed25519.NewKeyFromSeed(seed[:]),
 		}
 }
@@ -71,12 +66,11 @@ func planFor(t *testing.T, creds []fixtureCred, params ManifestParams, opts plan
 		inputs = append(inputs, plan.Input{Name: c.name, Size: v.Len(), Secret: c.secret})
 		mc = append(mc, ManifestCredential{Name: c.name, Value: v, Secret: c.secret})
 	}
-	params.Channel = opts.Channel
 	draft, err := BuildManifest(params, mc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts.Extra = []plan.Input{{Name: plan.ManifestName, Size: draft.Len()}}
+	opts.Extra = []plan.Input{{Name: plan.ManifestName, Size: draft.Len(), Secret: true}}
 	if opts.SMBIOSReserve == 0 {
 		opts.SMBIOSReserve = -1
 	}

@@ -20,7 +20,6 @@ type Document struct {
 	Hypervisor plan.Hypervisor `json:"hypervisor"`
 	Mode       plan.Mode       `json:"mode"`
 	Overflow   plan.Overflow   `json:"overflow"`
-	Channel    string          `json:"channel,omitempty"`
 	RuntimeDir string          `json:"runtime_dir,omitempty"`
 	// Credentials are the planned items in OEM string order, each with the
 	// file that carries it, if any.
@@ -58,7 +57,7 @@ func NewDocument(r *Result) (*Document, error) {
 	}
 	d := &Document{
 		Version: DocumentVersion, VM: p.VM, Hypervisor: p.Hypervisor, Mode: p.Mode, Overflow: p.Overflow,
-		Channel: p.Channel, RuntimeDir: r.RuntimeDir, Args: r.Args, Files: r.Files, API: r.API,
+		RuntimeDir: r.RuntimeDir, Args: r.Args, Files: r.Files, API: r.API,
 		Usage: p.Usage, Warnings: p.Warnings, Credentials: []DocumentItem{},
 	}
 	for _, it := range p.Items {

@@ -14,15 +14,9 @@ import (
 // ManifestParams are the manifest's fields besides its entries.
 type ManifestParams struct {
 	VM       string
-	Nonce    [manifest.NonceSize]byte
 	IssuedAt time.Time
 	// NotAfter is optional.
 	NotAfter time.Time
-	// Channel is the channel address, "" for none.
-	Channel string
-	// Token is the one-time channel token, empty for none. A manifest with
-	// a token is a secret: it is planned as one (never on a command line).
-	Token credential.Secret
 	// Key signs the manifest; nil leaves it unsigned (digests only).
 	Key ed25519.PrivateKey
 }
@@ -34,21 +28,20 @@ type ManifestCredential struct {
 	Secret bool
 }
 
-// BuildManifest returns the manifest envelope (the value of the
+// BuildManifest returns the firmware manifest envelope (the value of the
 // plan.ManifestName string): one entry per credential with its size,
-// SHA-256 and delivery, signed with params.Key if set.
+// SHA-256 and delivery, signed with params.Key if set. It has no session
+// challenge: the session (package push) signs its own. It holds digests
+// of the values: keep it where the values are.
 //
 // deliveries gives each credential's delivery from the plan. With nil,
 // every entry says smbios: the encoding has the same length whatever the
 // deliveries (one attribute byte each), so that result's length is what
 // the planner must reserve before it knows the deliveries.
 func BuildManifest(params ManifestParams, creds []ManifestCredential, deliveries map[string]plan.Delivery) (credential.Secret, error) {
-	b := manifest.NewBuilder(params.VM, params.Nonce, params.IssuedAt)
+	b := manifest.NewBuilder(params.VM, params.IssuedAt)
 	defer b.Wipe()
 	b.SetNotAfter(params.NotAfter)
-	if params.Channel != "" || params.Token.Len() > 0 {
-		b.SetChannel(params.Channel, params.Token)
-	}
 	sorted := append([]ManifestCredential(nil), creds...)
 	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
 	for _, c := range sorted {

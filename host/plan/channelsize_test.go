@@ -11,7 +11,7 @@ import (
 // above MaxChannelSize, it is refused as before.
 func TestChannelOverOneMiB(t *testing.T) {
 	huge := []Input{{Name: "small", Size: 10, Secret: true}, {Name: "huge", Size: 4 << 20, Secret: true}}
-	p, err := New(huge, Options{Hypervisor: QEMU, Channel: "vsock-stream:2:9", Overflow: OverflowChannel, MaxChannelSize: 64 << 20})
+	p, err := New(huge, Options{Hypervisor: QEMU, Overflow: OverflowChannel, MaxChannelSize: 64 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,8 +30,8 @@ func TestChannelOverOneMiB(t *testing.T) {
 		opts Options
 		hint string
 	}{
-		{"no overflow", Options{Hypervisor: QEMU, Channel: "unix:/x", MaxChannelSize: 64 << 20}, "--overflow channel"},
-		{"over the channel limit", Options{Hypervisor: QEMU, Channel: "unix:/x", Overflow: OverflowChannel, MaxChannelSize: 2 << 20}, ""},
+		{"no overflow", Options{Hypervisor: QEMU, MaxChannelSize: 64 << 20}, "--overflow channel"},
+		{"over the channel limit", Options{Hypervisor: QEMU, Overflow: OverflowChannel, MaxChannelSize: 2 << 20}, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := New(huge, tt.opts)

@@ -45,8 +45,8 @@
 // bytes, a name cloud-hypervisor's parser would mangle) moves first; then,
 // while an aggregate limit is exceeded, the largest movable credential (by
 // the bytes it costs that limit; ties: the one given later) moves, until
-// everything fits. Extra strings never move. A channel delivery needs a
-// channel address (Options.Channel).
+// everything fits. Extra strings never move. What goes by channel is sent
+// by the host's session (vmcred-host push or run), not by the hypervisor.
 //
 // The package is pure (no OS access) and may be imported by host packages.
 package plan

@@ -3,18 +3,14 @@ package plan
 import (
 	"errors"
 	"fmt"
-	"strings"
 )
 
-// Sentinel errors. Every error New returns wraps ErrOption, ErrLimit or
-// ErrNeedChannel; a *LimitError also wraps the specific limit.
+// Sentinel errors. Every error New returns wraps ErrOption or ErrLimit; a
+// *LimitError also wraps the specific limit.
 var (
 	// ErrOption means the options or inputs are inconsistent: a usage
 	// error (exit code 2).
 	ErrOption = errors.New("invalid plan option")
-	// ErrNeedChannel means a credential must go by channel but no channel
-	// address was given.
-	ErrNeedChannel = errors.New("channel delivery without a channel address")
 	// ErrLimit is wrapped by every *LimitError: a policy failure (exit 1).
 	ErrLimit = errors.New("credential limit exceeded")
 
@@ -63,38 +59,6 @@ func (e *LimitError) Error() string {
 
 // Unwrap returns the specific sentinel and ErrLimit.
 func (e *LimitError) Unwrap() []error { return []error{e.Err, ErrLimit} }
-
-// ChannelError lists the credentials that must go by channel when no
-// channel address was given.
-type ChannelError struct {
-	Items []Item
-}
-
-// Error names the credentials (up to five), their sizes and why each goes
-// by channel, and says to add --channel.
-func (e *ChannelError) Error() string {
-	var b strings.Builder
-	n := len(e.Items)
-	fmt.Fprintf(&b, "%d credential", n)
-	if n != 1 {
-		b.WriteString("s")
-	}
-	b.WriteString(" must go by channel but no channel address was given (add --channel ADDR, e.g. vsock-stream:2:PORT or unix:PATH): ")
-	for i, it := range e.Items {
-		if i == 5 {
-			fmt.Fprintf(&b, "; and %d more", n-5)
-			break
-		}
-		if i > 0 {
-			b.WriteString("; ")
-		}
-		fmt.Fprintf(&b, "%q (%d bytes): %s", it.Name, it.Size, it.Reason)
-	}
-	return b.String()
-}
-
-// Unwrap returns ErrNeedChannel.
-func (e *ChannelError) Unwrap() error { return ErrNeedChannel }
 
 func optionf(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrOption}, args...)...)

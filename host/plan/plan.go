@@ -19,18 +19,10 @@ type Options struct {
 	Mode Mode
 	// Overflow defaults to OverflowFail.
 	Overflow Overflow
-	// Channel is the channel address (--channel); "" when there is none,
-	// and then no credential may go by channel.
-	Channel string
 	// CHAPI says cloud-hypervisor is driven through its REST API
 	// (--ch-api), so every string, secrets included, goes in the vm.create
-	// request instead of the command line or the channel.
+	// request instead of the command line or the session.
 	CHAPI bool
-	// ManifestByChannel (bootstrap mode) sends every credential and the
-	// manifest itself by channel: for targets with no firmware carrier
-	// (Firecracker) or whose launcher owns the one carrier there is
-	// (cloud-hypervisor's single --platform under microvm.nix).
-	ManifestByChannel bool
 	// Inline puts non-secret OEM strings on QEMU's command line (value=)
 	// instead of in files.
 	Inline bool
@@ -38,11 +30,14 @@ type Options struct {
 	// where every local user can read them; each gets a warning. Neither
 	// applies to Extra strings, which stay in files.
 	InlineSecrets bool
-	// Extra are the strings vmcred adds: the manifest (ManifestName) and,
-	// later, vmm.notify_socket. They are planned after the credentials,
-	// count in every limit, always use oemstring.PrefixBinary and never
-	// overflow. An extra that is Secret (a manifest holding a channel
-	// token) never goes on a command line.
+	// Extra are the strings vmcred adds: the manifest (ManifestName) and
+	// vmm.notify_socket. They are planned after the credentials, count in
+	// every limit and never overflow. The manifest uses the mode's prefix
+	// (vmcred's own in verified mode, so systemd does not import it);
+	// vmm.notify_socket uses oemstring.PrefixBinary, for systemd. An extra
+	// that is Secret (the manifest: it holds digests of the values) never
+	// goes on a command line; on cloud-hypervisor without its API it is
+	// left to the host's session.
 	Extra []Input
 	// SMBIOSReserve is how many bytes of the 65535-byte table to leave for
 	// the hypervisor's own structures. Negative means the default:
@@ -63,9 +58,9 @@ type Options struct {
 // New plans the delivery of creds (in the given order, which is the order
 // of the OEM strings) and opts.Extra (after them). It checks every limit in
 // the package documentation and returns a *LimitError for the first one
-// broken (with OverflowFail), a *ChannelError when something must go by
-// channel without a channel address, or an error wrapping ErrOption for
-// inconsistent options or inputs.
+// broken (with OverflowFail), or an error wrapping ErrOption for
+// inconsistent options or inputs. What goes by channel is left to the
+// host's session (vmcred-host push or run), which dials the guest agent.
 func New(creds []Input, opts Options) (*Plan, error) {
 	o, err := opts.normalize()
 	if err != nil {
@@ -74,7 +69,7 @@ func New(creds []Input, opts Options) (*Plan, error) {
 	if err := checkInputs(creds, o.Extra); err != nil {
 		return nil, err
 	}
-	p := &Plan{VM: o.VM, Hypervisor: o.Hypervisor, Mode: o.Mode, Overflow: o.Overflow, Channel: o.Channel, Warnings: []Warning{}}
+	p := &Plan{VM: o.VM, Hypervisor: o.Hypervisor, Mode: o.Mode, Overflow: o.Overflow, Warnings: []Warning{}}
 
 	// Per-credential limit: no firmware delivery takes more than systemd's
 	// 1 MiB; only the channel may, up to MaxChannelSize and on request.
@@ -128,16 +123,6 @@ func New(creds []Input, opts Options) (*Plan, error) {
 		}
 		p.Items[k] = toChannel(p.Items[k], v.moved)
 		p.Items[k].Overflowed = true
-	}
-
-	var need []Item
-	for _, it := range p.Items {
-		if it.Delivery == DeliveryChannel && o.Channel == "" {
-			need = append(need, it)
-		}
-	}
-	if len(need) > 0 {
-		return nil, &ChannelError{Items: need}
 	}
 
 	p.Usage = o.usage(p.Items)
@@ -219,15 +204,12 @@ func checkInputs(creds, extra []Input) error {
 // OverflowChannel a credential (not an extra) then goes by channel.
 func (o Options) place(c Input, extra bool) (Item, *LimitError) {
 	prefix := o.Mode.Prefix()
-	if extra {
+	if extra && c.Name != ManifestName {
 		prefix = oemstring.PrefixBinary
 	}
 	smbiosItem := func(carrier Carrier) Item {
 		return Item{Name: c.Name, Size: c.Size, Secret: c.Secret, Extra: extra, Delivery: DeliverySMBIOS,
 			Carrier: carrier, Prefix: prefix, Encoded: oemstring.FormattedLen(prefix, c.Name, c.Size)}
-	}
-	if o.ManifestByChannel && o.Hypervisor != DMI {
-		return toChannel(smbiosItem(CarrierChannel), "manifest by channel (bootstrap mode): no firmware carrier is used"), nil
 	}
 	switch o.Hypervisor {
 	case QEMU:
@@ -243,7 +225,7 @@ func (o Options) place(c Input, extra bool) (Item, *LimitError) {
 			return it, &LimitError{Name: c.Name, Size: c.Size, Err: ErrFwCfgName,
 				Detail: fmt.Sprintf("fw_cfg name %s%s is %d bytes, over QEMU's %d-byte limit: the name is %d bytes and fw_cfg allows %d",
 					FwCfgPrefix, c.Name, n, MaxFwCfgPath, len(c.Name), MaxFwCfgName),
-				Hint: "use --hypervisor qemu with -machine q35 (SMBIOS has no such limit), a shorter name, or --overflow channel with --channel ADDR"}
+				Hint: "use --hypervisor qemu with -machine q35 (SMBIOS has no such limit), a shorter name, or --overflow channel"}
 		}
 		return it, nil
 	case CloudHypervisor:
@@ -252,9 +234,8 @@ func (o Options) place(c Input, extra bool) (Item, *LimitError) {
 		}
 		if c.Secret {
 			if extra {
-				return Item{}, &LimitError{Name: c.Name, Size: c.Size, Err: ErrNotCarried,
-					Detail: "holds a secret (the channel token), which must not go on cloud-hypervisor's command line",
-					Hint:   "add --ch-api SOCKET to pass it through the API"}
+				return toChannel(smbiosItem(CarrierChannel),
+					"holds a digest of every value, which must not go on cloud-hypervisor's command line; the host's session carries it"), nil
 			}
 			return toChannel(smbiosItem(CarrierChannel),
 				"secret: cloud-hypervisor's command line is readable by every local user (add --ch-api SOCKET to pass secrets through its API instead)"), nil
@@ -262,7 +243,7 @@ func (o Options) place(c Input, extra bool) (Item, *LimitError) {
 		if bad := chUnsafe(c.Name); bad != "" {
 			return toChannel(smbiosItem(CarrierChannel), ""), &LimitError{Name: c.Name, Size: c.Size, Err: ErrNotCarried,
 				Detail: "the name " + bad + ", which cloud-hypervisor's --platform oem_strings parser mangles",
-				Hint:   "rename it, add --ch-api SOCKET, or use --overflow channel with --channel ADDR"}
+				Hint:   "rename it, add --ch-api SOCKET, or use --overflow channel"}
 		}
 		return smbiosItem(CarrierArgv), nil
 	case Firecracker:

@@ -23,7 +23,9 @@ func TestPlacement(t *testing.T) {
 		{Name: "api-key", Size: 32, Secret: true},
 		{Name: "ENVIRONMENT", Size: 4},
 	}
-	manifest := Input{Name: ManifestName, Size: 150}
+	// The manifest is planned as a secret (it holds digests of the values)
+	// and, in verified mode, under vmcred's prefix.
+	manifest := Input{Name: ManifestName, Size: 150, Secret: true}
 	bin := oemstring.PrefixBinary
 	tests := []struct {
 		name string
@@ -36,7 +38,7 @@ func TestPlacement(t *testing.T) {
 			want: []Item{
 				{Name: "api-key", Size: 32, Secret: true, Delivery: DeliverySMBIOS, Carrier: CarrierFile, Prefix: vmPrefix, Encoded: enc(vmPrefix, "api-key", 32)},
 				{Name: "ENVIRONMENT", Size: 4, Delivery: DeliverySMBIOS, Carrier: CarrierFile, Prefix: vmPrefix, Encoded: enc(vmPrefix, "ENVIRONMENT", 4)},
-				{Name: ManifestName, Size: 150, Extra: true, Delivery: DeliverySMBIOS, Carrier: CarrierFile, Prefix: bin, Encoded: enc(bin, ManifestName, 150)},
+				{Name: ManifestName, Size: 150, Secret: true, Extra: true, Delivery: DeliverySMBIOS, Carrier: CarrierFile, Prefix: vmPrefix, Encoded: enc(vmPrefix, ManifestName, 150)},
 			},
 		},
 		{
@@ -45,7 +47,7 @@ func TestPlacement(t *testing.T) {
 			want: []Item{
 				{Name: "api-key", Size: 32, Secret: true, Delivery: DeliverySMBIOS, Carrier: CarrierFile, Prefix: bin, Encoded: enc(bin, "api-key", 32)},
 				{Name: "ENVIRONMENT", Size: 4, Delivery: DeliverySMBIOS, Carrier: CarrierArgv, Prefix: bin, Encoded: enc(bin, "ENVIRONMENT", 4)},
-				{Name: ManifestName, Size: 150, Extra: true, Delivery: DeliverySMBIOS, Carrier: CarrierFile, Prefix: bin, Encoded: enc(bin, ManifestName, 150)},
+				{Name: ManifestName, Size: 150, Secret: true, Extra: true, Delivery: DeliverySMBIOS, Carrier: CarrierFile, Prefix: bin, Encoded: enc(bin, ManifestName, 150)},
 			},
 		},
 		{
@@ -54,17 +56,18 @@ func TestPlacement(t *testing.T) {
 			want: []Item{
 				{Name: "api-key", Size: 32, Secret: true, Delivery: DeliveryFwCfg, Carrier: CarrierFile, Encoded: 32},
 				{Name: "ENVIRONMENT", Size: 4, Delivery: DeliveryFwCfg, Carrier: CarrierFile, Encoded: 4},
-				{Name: ManifestName, Size: 150, Extra: true, Delivery: DeliveryFwCfg, Carrier: CarrierFile, Encoded: 150},
+				{Name: ManifestName, Size: 150, Secret: true, Extra: true, Delivery: DeliveryFwCfg, Carrier: CarrierFile, Encoded: 150},
 			},
 		},
 		{
 			name: "cloud-hypervisor command line and channel",
-			opts: Options{Hypervisor: CloudHypervisor, Channel: "unix:/run/x.vsock_1234"},
+			opts: Options{Hypervisor: CloudHypervisor},
 			want: []Item{
 				{Name: "api-key", Size: 32, Secret: true, Delivery: DeliveryChannel, Carrier: CarrierChannel, Encoded: 32,
 					Reason: "secret: cloud-hypervisor's command line is readable by every local user (add --ch-api SOCKET to pass secrets through its API instead)"},
 				{Name: "ENVIRONMENT", Size: 4, Delivery: DeliverySMBIOS, Carrier: CarrierArgv, Prefix: vmPrefix, Encoded: enc(vmPrefix, "ENVIRONMENT", 4)},
-				{Name: ManifestName, Size: 150, Extra: true, Delivery: DeliverySMBIOS, Carrier: CarrierArgv, Prefix: bin, Encoded: enc(bin, ManifestName, 150)},
+				{Name: ManifestName, Size: 150, Secret: true, Extra: true, Delivery: DeliveryChannel, Carrier: CarrierChannel, Encoded: 150,
+					Reason: "holds a digest of every value, which must not go on cloud-hypervisor's command line; the host's session carries it"},
 			},
 		},
 		{
@@ -73,16 +76,16 @@ func TestPlacement(t *testing.T) {
 			want: []Item{
 				{Name: "api-key", Size: 32, Secret: true, Delivery: DeliverySMBIOS, Carrier: CarrierAPI, Prefix: vmPrefix, Encoded: enc(vmPrefix, "api-key", 32)},
 				{Name: "ENVIRONMENT", Size: 4, Delivery: DeliverySMBIOS, Carrier: CarrierAPI, Prefix: vmPrefix, Encoded: enc(vmPrefix, "ENVIRONMENT", 4)},
-				{Name: ManifestName, Size: 150, Extra: true, Delivery: DeliverySMBIOS, Carrier: CarrierAPI, Prefix: bin, Encoded: enc(bin, ManifestName, 150)},
+				{Name: ManifestName, Size: 150, Secret: true, Extra: true, Delivery: DeliverySMBIOS, Carrier: CarrierAPI, Prefix: vmPrefix, Encoded: enc(vmPrefix, ManifestName, 150)},
 			},
 		},
 		{
 			name: "firecracker",
-			opts: Options{Hypervisor: Firecracker, Channel: "unix:/run/fc.vsock_1234"},
+			opts: Options{Hypervisor: Firecracker},
 			want: []Item{
 				{Name: "api-key", Size: 32, Secret: true, Delivery: DeliveryChannel, Carrier: CarrierChannel, Encoded: 32, Reason: "firecracker has no SMBIOS or fw_cfg"},
 				{Name: "ENVIRONMENT", Size: 4, Delivery: DeliveryChannel, Carrier: CarrierChannel, Encoded: 4, Reason: "firecracker has no SMBIOS or fw_cfg"},
-				{Name: ManifestName, Size: 150, Extra: true, Delivery: DeliveryChannel, Carrier: CarrierChannel, Encoded: 150, Reason: "firecracker has no SMBIOS or fw_cfg"},
+				{Name: ManifestName, Size: 150, Secret: true, Extra: true, Delivery: DeliveryChannel, Carrier: CarrierChannel, Encoded: 150, Reason: "firecracker has no SMBIOS or fw_cfg"},
 			},
 		},
 		{
@@ -91,7 +94,7 @@ func TestPlacement(t *testing.T) {
 			want: []Item{
 				{Name: "api-key", Size: 32, Secret: true, Delivery: DeliverySMBIOS, Carrier: CarrierTable, Prefix: vmPrefix, Encoded: enc(vmPrefix, "api-key", 32)},
 				{Name: "ENVIRONMENT", Size: 4, Delivery: DeliverySMBIOS, Carrier: CarrierTable, Prefix: vmPrefix, Encoded: enc(vmPrefix, "ENVIRONMENT", 4)},
-				{Name: ManifestName, Size: 150, Extra: true, Delivery: DeliverySMBIOS, Carrier: CarrierTable, Prefix: bin, Encoded: enc(bin, ManifestName, 150)},
+				{Name: ManifestName, Size: 150, Secret: true, Extra: true, Delivery: DeliverySMBIOS, Carrier: CarrierTable, Prefix: vmPrefix, Encoded: enc(vmPrefix, ManifestName, 150)},
 			},
 		},
 	}
@@ -209,7 +212,7 @@ func TestLimitErrors(t *testing.T) {
 	}{
 		{"credential over 1 MiB", []Input{{Name: "huge", Size: 1<<20 + 1, Secret: true}}, Options{Hypervisor: QEMU},
 			ErrTooLarge, []string{`"huge"`, "1048577 bytes", "1048576-byte limit"}},
-		{"credential over 1 MiB even by channel", []Input{{Name: "huge", Size: 1<<20 + 1}}, Options{Hypervisor: Firecracker, Channel: "unix:/x"},
+		{"credential over 1 MiB even by channel", []Input{{Name: "huge", Size: 1<<20 + 1}}, Options{Hypervisor: Firecracker},
 			ErrTooLarge, []string{`"huge"`}},
 		{"firmware total over 1 MiB", many(2, 600<<10), Options{Hypervisor: QEMUMicrovm},
 			ErrTotalTooLarge, []string{`"c001"`, "1228800 bytes", "1048576-byte total"}},
@@ -223,8 +226,6 @@ func TestLimitErrors(t *testing.T) {
 			ErrTooManyFwCfg, []string{`"c016"`, "fw_cfg file 17", "cap of 16"}},
 		{"cloud-hypervisor name with a comma", []Input{{Name: "a,b", Size: 1}}, Options{Hypervisor: CloudHypervisor},
 			ErrNotCarried, []string{`"a,b"`, `contains ','`, "--ch-api"}},
-		{"cloud-hypervisor secret manifest without the API", nil, Options{Hypervisor: CloudHypervisor, Extra: []Input{{Name: ManifestName, Size: 100, Secret: true}}},
-			ErrNotCarried, []string{ManifestName, "channel token", "--ch-api"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -257,37 +258,6 @@ func TestFwCfgNameOf28Fits(t *testing.T) {
 	}
 }
 
-func TestChannelNeedsAddress(t *testing.T) {
-	tests := []struct {
-		name   string
-		creds  []Input
-		opts   Options
-		wantIn []string
-	}{
-		{"firecracker", []Input{{Name: "k", Size: 5, Secret: true}}, Options{Hypervisor: Firecracker},
-			[]string{`"k" (5 bytes): firecracker has no SMBIOS`, "add --channel ADDR"}},
-		{"cloud-hypervisor secret", []Input{{Name: "k", Size: 5, Secret: true}}, Options{Hypervisor: CloudHypervisor},
-			[]string{`"k" (5 bytes): secret`, "--ch-api", "add --channel ADDR"}},
-		{"overflow", []Input{{Name: "a", Size: 40000, Secret: true}, {Name: "b", Size: 40000, Secret: true}}, Options{Hypervisor: QEMU, Overflow: OverflowChannel},
-			[]string{`"b" (40000 bytes): overflow: SMBIOS table over 63487 bytes`, "add --channel"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			tt.opts.SMBIOSReserve = -1
-			_, err := New(tt.creds, tt.opts)
-			var ce *ChannelError
-			if !errors.As(err, &ce) || !errors.Is(err, ErrNeedChannel) {
-				t.Fatalf("err = %v, want a ChannelError", err)
-			}
-			for _, s := range tt.wantIn {
-				if !strings.Contains(err.Error(), s) {
-					t.Errorf("error %q does not contain %q", err, s)
-				}
-			}
-		})
-	}
-}
-
 func TestOverflowLargestFirst(t *testing.T) {
 	creds := []Input{
 		{Name: "small", Size: 1000, Secret: true},
@@ -310,7 +280,6 @@ func TestOverflowLargestFirst(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.opts.Overflow = OverflowChannel
-			tt.opts.Channel = "vsock-stream:2:9999"
 			tt.opts.Extra = extra
 			tt.opts.SMBIOSReserve = -1
 			p, err := New(creds, tt.opts)
@@ -346,7 +315,7 @@ func TestOverflowLargestFirst(t *testing.T) {
 }
 
 func TestOverflowCannotMoveExtras(t *testing.T) {
-	_, err := New(nil, Options{Hypervisor: QEMU, Overflow: OverflowChannel, Channel: "unix:/x", SMBIOSReserve: 65000,
+	_, err := New(nil, Options{Hypervisor: QEMU, Overflow: OverflowChannel, SMBIOSReserve: 65000,
 		Extra: []Input{{Name: ManifestName, Size: 600}}})
 	if !errors.Is(err, ErrTableTooLarge) || !strings.Contains(err.Error(), "cannot move") {
 		t.Fatalf("err = %v", err)

@@ -153,7 +153,7 @@ const (
 	DeliverySMBIOS Delivery = "smbios"
 	// DeliveryFwCfg is a fw_cfg file opt/io.systemd.credentials/NAME.
 	DeliveryFwCfg Delivery = "fwcfg"
-	// DeliveryChannel is fetched by the guest agent over the channel.
+	// DeliveryChannel is sent to the guest agent in the host's session.
 	DeliveryChannel Delivery = "channel"
 )
 
@@ -173,7 +173,8 @@ const (
 	CarrierAPI Carrier = "api"
 	// CarrierTable is the DMI table file of the dmi target.
 	CarrierTable Carrier = "table"
-	// CarrierChannel is vmcred's channel server.
+	// CarrierChannel is the host's session with the guest agent (vmcred-host
+	// push or run).
 	CarrierChannel Carrier = "channel"
 )
 
@@ -264,7 +265,6 @@ type Plan struct {
 	Hypervisor Hypervisor `json:"hypervisor"`
 	Mode       Mode       `json:"mode"`
 	Overflow   Overflow   `json:"overflow"`
-	Channel    string     `json:"channel,omitempty"`
 	Items      []Item     `json:"credentials"`
 	Usage      Usage      `json:"usage"`
 	Warnings   []Warning  `json:"warnings"`

@@ -1,16 +1,20 @@
 // Package readiness records what the host learns about a guest's start:
-// the vmcred agent's REPORT (the guest has its credentials, verified, or
-// names the ones that failed) and guest PID 1's own sd_notify messages
-// (READY=1, STATUS=…) from the same channel port. It keeps them in a status
-// file per VM (JSON, mode 0600, names and digest prefixes but never a
-// value), tells the host's own service manager (READY=1 and STATUS= through
-// an injected notifier, e.g. go-systemd's daemon.SdNotify), and lets
+// the vmcred agent's REPORT on a session the host dialed (`vmcred-host
+// push` and `run`, package push): the guest has its credentials, verified,
+// or names the ones that failed. It keeps it in a status file per VM
+// (JSON, mode 0600, names and digest prefixes but never a value) and lets
 // `vmcred-host wait` block until the guest is ready or has failed.
 //
-// Readiness means the agent's authenticated REPORT said "ready". PID 1's
-// READY=1 is recorded as the guest's boot readiness but never makes a VM
-// ready by itself: any process in the guest can connect to the host's
-// vsock port and write "READY=1", while only the agent holds the token.
+// Readiness comes only from a session the host dialed: whoever answers on
+// the agent's privileged vsock port is guest root, and the report is read
+// on that same connection. Nothing a guest process sends to a host socket
+// can change it. The file is written by one process per session and
+// survives a restart of any host process.
+//
+// The status folder and file are checked on write and on read (issue 17,
+// finding 5): a folder or file another user could write, or owned by
+// someone other than this user or root, is refused, so nobody else chooses
+// what `wait` reports.
 //
 // This package is for host code (host/cmd/vmcred-host). It does not log.
 package readiness
@@ -25,35 +29,36 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/vmcred/vmcred/host/atomicfile"
-	hostchannel "github.com/vmcred/vmcred/host/channel"
 	proto "github.com/vmcred/vmcred/shared/channel"
 	"github.com/vmcred/vmcred/shared/credential"
-	"github.com/vmcred/vmcred/shared/notify"
 	"github.com/vmcred/vmcred/shared/termtext"
 )
 
-// DefaultStatusDir is where serve writes and wait reads status files.
+// DefaultStatusDir is where push and run write and wait reads status files.
 const DefaultStatusDir = "/run/vmcred-host"
 
 // maxStatusFile bounds what Read reads: a report of 4096 credentials with
 // long error texts stays well under it.
 const maxStatusFile = 8 << 20
 
+// MaxFailures bounds the failures a status lists by name; the rest are
+// counted (a report holds at most 4096 entries).
+const MaxFailures = 64
+
 // State is the VM's readiness.
 type State string
 
 // States.
 const (
-	// Waiting: the server runs; no report yet (or a new boot began).
+	// Waiting: a session is under way.
 	Waiting State = "waiting"
 	// Ready: the agent reported every credential verified and exposed.
 	Ready State = "ready"
-	// Failed: the agent reported a failure.
+	// Failed: the agent reported a failure, or refused the session.
 	Failed State = "failed"
 )
 
@@ -63,38 +68,35 @@ type Status struct {
 	State State  `json:"state"`
 	// Summary is one line for humans.
 	Summary string `json:"summary"`
-	// Failures name each credential that failed and why.
-	Failures []string `json:"failures,omitempty"`
-	// Listen is the address the server is bound to (with the port the
-	// kernel picked for an AF_VSOCK port 0).
-	Listen string `json:"listen,omitempty"`
-	// Channel is the address the guest dials.
-	Channel   string    `json:"channel,omitempty"`
-	ServerPID int       `json:"server_pid,omitempty"`
-	StartedAt time.Time `json:"started_at"`
-	UpdatedAt time.Time `json:"updated_at"`
-	// Fetch is the last time the channel credentials were sent.
-	Fetch *Fetch `json:"fetch,omitempty"`
-	// Report is the agent's last report.
+	// Failures name each credential that failed and why (at most
+	// MaxFailures; FailuresOmitted counts the rest).
+	Failures        []string `json:"failures,omitempty"`
+	FailuresOmitted int      `json:"failures_omitted,omitempty"`
+	// Connect is the address the host dialed.
+	Connect string `json:"connect,omitempty"`
+	// Generation is the credential set's generation the agent holds.
+	Generation uint64    `json:"generation"`
+	PID        int       `json:"pid,omitempty"`
+	UpdatedAt  time.Time `json:"updated_at"`
+	// Session is what the host sent.
+	Session *Session `json:"session,omitempty"`
+	// Report is the agent's report on that session.
 	Report *Report `json:"report,omitempty"`
-	// Boot is what guest PID 1 said over vmm.notify_socket.
-	Boot *Boot `json:"boot,omitempty"`
 }
 
-// Fetch records a delivery of the channel credentials.
-type Fetch struct {
+// Session records a session's delivery.
+type Session struct {
 	At          time.Time `json:"at"`
-	Peer        string    `json:"peer"`
+	Attempts    int       `json:"attempts"`
 	BootID      string    `json:"boot_id,omitempty"`
 	Credentials []string  `json:"credentials"`
 	Bytes       int64     `json:"bytes"`
+	Acked       bool      `json:"acked"`
 }
 
 // Report is the agent's REPORT as received.
 type Report struct {
 	At           time.Time           `json:"at"`
-	Peer         string              `json:"peer"`
-	BootID       string              `json:"boot_id,omitempty"`
 	Outcome      string              `json:"outcome"`
 	Summary      string              `json:"summary"`
 	AgentVersion string              `json:"agent_version"`
@@ -113,29 +115,81 @@ type CredentialFinding struct {
 	Error        string `json:"error,omitempty"`
 }
 
-// Boot is guest PID 1's readiness, from its sd_notify messages.
-type Boot struct {
-	Ready      bool       `json:"ready"`
-	ReadyAt    *time.Time `json:"ready_at,omitempty"`
-	Status     string     `json:"status,omitempty"`
-	Hostname   string     `json:"hostname,omitempty"`
-	ExitStatus *int       `json:"exit_status,omitempty"`
-	Shutdown   string     `json:"shutdown,omitempty"`
-	Messages   int        `json:"messages"`
-	LastAt     time.Time  `json:"last_at"`
+// FromReport builds vm's status from the report the agent sent on a
+// session the host dialed.
+func FromReport(vm string, rep proto.Report, at time.Time) Status {
+	rec := &Report{At: at.UTC(), Outcome: rep.Outcome.String(), Summary: clean(rep.Summary, proto.MaxTextLen), AgentVersion: clean(rep.AgentVersion, proto.MaxVersionLen),
+		TimingsMS: map[string]int64{
+			"read": rep.Timings.Read.Milliseconds(), "verify": rep.Timings.Verify.Milliseconds(), "fetch": rep.Timings.Fetch.Milliseconds(),
+			"write": rep.Timings.Write.Milliseconds(), "total": rep.Timings.Total.Milliseconds(),
+		},
+		Credentials: make([]CredentialFinding, 0, len(rep.Credentials))}
+	st := Status{VM: vm, Report: rec, Generation: rep.Generation, UpdatedAt: at.UTC()}
+	verified := 0
+	for _, c := range rep.Credentials {
+		rec.Credentials = append(rec.Credentials, CredentialFinding{Name: c.Name, Size: c.Size, SHA256Prefix: c.SHA256Prefix,
+			Delivery: string(c.Delivery), Verification: string(c.Verification), Error: clean(c.Error, proto.MaxErrorTextLen)})
+		switch {
+		case c.Error != "":
+			if len(st.Failures) < MaxFailures {
+				st.Failures = append(st.Failures, fmt.Sprintf("%s: %s (%s)", c.Name, c.Verification, clean(c.Error, proto.MaxErrorTextLen)))
+			} else {
+				st.FailuresOmitted++
+			}
+		case isVerified(c.Verification):
+			verified++
+		}
+	}
+	if rep.Outcome == proto.OutcomeReady {
+		st.State = Ready
+		st.Summary = fmt.Sprintf("guest %s: %d credentials verified (generation %d)", vm, verified, rep.Generation)
+		return st
+	}
+	st.State = Failed
+	why := clean(rep.Summary, 400)
+	if why == "" {
+		why = "load failed"
+	}
+	st.Summary = fmt.Sprintf("guest %s: %s", vm, why)
+	return st
+}
+
+func isVerified(v proto.Verification) bool {
+	return v == proto.VerifiedSignature || v == proto.VerifiedDigest || v == proto.Unverified
+}
+
+// StatusLine is the one line for the host unit's STATUS= and the log.
+func (st Status) StatusLine() string {
+	s := st.Summary
+	if len(st.Failures) > 0 {
+		names := make([]string, 0, min(len(st.Failures), 8))
+		for _, f := range st.Failures[:min(len(st.Failures), 8)] {
+			n, _, _ := strings.Cut(f, ":")
+			names = append(names, n)
+		}
+		s += ": " + strings.Join(names, ", ")
+		if more := len(st.Failures) - len(names) + st.FailuresOmitted; more > 0 {
+			s += fmt.Sprintf(" and %d more", more)
+		}
+	}
+	return oneLine(s)
 }
 
 // Path is the status file of vm in dir.
 func Path(dir, vm string) string { return filepath.Join(dir, vm+".json") }
 
 // Write writes st to Path(dir, st.VM) atomically, mode 0600, creating dir
-// (0700) if needed.
+// (0700) if needed. It refuses a folder that is not this user's or that
+// others can write (CheckDir).
 func Write(dir string, st Status) error {
 	if err := credential.ValidateName(st.VM); err != nil {
 		return fmt.Errorf("write status: vm: %w", err)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create status folder: %w", err)
+	}
+	if err := CheckDir(dir, false); err != nil {
+		return fmt.Errorf("write status: %w", err)
 	}
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
@@ -151,11 +205,24 @@ func Read(dir, vm string) (Status, error) {
 		return st, fmt.Errorf("read status: vm: %w", err)
 	}
 	path := Path(dir, vm)
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err := CheckDir(dir, true); err != nil {
+		return st, fmt.Errorf("read status: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return st, fmt.Errorf("read status: %w", err)
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return st, fmt.Errorf("read status: %w", err)
+	}
+	if err := checkOwned(path, fi, true); err != nil {
+		return st, fmt.Errorf("read status: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return st, fmt.Errorf("read status: %w: %s is not a regular file", ErrUntrusted, path)
+	}
 	b, err := io.ReadAll(io.LimitReader(f, maxStatusFile+1))
 	if err != nil {
 		return st, fmt.Errorf("read status %s: %w", path, err)
@@ -174,7 +241,8 @@ const DefaultPoll = 100 * time.Millisecond
 
 // Wait reads vm's status file every poll (DefaultPoll if 0) until its
 // state is Ready or Failed, and returns it. A missing or half-written
-// file is waited for (serve may not have started yet). It returns ctx's
+// file is waited for (push may not have run yet); a file or folder that
+// fails CheckDir's rules is an error at once. It returns ctx's
 // error, wrapped, when ctx ends first.
 func Wait(ctx context.Context, dir, vm string, poll time.Duration) (Status, error) {
 	if poll <= 0 {
@@ -189,6 +257,9 @@ func Wait(ctx context.Context, dir, vm string, poll time.Duration) (Status, erro
 			return st, nil
 		}
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if errors.Is(err, ErrUntrusted) {
+				return st, err
+			}
 			last = err
 		}
 		select {
@@ -202,207 +273,50 @@ func Wait(ctx context.Context, dir, vm string, poll time.Duration) (Status, erro
 	}
 }
 
-// Notifier sends an sd_notify message to the host's own service manager;
-// go-systemd's daemon.SdNotify fits.
-type Notifier func(state string) error
+// ErrUntrusted: a status folder or file that another user could have
+// written.
+var ErrUntrusted = errors.New("status file not trusted")
 
-// Recorder turns channel server events into the status file and sd_notify
-// messages to the host's service manager. Its methods are safe for
-// concurrent use.
-type Recorder struct {
-	dir    string
-	notify Notifier
-	now    func() time.Time
-
-	mu  sync.Mutex
-	st  Status
-	err error // the last status write error
-	// outcome is closed when the first report arrives; ready tells which.
-	outcome chan struct{}
-	ready   bool
-	closed  bool
-}
-
-// NewRecorder starts a status for vm in dir (state Waiting, replacing any
-// earlier file, so `wait` does not see a previous boot's outcome) and
-// writes it. notify may be nil.
-func NewRecorder(dir string, st Status, notify Notifier, now func() time.Time) (*Recorder, error) {
-	if now == nil {
-		now = time.Now
+// CheckDir checks a status folder: a real folder, owned by this user (or,
+// reading, root), and not writable by group or others — anyone who could
+// write there could choose what `wait` reports (issue 17, finding 5).
+func CheckDir(dir string, reading bool) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
 	}
-	st.State, st.Summary = Waiting, "waiting for the guest's report"
-	st.StartedAt = now().UTC()
-	st.UpdatedAt = st.StartedAt
-	r := &Recorder{dir: dir, notify: notify, now: now, st: st, outcome: make(chan struct{})}
-	if err := Write(dir, st); err != nil {
-		return nil, err
+	if !fi.IsDir() {
+		return fmt.Errorf("%w: %s is not a folder", ErrUntrusted, dir)
 	}
-	if notify != nil {
-		_ = notify("STATUS=" + oneLine(fmt.Sprintf("guest %s: waiting for its report", st.VM)))
+	return checkOwned(dir, fi, reading)
+}
+
+// CheckDirIfExists is CheckDir for a folder Write would create: nil when
+// it does not exist yet.
+func CheckDirIfExists(dir string) error {
+	err := CheckDir(dir, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
 	}
-	return r, nil
+	return err
 }
 
-// Status returns a copy of the current status.
-func (r *Recorder) Status() Status {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.st
-}
-
-// Err returns the last error writing the status file, if any.
-func (r *Recorder) Err() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.err
-}
-
-// Outcome returns a channel closed when the first report arrives, and a
-// function telling whether it said ready.
-func (r *Recorder) Outcome() (<-chan struct{}, func() bool) {
-	return r.outcome, func() bool {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		return r.ready
+// checkOwned refuses a file or folder that group or others can write, or
+// that belongs to another user (root is accepted when reading: wait may
+// run as a user while root's push writes).
+func checkOwned(path string, fi fs.FileInfo, reading bool) error {
+	if m := fi.Mode().Perm(); m&0o022 != 0 {
+		return fmt.Errorf("%w: %s has mode %04o: other users can write it; chmod go-w it", ErrUntrusted, path, m)
 	}
-}
-
-// update changes the status under the lock and writes it.
-func (r *Recorder) update(f func(st *Status)) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	f(&r.st)
-	r.st.UpdatedAt = r.now().UTC()
-	r.err = Write(r.dir, r.st)
-}
-
-// Events returns the server events that feed this recorder.
-func (r *Recorder) Events() hostchannel.Events {
-	return hostchannel.Events{Notify: r.Notify, Fetched: r.Fetched, Report: r.Report}
-}
-
-// Notify records a guest PID 1 message.
-func (r *Recorder) Notify(p hostchannel.Peer, m notify.Message, _ string) {
-	r.update(func(st *Status) {
-		if st.Boot == nil {
-			st.Boot = &Boot{}
-		}
-		b := st.Boot
-		now := r.now().UTC()
-		b.Messages++
-		b.LastAt = now
-		if m.Ready() && !b.Ready {
-			b.Ready = true
-			b.ReadyAt = &now
-		}
-		if v, ok := m.Status(); ok {
-			b.Status = clean(v, 256)
-		}
-		if v, ok := m.Get(notify.KeyHostname); ok {
-			b.Hostname = clean(v, 64)
-		}
-		if v, ok := m.ExitStatus(); ok {
-			n := int(v)
-			b.ExitStatus = &n
-		}
-		if v, ok := m.Get(notify.KeyShutdown); ok {
-			b.Shutdown = clean(v, 32)
-		}
-	})
-}
-
-// Fetched records a delivery. A delivery after a report starts a new boot
-// (a guest rebooted with --allow-refetch): the state goes back to Waiting.
-func (r *Recorder) Fetched(p hostchannel.Peer, h hostchannel.Hello, names []string, bytes int64) {
-	r.update(func(st *Status) {
-		st.Fetch = &Fetch{At: r.now().UTC(), Peer: p.String(), BootID: h.BootID, Credentials: append([]string{}, names...), Bytes: bytes}
-		if st.State != Waiting {
-			st.State, st.Summary, st.Failures = Waiting, "credentials fetched again (guest rebooted?); waiting for its report", nil
-		}
-	})
-}
-
-// Report records the agent's report, tells the service manager and
-// returns the ACK text.
-func (r *Recorder) Report(p hostchannel.Peer, h hostchannel.Hello, rep proto.Report) string {
-	rec := &Report{At: r.now().UTC(), Peer: p.String(), BootID: h.BootID, Outcome: rep.Outcome.String(), Summary: rep.Summary, AgentVersion: rep.AgentVersion,
-		TimingsMS: map[string]int64{
-			"read": rep.Timings.Read.Milliseconds(), "verify": rep.Timings.Verify.Milliseconds(), "fetch": rep.Timings.Fetch.Milliseconds(),
-			"write": rep.Timings.Write.Milliseconds(), "total": rep.Timings.Total.Milliseconds(),
-		},
-		Credentials: make([]CredentialFinding, 0, len(rep.Credentials))}
-	var failures []string
-	verified := 0
-	for _, c := range rep.Credentials {
-		rec.Credentials = append(rec.Credentials, CredentialFinding{Name: c.Name, Size: c.Size, SHA256Prefix: c.SHA256Prefix,
-			Delivery: string(c.Delivery), Verification: string(c.Verification), Error: c.Error})
-		switch {
-		case c.Error != "":
-			failures = append(failures, fmt.Sprintf("%s: %s (%s)", c.Name, c.Verification, c.Error))
-		case isVerified(c.Verification):
-			verified++
-		}
+	sys, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
 	}
-	ready := rep.Outcome == proto.OutcomeReady
-	var status, summary string
-	if ready {
-		summary = fmt.Sprintf("guest %s: %d credentials verified", r.vm(), verified)
-		status = summary
-	} else {
-		names := make([]string, 0, len(failures))
-		for _, c := range rep.Credentials {
-			if c.Error != "" {
-				names = append(names, c.Name)
-			}
-		}
-		why := rep.Summary
-		if why == "" {
-			why = "load failed"
-		}
-		summary = fmt.Sprintf("guest %s: %s", r.vm(), why)
-		status = summary
-		if len(names) > 0 {
-			status = fmt.Sprintf("guest %s: load failed: %s", r.vm(), strings.Join(names, ", "))
-		}
+	uid := os.Geteuid()
+	if int(sys.Uid) == uid || (reading && sys.Uid == 0) {
+		return nil
 	}
-	r.update(func(st *Status) {
-		st.Report = rec
-		st.Summary = summary
-		st.Failures = failures
-		if ready {
-			st.State = Ready
-		} else {
-			st.State = Failed
-		}
-	})
-	r.mu.Lock()
-	first := !r.closed
-	if first {
-		r.closed, r.ready = true, ready
-		close(r.outcome)
-	}
-	r.mu.Unlock()
-	if r.notify != nil {
-		msg := "STATUS=" + oneLine(status)
-		if ready {
-			msg = "READY=1\n" + msg
-		}
-		_ = r.notify(msg)
-	}
-	if ready {
-		return "host recorded: ready"
-	}
-	return "host recorded: failed"
-}
-
-func (r *Recorder) vm() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.st.VM
-}
-
-func isVerified(v proto.Verification) bool {
-	return v == proto.VerifiedSignature || v == proto.VerifiedDigest || v == proto.Unverified
+	return fmt.Errorf("%w: %s belongs to uid %d, not to this user (uid %d)", ErrUntrusted, path, sys.Uid, uid)
 }
 
 // clean makes guest-supplied text safe for a status file and log lines

@@ -21,9 +21,8 @@
 //
 // Without that they skip with a hint, or fail when CI=true. Nothing here
 // opens an AF_VSOCK socket on the machine running the tests: vsock is used
-// only inside the guests, over vsock_loopback (CID 1). The channel case
-// runs both ends in one guest: pack (here) names vsock-stream:1:PORT, and
-// the initramfs carries vmcred-host, pack's runtime folder and each
-// channel credential's source file at the absolute path the serve state
-// records, since serve reads it again from there.
+// only inside the guests, over vsock_loopback (CID 1). The session case
+// (TestTier1Session) runs both ends in one guest: vmcred-guest agent on
+// vsock port 730, and vmcred-host push, with the sources and a test-only
+// signing key in the initramfs, dialing vsock:1:730.
 package vm

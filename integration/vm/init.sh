@@ -69,28 +69,6 @@ check_credstore() {
 	step "credstore matches /case/expect"
 }
 
-# check_channel: after a load that used the in-guest channel, vmcred-host
-# wait says ready, serve's status file says ready from the agent's REPORT
-# alone (no sd_notify from a PID 1: there is no systemd here), and the
-# agent recorded that the host acknowledged its report.
-check_channel() {
-	local rc st=/run/vmcred/status.json
-	vmcred-host wait $WAIT_ARGS
-	rc=$?
-	[ "$rc" = 0 ] || fail "vmcred-host wait exit $rc, want 0"
-	step "vmcred-host wait: exit 0"
-	[ -f "$SERVE_STATUS" ] || fail "no serve status file $SERVE_STATUS"
-	step "serve status:$(grep -m1 '"summary"' "$SERVE_STATUS")"
-	grep -q '"state": *"ready"' "$SERVE_STATUS" || fail "serve status file does not say ready: $(grep -m1 '"state"' "$SERVE_STATUS")"
-	grep -q '"outcome": *"ready"' "$SERVE_STATUS" || fail "serve status file has no ready report from the agent"
-	grep -q '"boot":' "$SERVE_STATUS" && fail "serve status file records a PID 1 notify message, but no systemd runs here"
-	grep -q '"acknowledged": *true' "$st" || fail "status.json: the host did not acknowledge the report ($(grep -m1 '"report_error"' "$st"))"
-	got=$(sed -n '/"received": *\[/,/\]/p' "$st" | tr -d ' ",[]' | grep -v '^received:$' | grep . | sort | tr '\n' ' ')
-	step "channel: received $got"
-	[ "$got" = "$WANT_RECEIVED " ] || fail "status.json: the channel delivered '$got', want '$WANT_RECEIVED '"
-	step "channel: $(grep -m1 '"ack"' "$st")"
-}
-
 # check_no_smbios: prove the firmware has no SMBIOS OEM strings (microvm).
 check_no_smbios() {
 	if [ -e /sys/firmware/dmi/tables/DMI ]; then
@@ -128,13 +106,6 @@ load)
 		step "SMBIOS type 11 count byte: $count"
 		[ "$count" = "$WANT_TYPE11_COUNT" ] || fail "type-11 count byte $count, want $WANT_TYPE11_COUNT"
 	fi
-	if [ -n "${SERVE_ARGS:-}" ]; then
-		# The host's end of the channel, run inside the guest on CID 1
-		# (vsock_loopback): this machine must never open AF_VSOCK itself.
-		mkdir -p /run/vmcred-host
-		vmcred-host serve $SERVE_ARGS &
-		step "vmcred-host serve started (pid $!)"
-	fi
 	# What the firmware carries, for the log (list reads it, never verifies).
 	fw=""
 	[ -r /sys/firmware/dmi/tables/DMI ] && fw="--dmi-table /sys/firmware/dmi/tables/DMI"
@@ -142,8 +113,7 @@ load)
 		fw="$fw --fw-cfg /sys/firmware/qemu_fw_cfg/by_name/opt/io.systemd.credentials"
 	[ -n "$fw" ] && vmcred-guest list $fw
 	step "vmcred-guest load $LOAD_ARGS"
-	# No NOTIFY_SOCKET here (no systemd): the agent's sd_notify is a no-op,
-	# and the host learns readiness from the agent's REPORT alone.
+	# No NOTIFY_SOCKET here (no systemd): the agent's sd_notify is a no-op.
 	unset NOTIFY_SOCKET
 	vmcred-guest load --credstore /run/credstore --status-dir /run/vmcred $LOAD_ARGS
 	rc=$?
@@ -164,10 +134,56 @@ load)
 		[ "$src" = "$want" ] || fail "vmcred-guest status exit $src, want $want (outcome $outcome)"
 		vmcred-guest list --status-dir /run/vmcred --credstore /run/credstore
 	fi
-	if [ -n "${WAIT_ARGS:-}" ]; then
-		check_channel
-	fi
 	check_credstore
+	pass
+	;;
+session)
+	# DESIGN §8 in a real kernel: the agent on its privileged vsock port;
+	# the "host" (vmcred-host push) dials it over vsock loopback (CID 1),
+	# since the machine running the tests must never open AF_VSOCK.
+	unset NOTIFY_SOCKET
+	fw=""
+	[ -r /sys/firmware/dmi/tables/DMI ] && fw="--dmi-table /sys/firmware/dmi/tables/DMI"
+	mkdir -p /run/vmcred-host
+	vmcred-guest agent --listen "vsock::$AGENT_PORT" --peer-cid 1 --vm "$CASE" --trust-key /case/trust.pub \
+		--credstore /run/credstore --status-dir /run/vmcred --system-credentials "" $fw &
+	agent=$!
+	step "vmcred-guest agent on vsock port $AGENT_PORT (pid $agent)"
+	# push retries while the agent comes up (vsock answers RST until then).
+	vmcred-host push --vm "$CASE" --connect "vsock:1:$AGENT_PORT" --sign-key /case/sign.key \
+		--status-dir /run/vmcred-host --timeout 30s $PUSH_SOURCES
+	rc=$?
+	[ "$rc" = 0 ] || fail "vmcred-host push exit $rc, want 0"
+	step "vmcred-host push: exit 0"
+	vmcred-host wait --vm "$CASE" --status-dir /run/vmcred-host --timeout 5s || fail "vmcred-host wait did not see ready"
+	grep -q '"acknowledged": *true' /run/vmcred/status.json || fail "status.json: the host did not acknowledge the report"
+	check_credstore
+	# The fact the design rests on, on this kernel: an unprivileged process
+	# cannot bind the agent's port or any other port up to 1023; it can
+	# bind 1024; and a second root binder gets EADDRINUSE.
+	for probe in "$AGENT_PORT 65534 EACCES" "1023 65534 EACCES" "1024 65534 ok" "$AGENT_PORT 0 EADDRINUSE"; do
+		set -- $probe
+		r=$(vsockprobe bind "$1" "$2")
+		step "$r"
+		case "$r" in *": $3") ;; *) fail "bind port $1 as uid $2: '$r', want $3" ;; esac
+	done
+	# Sessions the agent must refuse, with nothing written: another key,
+	# another VM, and the manifest of the session above replayed.
+	vmcred-host push --vm "$CASE" --connect "vsock:1:$AGENT_PORT" --sign-key /case/other.key \
+		--status-dir /run/vmcred-host-x --timeout 10s $PUSH_SOURCES_NEW
+	rc=$?
+	[ "$rc" = 1 ] || fail "push signed by another key: exit $rc, want 1"
+	step "push signed by another key: refused"
+	vmcred-host push --vm "other-$CASE" --connect "vsock:1:$AGENT_PORT" --sign-key /case/sign.key \
+		--status-dir /run/vmcred-host-x --timeout 10s $PUSH_SOURCES_NEW
+	rc=$?
+	[ "$rc" = 1 ] || fail "push for another VM: exit $rc, want 1"
+	step "push for another VM: refused"
+	r=$(vsockprobe replay 1 "$AGENT_PORT" /run/vmcred/manifest)
+	step "$r"
+	case "$r" in *"outcome failed"*"not signed for this session"*) ;; *) fail "replayed manifest: '$r'" ;; esac
+	check_credstore
+	kill "$agent"
 	pass
 	;;
 *) fail "unknown MODE '$MODE'" ;;

@@ -6,12 +6,10 @@ import (
 	"bytes"
 	"cmp"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 
@@ -35,16 +33,8 @@ type tier1Case struct {
 	tamper   string
 	modules  []string // kernel modules init.sh loads first, besides qemu_fw_cfg
 	noSMBIOS bool     // the guest also proves SMBIOS type 11 is absent
-	// channel runs vmcred-host serve inside the guest on CID 1
-	// (vsock_loopback) and vmcred-host wait after the load.
-	channel bool
-	// wantChannel names the credentials pack must route by the channel
-	// (its serve state); extra are credentials pack adds itself that the
-	// credstore must hold too (vmm.notify_socket for a vsock channel).
-	wantChannel []string
-	extra       []cred
-	needs       []string // commands the case needs ("vmcred-host serve")
-	wantRC      int      // vmcred-guest load's exit code
+	needs    []string // commands the case needs
+	wantRC   int      // vmcred-guest load's exit code
 	// wantFail, for the harness's own check, is a substring of the FAIL
 	// verdict the guest must print: the case gives the guest a wrong
 	// digest for badDigest.
@@ -59,16 +49,16 @@ type tier1Case struct {
 // TCG), derived by name so that they follow the x86_64 ones as those
 // change: with edk2 (UEFI), SMBIOS type 11 carries the credentials as on
 // q35; with direct kernel boot, as microvm.nix boots aarch64 guests, there
-// is no SMBIOS at all and fw_cfg carries them.
+// is no SMBIOS at all and fw_cfg carries them. The vsock session (the
+// readiness path) runs on aarch64 in TestTier1Session.
 func arm64Cases(x86 []tier1Case) []tier1Case {
 	variants := map[string]struct {
 		name string
 		efi  bool
 	}{
-		"seed-q35":          {"aarch64-uefi-smbios", true},
-		"big-10k-q35":       {"aarch64-uefi-smbios-10k", true},
-		"microvm-fwcfg":     {"aarch64-virt-fwcfg", false},
-		"channel-vsock-q35": {"aarch64-uefi-channel-vsock", true},
+		"seed-q35":      {"aarch64-uefi-smbios", true},
+		"big-10k-q35":   {"aarch64-uefi-smbios-10k", true},
+		"microvm-fwcfg": {"aarch64-virt-fwcfg", false},
 	}
 	var out []tier1Case
 	for _, tc := range x86 {
@@ -87,7 +77,7 @@ func arm64Cases(x86 []tier1Case) []tier1Case {
 
 // tier1Cases are the initramfs boots. Each takes about 4 s of TCG time.
 func tier1Cases() []tier1Case {
-	big10k, big50k, big100k := randomCred("BIG_10K", 10*1024), randomCred("BIG_50K", 50*1024), randomCred("BIG_100K", 100*1024)
+	big10k, big50k := randomCred("BIG_10K", 10*1024), randomCred("BIG_50K", 50*1024)
 	return []tier1Case{{
 		// The seed's test-vm: three secrets, two static settings, a signed
 		// manifest, SMBIOS on q35.
@@ -116,28 +106,8 @@ func tier1Cases() []tier1Case {
 		// verdict naming the credential, or no other case proves anything.
 		name: "harness-detects-mismatch", hypervisor: "qemu-microvm", creds: seedCreds(), noSMBIOS: true,
 		badDigest: "JWT_SECRET", wantFail: "credential JWT_SECRET sha256",
-	}, {
-		// 100 KiB does not fit SMBIOS (64 KiB table), so --overflow channel
-		// sends it by the vsock channel while the seed's secrets go by
-		// SMBIOS. Both ends run in this one guest over vsock_loopback: the
-		// manifest names CID 1 (the guest itself) where a real host is 2.
-		name: "channel-vsock-q35", hypervisor: "qemu", creds: append(seedCreds(), big100k),
-		packFlags: []string{"--channel", channelAddr, "--overflow", "channel"},
-		modules:   []string{"vsock_loopback"}, channel: true,
-		wantChannel: []string{"BIG_100K"},
-		// pack adds vmm.notify_socket for a vsock channel; it is in the
-		// manifest, so the agent verifies and exposes it like the rest.
-		extra: []cred{{name: "vmm.notify_socket", value: []byte(channelAddr), static: true}},
-		needs: []string{"vmcred-host serve", "vmcred-host wait"},
 	}}
 }
-
-// The in-guest channel: the address pack puts in the manifest (CID 1 is
-// the guest itself over vsock_loopback) and the one serve binds.
-const (
-	channelAddr   = "vsock-stream:1:5000"
-	channelListen = "vsock:1:5000"
-)
 
 func TestTier1(t *testing.T) {
 	s := getSuite(t)
@@ -164,7 +134,7 @@ func (s *suite) runTier1(t *testing.T, tc tier1Case) {
 		tc.packFlags...)
 	qemuArgs := s.pack(t, append(args, packArgs(t, dir, tc.creds)...)...)
 	checkPayloadFiles(t, qemuArgs, tc.creds)
-	want := append(append([]cred(nil), tc.creds...), tc.extra...)
+	want := append([]cred(nil), tc.creds...)
 	if tc.tamper != "" {
 		tamper(t, qemuArgs, tc.tamper)
 		want = nil
@@ -175,7 +145,7 @@ func (s *suite) runTier1(t *testing.T, tc tier1Case) {
 	}
 	firmware = append(firmware, qemuArgs...)
 
-	a := s.initramfsFor(cmp.Or(tc.arch, archX86), tc.channel)
+	a := s.initramfsFor(cmp.Or(tc.arch, archX86), false)
 	a.file("case/trust.pub", 0o444, mustRead(t, s.pubKey))
 	expect := expectFile(want)
 	if tc.badDigest != "" {
@@ -201,21 +171,6 @@ func (s *suite) runTier1(t *testing.T, tc tier1Case) {
 	}
 	if s.guestCmds["status"] {
 		vars["HAVE_STATUS"] = "1"
-	}
-	if tc.channel {
-		// serve reads what pack left for the channel from its runtime
-		// folder, copied into the guest, and re-reads each channel
-		// credential from the source path recorded there: those files go
-		// into the initramfs at the same absolute paths.
-		addTree(t, a, "case/host-run", runtime)
-		addChannelSources(t, a, runtime, tc.wantChannel)
-		vars["SERVE_ARGS"] = "--vm " + tc.name + " --listen " + channelListen + " --runtime-dir /case/host-run --status-dir /run/vmcred-host"
-		vars["WAIT_ARGS"] = "--vm " + tc.name + " --status-dir /run/vmcred-host --timeout 30s"
-		vars["SERVE_STATUS"] = "/run/vmcred-host/" + tc.name + ".json"
-		received := append([]string(nil), tc.wantChannel...)
-		sort.Strings(received)
-		vars["WANT_RECEIVED"] = strings.Join(received, " ")
-		vars["LOAD_ARGS"] += " --timeout 20s"
 	}
 	a.file("case/case.env", 0o444, caseEnv(vars))
 
@@ -340,63 +295,6 @@ func tamper(t *testing.T, args []string, name string) {
 	t.Fatalf("no payload file for credential %s in %q", name, args)
 }
 
-// addChannelSources reads the serve state pack wrote in runtime, checks
-// that it routes exactly the credentials want by the channel, and adds
-// each one's source file to the archive at the absolute path recorded
-// there, where serve (run in the guest) reads it again.
-func addChannelSources(t *testing.T, a archive, runtime string, want []string) {
-	t.Helper()
-	var st struct {
-		Channel     string `json:"channel"`
-		Credentials []struct {
-			Name string `json:"name"`
-			File string `json:"file"`
-		} `json:"credentials"`
-	}
-	b := mustRead(t, filepath.Join(runtime, "vmcred-serve.json"))
-	if err := json.Unmarshal(b, &st); err != nil {
-		t.Fatalf("vmcred-serve.json: %v\n%s", err, b)
-	}
-	if st.Channel != channelAddr {
-		t.Errorf("vmcred-serve.json: channel %q, want %q", st.Channel, channelAddr)
-	}
-	var got []string
-	for _, c := range st.Credentials {
-		got = append(got, c.Name)
-		if c.File == "" {
-			continue // a --static value, kept in the state itself
-		}
-		if !filepath.IsAbs(c.File) {
-			t.Fatalf("vmcred-serve.json: %s: source %q is not absolute", c.Name, c.File)
-		}
-		if err := a.copyFile(strings.TrimPrefix(c.File, "/"), 0o400, c.File); err != nil {
-			t.Fatal(err)
-		}
-	}
-	sort.Strings(got)
-	want = append([]string(nil), want...)
-	sort.Strings(want)
-	if strings.Join(got, " ") != strings.Join(want, " ") {
-		t.Fatalf("vmcred-serve.json routes %q by the channel, want %q", got, want)
-	}
-}
-
-// addTree copies the regular files under src (on this machine) into the
-// archive under dst.
-func addTree(t *testing.T, a archive, dst, src string) {
-	t.Helper()
-	err := filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		return a.copyFile(dst+"/"+filepath.ToSlash(rel), 0o400, p)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
 func mustRead(t *testing.T, p string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(p)
@@ -410,7 +308,7 @@ func mustRead(t *testing.T, p string) []byte {
 // over the 65535-byte SMBIOS table QEMU can build (it refuses to start, or
 // with the 64-bit entry point corrupts the table silently: vm-testing.md).
 // pack must refuse before launch and name the credential, which is why the
-// 50 KB cases go by fw_cfg and the channel.
+// 50 KB cases go by fw_cfg and the host's session.
 func TestPackRefusesOversizedSMBIOS(t *testing.T) {
 	s := getSuite(t)
 	s.requireCommands(t, []string{"vmcred-host pack"})

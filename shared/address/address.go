@@ -1,8 +1,9 @@
 // Package address parses and formats the socket addresses vmcred passes
 // around: systemd's AF_VSOCK forms (vsock:CID:PORT, vsock-stream:CID:PORT,
-// vsock-seqpacket:CID:PORT, vsock-dgram:CID:PORT), used for the channel and
-// for the vmm.notify_socket credential, and unix:PATH, the host end of
-// hybrid vsock (cloud-hypervisor, Firecracker) and what tests use.
+// vsock-seqpacket:CID:PORT, vsock-dgram:CID:PORT), used for the session and
+// for the vmm.notify_socket credential; unix:PATH, a plain Unix socket
+// (what tests use); and hybrid:SOCKETPATH:PORT, a guest port behind the
+// hybrid-vsock Unix socket of cloud-hypervisor or Firecracker.
 //
 // It accepts a strict subset of what systemd's socket_address_parse_vsock
 // (src/basic/socket-util.c) accepts, so that every address vmcred writes
@@ -36,6 +37,11 @@ const (
 	VsockDgram
 	// Unix is "unix:PATH", an AF_UNIX stream socket.
 	Unix
+	// Hybrid is "hybrid:SOCKETPATH:PORT": the Unix socket of a
+	// cloud-hypervisor or Firecracker VM's vsock device, where the host
+	// reaches guest port PORT by writing "CONNECT PORT\n" and reading
+	// "OK …\n" (DESIGN §8). Only the host dials it.
+	Hybrid
 )
 
 // String returns the scheme without its colon ("vsock-stream"), or
@@ -52,6 +58,8 @@ func (k Kind) String() string {
 		return "vsock-dgram"
 	case Unix:
 		return "unix"
+	case Hybrid:
+		return "hybrid"
 	}
 	return "invalid"
 }
@@ -112,7 +120,7 @@ func (a Address) IsVsock() bool {
 // VsockStream, and Vsock, which vmcred (like mdlayher/vsock) dials as a
 // stream. Seqpacket and datagram addresses are only for handing to systemd.
 func (a Address) IsStream() bool {
-	return a.Kind == Unix || a.Kind == Vsock || a.Kind == VsockStream
+	return a.Kind == Unix || a.Kind == Hybrid || a.Kind == Vsock || a.Kind == VsockStream
 }
 
 // Network is the Go network name for a: "vsock", "unix", or "" when a is
@@ -121,7 +129,7 @@ func (a Address) Network() string {
 	switch {
 	case a.IsVsock():
 		return "vsock"
-	case a.Kind == Unix:
+	case a.Kind == Unix, a.Kind == Hybrid:
 		return "unix"
 	}
 	return ""
@@ -143,6 +151,8 @@ func (a Address) String() string {
 		return a.Kind.String() + ":" + cid + ":" + strconv.FormatUint(uint64(a.Port), 10)
 	case a.Kind == Unix:
 		return "unix:" + a.Path
+	case a.Kind == Hybrid:
+		return "hybrid:" + a.Path + ":" + strconv.FormatUint(uint64(a.Port), 10)
 	}
 	return "invalid"
 }
@@ -150,7 +160,7 @@ func (a Address) String() string {
 // Parse parses one of
 //
 //	vsock:CID:PORT  vsock-stream:CID:PORT  vsock-seqpacket:CID:PORT  vsock-dgram:CID:PORT
-//	unix:PATH
+//	unix:PATH  hybrid:SOCKETPATH:PORT
 //
 // CID is "hypervisor" (0), "local" (1), "host" (2), "any" or "-1" or empty
 // (CIDAny), or a decimal number. PORT is a decimal number other than
@@ -167,7 +177,9 @@ func (a Address) String() string {
 // PATH is absolute, relative, or "@name" for the Linux abstract namespace;
 // it must be non-empty, at most MaxUnixPathLen bytes (after the '@' for an
 // abstract name), and free of NUL and other control bytes. A bare "/path"
-// without "unix:" is refused, to keep the scheme explicit.
+// without "unix:" is refused, to keep the scheme explicit. A hybrid
+// SOCKETPATH follows the same rules except that it cannot be abstract (a
+// VMM's socket is a file); the port is after its last ':'.
 func Parse(s string) (Address, error) {
 	scheme, rest, ok := strings.Cut(s, ":")
 	if !ok {
@@ -177,14 +189,31 @@ func Parse(s string) (Address, error) {
 		return Address{}, &Error{Input: s, Reason: "no scheme; want vsock:CID:PORT, vsock-stream:CID:PORT, vsock-seqpacket:CID:PORT, vsock-dgram:CID:PORT or unix:PATH"}
 	}
 	kind := Invalid
-	for k := Vsock; k <= Unix; k++ {
+	for k := Vsock; k <= Hybrid; k++ {
 		if k.String() == scheme {
 			kind = k
 		}
 	}
 	switch kind {
 	case Invalid:
-		return Address{}, &Error{Input: s, Reason: fmt.Sprintf("unknown scheme %q; want vsock, vsock-stream, vsock-seqpacket, vsock-dgram or unix", scheme)}
+		return Address{}, &Error{Input: s, Reason: fmt.Sprintf("unknown scheme %q; want vsock, vsock-stream, vsock-seqpacket, vsock-dgram, unix or hybrid", scheme)}
+	case Hybrid:
+		i := strings.LastIndexByte(rest, ':')
+		if i < 0 {
+			return Address{}, &Error{Input: s, Reason: "want hybrid:SOCKETPATH:PORT, found no ':' before the port"}
+		}
+		path, portText := rest[:i], rest[i+1:]
+		if reason := checkPath(path); reason != "" {
+			return Address{}, &Error{Input: s, Reason: reason}
+		}
+		if strings.HasPrefix(path, "@") {
+			return Address{}, &Error{Input: s, Reason: "a hybrid vsock socket is a file, not an abstract name"}
+		}
+		port, err := parsePort(portText)
+		if err != "" {
+			return Address{}, &Error{Input: s, Reason: err}
+		}
+		return Address{Kind: Hybrid, Path: path, Port: port}, nil
 	case Unix:
 		a := Address{Kind: Unix, Path: rest}
 		if reason := checkPath(rest); reason != "" {
@@ -292,6 +321,13 @@ func (a Address) check() error {
 		if reason := checkPath(a.Path); reason != "" {
 			return &Error{Input: a.String(), Reason: reason}
 		}
+	case a.Kind == Hybrid:
+		if a.CID != 0 || strings.HasPrefix(a.Path, "@") {
+			return &Error{Input: a.String(), Reason: "a hybrid address has a socket file and a port, no CID"}
+		}
+		if reason := checkPath(a.Path); reason != "" {
+			return &Error{Input: a.String(), Reason: reason}
+		}
 	case a.IsVsock():
 		if a.Path != "" {
 			return &Error{Input: a.String(), Reason: "a vsock address has no path"}
@@ -317,13 +353,11 @@ func (a Address) CheckDial() error {
 	if !a.IsStream() {
 		return &Error{Input: a.String(), Reason: "vmcred's channel is a byte stream; use vsock-stream:, vsock: or unix:"}
 	}
-	if a.IsVsock() {
-		if a.CID == CIDAny {
-			return &Error{Input: a.String(), Reason: "cannot dial CID ANY (empty CID); name the peer, e.g. 2 for the host"}
-		}
-		if a.Port == 0 {
-			return &Error{Input: a.String(), Reason: "cannot dial port 0; it means any port when listening"}
-		}
+	if a.IsVsock() && a.CID == CIDAny {
+		return &Error{Input: a.String(), Reason: "cannot dial CID ANY (empty CID); name the peer, e.g. 2 for the host"}
+	}
+	if (a.IsVsock() || a.Kind == Hybrid) && a.Port == 0 {
+		return &Error{Input: a.String(), Reason: "cannot dial port 0; it means any port when listening"}
 	}
 	return nil
 }
@@ -340,7 +374,22 @@ func (a Address) CheckListen() error {
 	if !a.IsStream() {
 		return &Error{Input: a.String(), Reason: "vmcred's channel is a byte stream; use vsock-stream:, vsock: or unix:"}
 	}
+	if a.Kind == Hybrid {
+		return &Error{Input: a.String(), Reason: "a hybrid address is only dialed (by the host, through the VMM); listen on vsock:PORT in the guest or unix:PATH"}
+	}
 	return nil
+}
+
+// PrivilegedPorts is the highest privileged vsock port: binding a port at
+// or below it needs CAP_NET_BIND_SERVICE in the initial user namespace
+// (Linux __vsock_bind_connectible), so a listener there is guest root's.
+const PrivilegedPorts = 1023
+
+// IsPrivileged reports whether a is an AF_VSOCK address whose port only a
+// privileged process can bind (1 to PrivilegedPorts; port 0 means any port
+// and is not).
+func (a Address) IsPrivileged() bool {
+	return a.IsVsock() && a.Port >= 1 && a.Port <= PrivilegedPorts
 }
 
 // HybridPath is the host-side Unix socket on which cloud-hypervisor and

@@ -230,3 +230,42 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestHybrid: hybrid:SOCKETPATH:PORT names a guest port behind a VMM's
+// hybrid-vsock socket; the port is after the last ':', the path follows
+// unix:'s rules but cannot be abstract, and it is dialed only.
+func TestHybrid(t *testing.T) {
+	a, err := Parse("hybrid:/run/vm/a:b.vsock:730")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Kind != Hybrid || a.Path != "/run/vm/a:b.vsock" || a.Port != 730 || a.String() != "hybrid:/run/vm/a:b.vsock:730" {
+		t.Errorf("Parse = %+v (%s)", a, a)
+	}
+	if err := a.CheckDial(); err != nil {
+		t.Errorf("CheckDial = %v", err)
+	}
+	if err := a.CheckListen(); err == nil {
+		t.Errorf("CheckListen accepted a hybrid address")
+	}
+	for _, bad := range []string{"hybrid:/x", "hybrid::730", "hybrid:@abs:730", "hybrid:/x:", "hybrid:/x:07"} {
+		if _, err := Parse(bad); err == nil {
+			t.Errorf("Parse(%q) accepted it", bad)
+		}
+	}
+	if a, _ := Parse("hybrid:/x:0"); a.CheckDial() == nil {
+		t.Errorf("CheckDial accepted port 0")
+	}
+	for _, tc := range []struct {
+		in   string
+		want bool
+	}{{"vsock:1:730", true}, {"vsock::1023", true}, {"vsock::1024", false}, {"vsock::0", false}, {"unix:/x", false}, {"hybrid:/x:730", false}} {
+		a, err := Parse(tc.in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := a.IsPrivileged(); got != tc.want {
+			t.Errorf("IsPrivileged(%s) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}

@@ -23,7 +23,7 @@ func BenchmarkCredentials16MiB(b *testing.B) {
 			defer host.Close()
 			b.SetBytes(int64(len(value)))
 			b.ReportAllocs()
-			s, c := NewServer(host), NewClient(guest)
+			s, c := NewHost(host), NewAgent(guest)
 			errc := make(chan error, 1)
 			for b.Loop() {
 				go func() { errc <- s.WriteCredentials(creds) }()
@@ -49,7 +49,7 @@ func BenchmarkCredentials16MiB(b *testing.B) {
 		b.SetBytes(int64(len(value)))
 		b.ReportAllocs()
 		for b.Loop() {
-			c := NewClient(rw{&byteReader{b: frame}, io.Discard})
+			c := NewAgent(rw{&byteReader{b: frame}, io.Discard})
 			if _, err := c.ReadCredentials(); err != nil {
 				b.Fatal(err)
 			}

@@ -18,117 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/vmcred/vmcred/shared/credential"
-	"github.com/vmcred/vmcred/shared/notify"
 )
-
-func TestSniff(t *testing.T) {
-	tests := []struct {
-		name string
-		in   string
-		want Kind
-	}{
-		{"magic", Magic, Vmcred},
-		{"magic and a frame", Magic + "\x01\x00\x00", Vmcred},
-		{"pid1 ready", "READY=1\nSTATUS=Ready.", Notify},
-		{"ready cut to magic length", "READY=1\nST", Notify},
-		{"short ready", "READY=1", Notify},
-		{"unit active", "X_SYSTEMD_UNIT_ACTIVE=multi-user.target", Notify},
-		{"unit active, first 10 bytes", "X_SYSTEMD_", Notify},
-		{"exit status", "EXIT_STATUS=0\nX_SYSTEMD_SHUTDOWN=poweroff", Notify},
-		{"one key byte", "R", Notify},
-		{"empty", "", Unknown},
-		{"part of magic", Magic[:4], Unknown},
-		{"magic less its last byte", Magic[:len(Magic)-1], Unknown},
-		{"magic without NUL", "VMCRED/1\n", Unknown},
-		{"other version", "\x00VMCRED/2\n", Unknown},
-		{"empty key", "=1", Unknown},
-		{"lower-case key", "ready=1", Unknown},
-		{"leading newline", "\nREADY=1", Unknown},
-		{"NUL in value", "READY=1\x00", Unknown},
-		{"http", "GET / HTTP/1.1", Unknown},
-		{"tls", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03", Unknown},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := Sniff([]byte(tt.in)); got != tt.want {
-				t.Errorf("Sniff(%q) = %v, want %v", tt.in, got, tt.want)
-			}
-		})
-	}
-}
-
-// TestSniffRandom checks Sniff's promises on random input: only the magic
-// is Vmcred, and nothing starting with NUL (as Magic does) is Notify.
-func TestSniffRandom(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	for i := 0; i < 100000; i++ {
-		b := make([]byte, rng.IntN(len(Magic)+1))
-		for j := range b {
-			b[j] = byte(rng.UintN(256))
-		}
-		if i%4 == 0 && len(b) > 0 {
-			b[0] = 0
-		}
-		switch Sniff(b) {
-		case Vmcred:
-			if string(b) != Magic {
-				t.Fatalf("Sniff(%q) = vmcred", b)
-			}
-		case Notify:
-			if b[0] == 0 || bytes.IndexByte(b, 0) >= 0 {
-				t.Fatalf("Sniff(%q) = notify, but it holds NUL", b)
-			}
-		}
-	}
-	for n := 0; n <= len(Magic); n++ {
-		if Sniff([]byte(Magic[:n])) == Notify {
-			t.Errorf("Sniff(Magic[:%d]) = notify", n)
-		}
-	}
-}
-
-func TestSniffStream(t *testing.T) {
-	tests := []struct {
-		name      string
-		in        string
-		want      Kind
-		wantFirst string
-	}{
-		{"vmcred", Magic + "\x01rest", Vmcred, Magic},
-		{"short notify", "READY=1", Notify, "READY=1"},
-		{"long notify", "READY=1\nSTATUS=Ready.", Notify, "READY=1\nST"},
-		{"empty", "", Unknown, ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r := strings.NewReader(tt.in)
-			kind, first, err := SniffStream(r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if kind != tt.want || string(first) != tt.wantFirst {
-				t.Fatalf("SniffStream = %v, %q; want %v, %q", kind, first, tt.want, tt.wantFirst)
-			}
-			if kind == Notify {
-				m, err := notify.ReadMessage(io.MultiReader(bytes.NewReader(first), r))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !m.Ready() {
-					t.Errorf("notify message %+v is not ready", m)
-				}
-			}
-		})
-	}
-	boom := errors.New("boom")
-	if _, _, err := SniffStream(io.MultiReader(strings.NewReader("RE"), errReader{boom})); !errors.Is(err, boom) {
-		t.Errorf("SniffStream(failing reader) error = %v, want it to wrap the cause", err)
-	}
-}
-
-type errReader struct{ err error }
-
-func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
 func TestReadMagic(t *testing.T) {
 	tests := []struct {
@@ -138,7 +28,8 @@ func TestReadMagic(t *testing.T) {
 	}{
 		{"ok", Magic, nil},
 		{"ok with more", Magic + "\x01", nil},
-		{"wrong", "VMCRED/1\n\x00", ErrBadMagic},
+		{"wrong", "VMCRED/2\n\x00", ErrBadMagic},
+		{"version 1", "\x00VMCRED/1\n", ErrBadMagic},
 		{"notify", "READY=1\nSTATUS=Ready.", ErrBadMagic},
 		{"short", Magic[:3], io.ErrUnexpectedEOF},
 		{"empty", "", io.EOF},
@@ -153,10 +44,10 @@ func TestReadMagic(t *testing.T) {
 	}
 }
 
-func TestClientWritesMagicOnce(t *testing.T) {
+func TestAgentWritesMagicOnce(t *testing.T) {
 	var buf bytes.Buffer
-	c := NewClient(rw{nil, &buf})
-	if err := c.WriteHello(sampleHello()); err != nil {
+	c := NewAgent(rw{nil, &buf})
+	if err := c.WriteChallenge(sampleChallenge()); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.WriteReport(sampleReport()); err != nil {
@@ -164,10 +55,10 @@ func TestClientWritesMagicOnce(t *testing.T) {
 	}
 	b := buf.Bytes()
 	if !bytes.HasPrefix(b, []byte(Magic)) || bytes.Count(b, []byte(Magic)) != 1 {
-		t.Fatalf("client stream does not start with exactly one Magic")
+		t.Fatalf("agent stream does not start with exactly one Magic")
 	}
-	s := NewServer(reader(b[len(Magic):]))
-	if _, err := s.ReadHello(); err != nil {
+	s := NewHost(reader(b[len(Magic):]))
+	if _, err := s.ReadChallenge(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.ReadReport(); err != nil {
@@ -188,20 +79,21 @@ func TestFrameLimits(t *testing.T) {
 	}{
 		{"4 GiB credentials", []byte{byte(TypeCredentials), 0xff, 0xff, 0xff, 0xff}, nil, ErrFrameTooLarge, "length 4294967295, over the 67108864-byte limit"},
 		{"credentials one over", []byte{byte(TypeCredentials), 0x04, 0x00, 0x00, 0x01}, nil, ErrFrameTooLarge, "over the"},
-		{"hello of 1 MiB", []byte{byte(TypeHello), 0x00, 0x10, 0x00, 0x00}, nil, ErrFrameTooLarge, "read hello frame"},
-		{"hello one over", []byte{byte(TypeHello), 0x00, 0x00, 0x10, 0x01}, nil, ErrFrameTooLarge, "4097"},
+		{"challenge of 1 MiB", []byte{byte(TypeChallenge), 0x00, 0x10, 0x00, 0x00}, nil, ErrFrameTooLarge, "read challenge frame"},
+		{"challenge one over", []byte{byte(TypeChallenge), 0x00, 0x00, 0x10, 0x01}, nil, ErrFrameTooLarge, "4097"},
+		{"manifest of 4 GiB", []byte{byte(TypeManifest), 0xff, 0xff, 0xff, 0xff}, nil, ErrFrameTooLarge, "over the 2097152-byte limit"},
 		{"ack of 4 GiB", []byte{byte(TypeAck), 0xff, 0xff, 0xff, 0xff}, nil, ErrFrameTooLarge, "ack"},
 		{"report of 4 GiB", []byte{byte(TypeReport), 0xff, 0xff, 0xff, 0xff}, nil, ErrFrameTooLarge, "report"},
 		{"error of 4 GiB", []byte{byte(TypeError), 0xff, 0xff, 0xff, 0xff}, nil, ErrFrameTooLarge, "error"},
 		{"type 0", []byte{0, 0, 0, 0, 0}, nil, ErrUnknownType, "type 0x00"},
-		{"type 6", []byte{6, 0, 0, 0, 0}, nil, ErrUnknownType, "type 0x06"},
+		{"type 7", []byte{7, 0, 0, 0, 0}, nil, ErrUnknownType, "type 0x07"},
 		{"type 0xff", []byte{0xff, 0xff, 0xff, 0xff, 0xff}, nil, ErrUnknownType, "type 0xff"},
-		{"credentials for the server", []byte{byte(TypeCredentials), 0xff, 0xff, 0xff, 0xff}, []Type{TypeHello}, ErrUnexpectedType, "got credentials, want hello"},
+		{"credentials where the challenge is due", []byte{byte(TypeCredentials), 0xff, 0xff, 0xff, 0xff}, []Type{TypeChallenge}, ErrUnexpectedType, "got credentials, want challenge"},
 		{"report where ack is due", []byte{byte(TypeReport), 0, 0, 0, 0}, []Type{TypeAck, TypeError}, ErrUnexpectedType, "got report, want ack or error"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := NewServer(reader(tt.header))
+			c := NewHost(reader(tt.header))
 			var ms0, ms1 runtime.MemStats
 			runtime.ReadMemStats(&ms0)
 			_, p, err := c.ReadFrame(tt.want...)
@@ -228,7 +120,7 @@ func TestLargeClaimSmallAllocation(t *testing.T) {
 	in := append([]byte{byte(TypeCredentials), 0x04, 0x00, 0x00, 0x00}, "only a few bytes"...)
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
-	_, _, err := NewServer(reader(in)).ReadFrame()
+	_, _, err := NewHost(reader(in)).ReadFrame()
 	runtime.ReadMemStats(&ms1)
 	if !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("ReadFrame error = %v, want io.ErrUnexpectedEOF", err)
@@ -240,9 +132,9 @@ func TestLargeClaimSmallAllocation(t *testing.T) {
 
 func TestWriteFrameLimits(t *testing.T) {
 	var buf bytes.Buffer
-	c := NewServer(rw{nil, &buf})
-	if err := c.WriteFrame(TypeHello, make([]byte, MaxHelloSize+1)); !errors.Is(err, ErrFrameTooLarge) {
-		t.Errorf("WriteFrame(oversized hello) = %v, want ErrFrameTooLarge", err)
+	c := NewHost(rw{nil, &buf})
+	if err := c.WriteFrame(TypeChallenge, make([]byte, MaxChallengeSize+1)); !errors.Is(err, ErrFrameTooLarge) {
+		t.Errorf("WriteFrame(oversized challenge) = %v, want ErrFrameTooLarge", err)
 	}
 	if err := c.WriteFrame(Type(9), nil); !errors.Is(err, ErrUnknownType) {
 		t.Errorf("WriteFrame(type 9) = %v, want ErrUnknownType", err)
@@ -250,14 +142,14 @@ func TestWriteFrameLimits(t *testing.T) {
 	if buf.Len() != 0 {
 		t.Errorf("refused frames wrote %d bytes", buf.Len())
 	}
-	if err := c.WriteFrame(TypeHello, make([]byte, MaxHelloSize)); err != nil {
-		t.Errorf("WriteFrame(hello at the limit) = %v", err)
+	if err := c.WriteFrame(TypeChallenge, make([]byte, MaxChallengeSize)); err != nil {
+		t.Errorf("WriteFrame(challenge at the limit) = %v", err)
 	}
 	boom := errors.New("boom")
-	if err := NewServer(rw{nil, errWriter{boom}}).WriteFrame(TypeAck, nil); !errors.Is(err, boom) {
+	if err := NewHost(rw{nil, errWriter{boom}}).WriteFrame(TypeAck, nil); !errors.Is(err, boom) {
 		t.Errorf("WriteFrame to a failing writer = %v, want it to wrap the cause", err)
 	}
-	if err := NewServer(rw{nil, errWriter{boom}}).WriteCredentials(sampleCredentials()); !errors.Is(err, boom) {
+	if err := NewHost(rw{nil, errWriter{boom}}).WriteCredentials(sampleCredentials()); !errors.Is(err, boom) {
 		t.Errorf("WriteCredentials to a failing writer = %v, want it to wrap the cause", err)
 	}
 }
@@ -267,62 +159,44 @@ type errWriter struct{ err error }
 func (e errWriter) Write([]byte) (int, error) { return 0, e.err }
 
 func TestTypeStrings(t *testing.T) {
-	got := []string{TypeHello.String(), TypeCredentials.String(), TypeError.String(), TypeReport.String(), TypeAck.String(), Type(0).String(), Type(200).String()}
-	want := []string{"hello", "credentials", "error", "report", "ack", "type 0x00", "type 0xc8"}
+	got := []string{TypeChallenge.String(), TypeCredentials.String(), TypeError.String(), TypeReport.String(), TypeAck.String(), TypeManifest.String(), Type(0).String(), Type(200).String()}
+	want := []string{"challenge", "credentials", "error", "report", "ack", "manifest", "type 0x00", "type 0xc8"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("Type.String (-want +got):\n%s", diff)
 	}
 	if Type(0).Limit() != 0 || TypeCredentials.Limit() != MaxFrame {
 		t.Errorf("Limit: unknown %d, credentials %d", Type(0).Limit(), TypeCredentials.Limit())
 	}
-	kinds := []string{Unknown.String(), Vmcred.String(), Notify.String()}
-	if diff := cmp.Diff([]string{"unknown", "vmcred", "notify"}, kinds); diff != "" {
-		t.Errorf("Kind.String (-want +got):\n%s", diff)
-	}
 }
 
-func TestHelloRoundTrip(t *testing.T) {
+func TestChallengeRoundTrip(t *testing.T) {
 	tests := []struct {
 		name string
-		in   Hello
-		want Hello
+		in   Challenge
+		want Challenge
 	}{
-		{"full", sampleHello(), sampleHello()},
-		{"zero version means current", func() Hello { h := sampleHello(); h.Version = 0; return h }(), sampleHello()},
-		{"empty strings", Hello{Token: secret(canaryToken)}, Hello{Version: ProtocolVersion, Token: secret(canaryToken)}},
+		{"full", sampleChallenge(), sampleChallenge()},
+		{"zero version means current", func() Challenge { c := sampleChallenge(); c.Version = 0; return c }(), sampleChallenge()},
+		{"empty strings", Challenge{Nonce: [ChallengeSize]byte{9}}, Challenge{Version: ProtocolVersion, Nonce: [ChallengeSize]byte{9}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := must(t)(EncodeHello(tt.in))
-			got, err := DecodeHello(p)
+			p := must(t)(EncodeChallenge(tt.in))
+			got, err := DecodeChallenge(p)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(tt.want, got, secretCmp()); diff != "" {
-				t.Errorf("DecodeHello(EncodeHello()) (-want +got):\n%s", diff)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("DecodeChallenge(EncodeChallenge()) (-want +got):\n%s", diff)
 			}
 		})
 	}
 }
 
-func TestHelloNeverPrintsToken(t *testing.T) {
-	h := sampleHello()
-	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%x", "%q"} {
-		noCanary(t, "fmt "+verb, fmt.Sprintf(verb, h))
-	}
-	p := must(t)(EncodeHello(h))
-	for _, bad := range [][]byte{append(p, 0), p[:len(p)-1], append(append([]byte{}, p[:2]...), p[2:20]...)} {
-		if _, err := DecodeHello(bad); err == nil {
-			t.Fatal("DecodeHello accepted a damaged hello")
-		} else {
-			noCanary(t, "DecodeHello error", err.Error())
-		}
-	}
-}
-
-func TestDecodeHelloErrors(t *testing.T) {
-	good := must(t)(EncodeHello(sampleHello()))
+func TestDecodeChallengeErrors(t *testing.T) {
+	good := must(t)(EncodeChallenge(sampleChallenge()))
 	with := func(f func(b []byte) []byte) []byte { return f(append([]byte{}, good...)) }
+	const bootIDAt = 2 + ChallengeSize + 8
 	tests := []struct {
 		name string
 		in   []byte
@@ -330,41 +204,67 @@ func TestDecodeHelloErrors(t *testing.T) {
 		msg  string
 	}{
 		{"empty", nil, ErrMalformed, "version"},
-		{"version 2", with(func(b []byte) []byte { b[1] = 2; return b }), ErrUnsupportedVersion, "version 2, want 1"},
+		{"version 1", with(func(b []byte) []byte { b[1] = 1; return b }), ErrUnsupportedVersion, "version 1, want 2"},
 		{"version 0", with(func(b []byte) []byte { b[1] = 0; return b }), ErrUnsupportedVersion, "version 0"},
-		{"short token", good[:2+TokenSize-1], ErrMalformed, "token"},
-		{"short nonce", good[:2+TokenSize+3], ErrMalformed, "boot nonce"},
+		{"short nonce", good[:2+ChallengeSize-1], ErrMalformed, "nonce"},
+		{"zero nonce", with(func(b []byte) []byte { clear(b[2 : 2+ChallengeSize]); return b }), ErrMalformed, "nonce: all zero"},
+		{"short generation", good[:2+ChallengeSize+3], ErrMalformed, "generation"},
 		{"trailing byte", append(append([]byte{}, good...), 'x'), ErrMalformed, "1 trailing bytes"},
-		{"boot ID length past end", with(func(b []byte) []byte { b[2+TokenSize+NonceSize] = 200; return b }), ErrMalformed, "boot ID"},
+		{"boot ID length past end", with(func(b []byte) []byte { b[bootIDAt] = 200; return b }), ErrMalformed, "boot ID"},
 		{"boot ID over limit", with(func(b []byte) []byte {
-			b = b[:2+TokenSize+NonceSize]
+			b = b[:bootIDAt]
 			b = append(b, 65)
 			b = append(b, bytes.Repeat([]byte{'a'}, 65)...)
 			return append(b, 0)
 		}), ErrMalformed, "65 bytes, over the 64-byte limit"},
-		{"boot ID with newline", with(func(b []byte) []byte { b[2+TokenSize+NonceSize+1] = '\n'; return b }), ErrMalformed, "not printable ASCII"},
+		{"boot ID with newline", with(func(b []byte) []byte { b[bootIDAt+1] = '\n'; return b }), ErrMalformed, "not printable ASCII"},
 		{"agent version not printable", with(func(b []byte) []byte { b[len(b)-1] = 0xff; return b }), ErrMalformed, "agent version"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := DecodeHello(tt.in)
+			_, err := DecodeChallenge(tt.in)
 			if !errors.Is(err, tt.err) {
-				t.Fatalf("DecodeHello error = %v, want %v", err, tt.err)
+				t.Fatalf("DecodeChallenge error = %v, want %v", err, tt.err)
 			}
 			if !strings.Contains(err.Error(), tt.msg) {
 				t.Errorf("error %q does not say %q", err, tt.msg)
 			}
-			noCanary(t, "error", err.Error())
 		})
 	}
-	h, err := DecodeHello(with(func(b []byte) []byte { b[0], b[1] = 0x12, 0x34; return b }))
-	if !errors.Is(err, ErrUnsupportedVersion) || h.Version != 0x1234 {
-		t.Errorf("DecodeHello(version 0x1234) = version %#x, %v; want the version reported", h.Version, err)
+	c, err := DecodeChallenge(with(func(b []byte) []byte { b[0], b[1] = 0x12, 0x34; return b }))
+	if !errors.Is(err, ErrUnsupportedVersion) || c.Version != 0x1234 {
+		t.Errorf("DecodeChallenge(version 0x1234) = version %#x, %v; want the version reported", c.Version, err)
+	}
+}
+
+func TestManifestFrame(t *testing.T) {
+	if _, err := EncodeManifest(nil); !errors.Is(err, ErrMalformed) {
+		t.Errorf("EncodeManifest(nil) = %v, want ErrMalformed", err)
+	}
+	if _, err := EncodeManifest(make([]byte, MaxManifestSize+1)); !errors.Is(err, ErrFrameTooLarge) {
+		t.Errorf("EncodeManifest(too large) = %v, want ErrFrameTooLarge", err)
+	}
+	if _, err := DecodeManifest(nil); !errors.Is(err, ErrMalformed) {
+		t.Errorf("DecodeManifest(nil) = %v, want ErrMalformed", err)
+	}
+	var b bytes.Buffer
+	if err := NewHost(rw{nil, &b}).WriteManifest([]byte("VMCE...")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := NewAgent(reader(b.Bytes())).ReadManifest()
+	if err != nil || string(got) != "VMCE..." {
+		t.Errorf("ReadManifest = %q, %v", got, err)
+	}
+	// A manifest frame whose length is over the limit is refused before
+	// its payload is read.
+	hdr := []byte{byte(TypeManifest), 0, 0x20, 0, 1}
+	if _, err := NewAgent(reader(hdr)).ReadManifest(); !errors.Is(err, ErrFrameTooLarge) {
+		t.Errorf("ReadManifest(2 MiB + 1) = %v, want ErrFrameTooLarge", err)
 	}
 }
 
 func TestEncodeErrors(t *testing.T) {
-	hello := func(f func(h *Hello)) Hello { h := sampleHello(); f(&h); return h }
+	challenge := func(f func(c *Challenge)) Challenge { c := sampleChallenge(); f(&c); return c }
 	report := func(f func(r *Report)) Report { r := sampleReport(); f(&r); return r }
 	entry := func(f func(c *CredentialReport)) Report {
 		return report(func(r *Report) { f(&r.Credentials[0]) })
@@ -384,20 +284,16 @@ func TestEncodeErrors(t *testing.T) {
 		msg  string
 		f    func() error
 	}{
-		{"token too short", ErrMalformed, "token is 31 bytes, want 32", func() error {
-			_, err := EncodeHello(hello(func(h *Hello) { h.Token = secret(canaryToken[:31]) }))
-			return err
-		}},
-		{"no token", ErrMalformed, "token is 0 bytes", func() error {
-			_, err := EncodeHello(hello(func(h *Hello) { h.Token = credential.Secret{} }))
+		{"zero challenge", ErrMalformed, "nonce is all zero", func() error {
+			_, err := EncodeChallenge(challenge(func(c *Challenge) { c.Nonce = [ChallengeSize]byte{} }))
 			return err
 		}},
 		{"boot ID with newline", ErrMalformed, "boot ID: byte 36 is 0x0a", func() error {
-			_, err := EncodeHello(hello(func(h *Hello) { h.BootID += "\n" }))
+			_, err := EncodeChallenge(challenge(func(c *Challenge) { c.BootID += "\n" }))
 			return err
 		}},
 		{"agent version too long", ErrMalformed, "agent version: 129 bytes", func() error {
-			_, err := EncodeHello(hello(func(h *Hello) { h.AgentVersion = strings.Repeat("v", 129) }))
+			_, err := EncodeChallenge(challenge(func(c *Challenge) { c.AgentVersion = strings.Repeat("v", 129) }))
 			return err
 		}},
 		{"invalid name", credential.ErrInvalidName, `credential 1: credential name "a/b"`, func() error {
@@ -413,7 +309,7 @@ func TestEncodeErrors(t *testing.T) {
 			return err
 		}},
 		{"credentials over 64 MiB", ErrFrameTooLarge, `at credential "b"`, func() error {
-			return NewClient(rw{nil, io.Discard}).WriteCredentials([]Credential{{Name: "a", Value: big}, {Name: "b", Value: big}})
+			return NewHost(rw{nil, io.Discard}).WriteCredentials([]Credential{{Name: "a", Value: big}, {Name: "b", Value: big}})
 		}},
 		{"outcome 0", ErrMalformed, "outcome: 0 is neither", func() error {
 			_, err := EncodeReport(report(func(r *Report) { r.Outcome = 0 }))
@@ -491,7 +387,7 @@ func TestCredentialsRoundTrip(t *testing.T) {
 			}
 			// The streaming writer produces the same payload.
 			var buf bytes.Buffer
-			if err := NewServer(rw{nil, &buf}).WriteCredentials(tt.creds); err != nil {
+			if err := NewHost(rw{nil, &buf}).WriteCredentials(tt.creds); err != nil {
 				t.Fatal(err)
 			}
 			if !bytes.Equal(buf.Bytes(), frameBytes(TypeCredentials, p)) {
@@ -606,14 +502,14 @@ func TestLargestReportFits(t *testing.T) {
 		})
 	}
 	var buf bytes.Buffer
-	if err := NewClient(rw{nil, &buf}).WriteReport(r); err != nil {
+	if err := NewAgent(rw{nil, &buf}).WriteReport(r); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("largest report: %d bytes of %d", buf.Len(), MaxReportSize)
 	if err := ReadMagic(&buf); err != nil {
 		t.Fatal(err)
 	}
-	got, err := NewServer(rw{&buf, nil}).ReadReport()
+	got, err := NewHost(rw{&buf, nil}).ReadReport()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -624,9 +520,9 @@ func TestLargestReportFits(t *testing.T) {
 
 func TestDecodeReportErrors(t *testing.T) {
 	good := must(t)(EncodeReport(Report{Outcome: OutcomeReady, Summary: "ok", Credentials: []CredentialReport{{Name: "a", SHA256Prefix: "aa", Delivery: "smbios", Verification: "digest", Error: "e"}}}))
-	// Offsets in good: outcome 0, summary 1–4, agent version 5, timings
-	// 6–25, count 26–29, name 30–31, size 32–39, digest 40–41, delivery
-	// 42–48, verification 49–55, error 56–58.
+	// Offsets in good: outcome 0, summary 1–4, agent version 5,
+	// generation 6–13, timings 14–33, count 34–37, name 38–39, size 40–47,
+	// digest 48–49, delivery 50–56, verification 57–63, error 64–66.
 	with := func(f func(b []byte) []byte) []byte { return f(append([]byte{}, good...)) }
 	tests := []struct {
 		name string
@@ -639,12 +535,12 @@ func TestDecodeReportErrors(t *testing.T) {
 		{"summary bad utf-8", with(func(b []byte) []byte { b[3] = 0xff; return b }), "summary: byte 0 is not valid UTF-8"},
 		{"summary control", with(func(b []byte) []byte { b[4] = 0x1b; return b }), "summary: byte 1 is control character U+001B"},
 		{"summary over limit", with(func(b []byte) []byte { b[1], b[2] = 0x04, 0x01; return b }), "summary: 1025 bytes, over the 1024-byte limit"},
-		{"count over limit", with(func(b []byte) []byte { b[28] = 0x10; b[29] = 0x01; return b }), "count: 4097"},
-		{"count cannot fit", with(func(b []byte) []byte { b[29] = 2; return b }), "2 credentials cannot fit"},
-		{"digest over 32", with(func(b []byte) []byte { b[40] = 33; return b }), "digest prefix: 33 bytes, over 32"},
-		{"delivery upper case", with(func(b []byte) []byte { b[43] = 'S'; return b }), `credential "a" delivery: byte 0 is 0x53`},
-		{"verification over 32", with(func(b []byte) []byte { b[49] = 33; return b }), "verification: 33 bytes"},
-		{"error control", with(func(b []byte) []byte { b[58] = '\n'; return b }), "error: byte 0 is control character U+000A"},
+		{"count over limit", with(func(b []byte) []byte { b[36] = 0x10; b[37] = 0x01; return b }), "count: 4097"},
+		{"count cannot fit", with(func(b []byte) []byte { b[37] = 2; return b }), "2 credentials cannot fit"},
+		{"digest over 32", with(func(b []byte) []byte { b[48] = 33; return b }), "digest prefix: 33 bytes, over 32"},
+		{"delivery upper case", with(func(b []byte) []byte { b[51] = 'S'; return b }), `credential "a" delivery: byte 0 is 0x53`},
+		{"verification over 32", with(func(b []byte) []byte { b[57] = 33; return b }), "verification: 33 bytes"},
+		{"error control", with(func(b []byte) []byte { b[66] = '\n'; return b }), "error: byte 0 is control character U+000A"},
 		{"trailing", append(append([]byte{}, good...), 0), "1 trailing bytes"},
 		{"truncated", good[:len(good)-1], `credential "a" error`},
 	}
@@ -667,9 +563,9 @@ func TestErrorAndAck(t *testing.T) {
 		text string
 		want string
 	}{
-		{CodeBadToken, "token does not match", "host refused: bad-token: token does not match"},
-		{CodeAlreadyFetched, "", "host refused: already-fetched"},
-		{ErrorCode(99), "new", "host refused: code 99: new"},
+		{CodeUnavailable, "another session is active", "peer refused: unavailable: another session is active"},
+		{CodeBadRequest, "", "peer refused: bad-request"},
+		{ErrorCode(99), "new", "peer refused: code 99: new"},
 	} {
 		t.Run(tt.want, func(t *testing.T) {
 			re, err := DecodeError(must(t)(EncodeError(tt.code, tt.text)))
@@ -689,7 +585,7 @@ func TestErrorAndAck(t *testing.T) {
 			t.Errorf("DecodeError(%q) = %v, want ErrMalformed", bad, err)
 		}
 	}
-	if !CodeUnavailable.Retryable() || !CodeInternal.Retryable() || CodeBadToken.Retryable() || CodeAlreadyFetched.Retryable() {
+	if !CodeUnavailable.Retryable() || !CodeInternal.Retryable() || CodeBadRequest.Retryable() || CodeUnsupportedVersion.Retryable() {
 		t.Errorf("Retryable is wrong")
 	}
 	if s, err := DecodeAck(EncodeAck("recorded\n")); err != nil || s != "recorded " {
@@ -706,11 +602,11 @@ func TestErrorAndAck(t *testing.T) {
 	}
 }
 
-// clientStream and serverStream are a whole conversation as bytes.
-func clientStream(t *testing.T) []byte {
+// agentStream and hostStream are a whole session as bytes.
+func agentStream(t *testing.T) []byte {
 	var b bytes.Buffer
-	c := NewClient(rw{nil, &b})
-	if err := c.WriteHello(sampleHello()); err != nil {
+	c := NewAgent(rw{nil, &b})
+	if err := c.WriteChallenge(sampleChallenge()); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.WriteReport(sampleReport()); err != nil {
@@ -719,15 +615,18 @@ func clientStream(t *testing.T) []byte {
 	return b.Bytes()
 }
 
-func serverStream(t *testing.T) []byte {
+func hostStream(t *testing.T) []byte {
 	var b bytes.Buffer
-	s := NewServer(rw{nil, &b})
+	s := NewHost(rw{nil, &b})
 	// Leave out the large value: the test cuts at every offset.
 	var small []Credential
 	for _, c := range sampleCredentials() {
 		if c.Value.Len() < 1000 {
 			small = append(small, c)
 		}
+	}
+	if err := s.WriteManifest([]byte("envelope")); err != nil {
+		t.Fatal(err)
 	}
 	if err := s.WriteCredentials(small); err != nil {
 		t.Fatal(err)
@@ -742,19 +641,22 @@ func serverStream(t *testing.T) []byte {
 // reader must fail cleanly (io.EOF at a boundary between frames,
 // io.ErrUnexpectedEOF inside one), never panic or succeed.
 func TestTruncatedAtEveryOffset(t *testing.T) {
-	readClient := func(b []byte) error {
+	readAgent := func(b []byte) error {
 		if err := ReadMagic(bytes.NewReader(b)); err != nil {
 			return err
 		}
-		s := NewServer(reader(b[len(Magic):]))
-		if _, err := s.ReadHello(); err != nil {
+		s := NewHost(reader(b[len(Magic):]))
+		if _, err := s.ReadChallenge(); err != nil {
 			return err
 		}
 		_, err := s.ReadReport()
 		return err
 	}
-	readServer := func(b []byte) error {
-		c := NewClient(reader(b))
+	readHost := func(b []byte) error {
+		c := NewAgent(reader(b))
+		if _, err := c.ReadManifest(); err != nil {
+			return err
+		}
 		if _, err := c.ReadCredentials(); err != nil {
 			return err
 		}
@@ -766,8 +668,8 @@ func TestTruncatedAtEveryOffset(t *testing.T) {
 		stream []byte
 		read   func([]byte) error
 	}{
-		{"client", clientStream(t), readClient},
-		{"server", serverStream(t), readServer},
+		{"agent", agentStream(t), readAgent},
+		{"host", hostStream(t), readHost},
 	} {
 		t.Run(side.name, func(t *testing.T) {
 			if err := side.read(side.stream); err != nil {
@@ -801,24 +703,28 @@ func transports() []transport {
 	}
 }
 
-func TestConversation(t *testing.T) {
+func TestSession(t *testing.T) {
 	for _, tr := range transports() {
 		t.Run(tr.name, func(t *testing.T) {
-			guest, host := tr.pair()
-			defer guest.Close()
+			agent, host := tr.pair()
+			defer agent.Close()
 			defer host.Close()
 
 			type result struct {
-				creds []Credential
-				ack   string
-				err   error
+				envelope []byte
+				creds    []Credential
+				ack      string
+				err      error
 			}
 			done := make(chan result, 1)
 			go func() {
 				var r result
 				defer func() { done <- r }()
-				c := NewClient(guest)
-				if r.err = c.WriteHello(sampleHello()); r.err != nil {
+				c := NewAgent(agent)
+				if r.err = c.WriteChallenge(sampleChallenge()); r.err != nil {
+					return
+				}
+				if r.envelope, r.err = c.ReadManifest(); r.err != nil {
 					return
 				}
 				if r.creds, r.err = c.ReadCredentials(); r.err != nil {
@@ -830,17 +736,19 @@ func TestConversation(t *testing.T) {
 				r.ack, r.err = c.ReadAck()
 			}()
 
-			kind, first, err := SniffStream(host)
-			if err != nil || kind != Vmcred || string(first) != Magic {
-				t.Fatalf("SniffStream = %v, %q, %v", kind, first, err)
+			if err := ReadMagic(host); err != nil {
+				t.Fatal(err)
 			}
-			s := NewServer(host)
-			h, err := s.ReadHello()
+			s := NewHost(host)
+			ch, err := s.ReadChallenge()
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(sampleHello(), h, secretCmp()); diff != "" {
-				t.Errorf("hello (-want +got):\n%s", diff)
+			if diff := cmp.Diff(sampleChallenge(), ch); diff != "" {
+				t.Errorf("challenge (-want +got):\n%s", diff)
+			}
+			if err := s.WriteManifest([]byte("signed envelope")); err != nil {
+				t.Fatal(err)
 			}
 			if err := s.WriteCredentials(sampleCredentials()); err != nil {
 				t.Fatal(err)
@@ -857,7 +765,10 @@ func TestConversation(t *testing.T) {
 			}
 			r := <-done
 			if r.err != nil {
-				t.Fatalf("client: %v", r.err)
+				t.Fatalf("agent: %v", r.err)
+			}
+			if string(r.envelope) != "signed envelope" {
+				t.Errorf("envelope = %q", r.envelope)
 			}
 			if diff := cmp.Diff(view(sampleCredentials()), view(r.creds)); diff != "" {
 				t.Errorf("credentials (-want +got):\n%s", diff)
@@ -869,67 +780,61 @@ func TestConversation(t *testing.T) {
 	}
 }
 
-func TestConversationRefused(t *testing.T) {
+// TestSessionBusy: an agent in another session answers ERROR with
+// CodeUnavailable instead of a CHALLENGE; the host sees a retryable
+// *RemoteError.
+func TestSessionBusy(t *testing.T) {
 	for _, tr := range transports() {
 		t.Run(tr.name, func(t *testing.T) {
-			guest, host := tr.pair()
-			defer guest.Close()
+			agent, host := tr.pair()
+			defer agent.Close()
 			defer host.Close()
-			done := make(chan error, 1)
 			go func() {
-				c := NewClient(guest)
-				if err := c.WriteHello(sampleHello()); err != nil {
-					done <- err
-					return
-				}
-				_, err := c.ReadCredentials()
-				done <- err
+				c := NewAgent(agent)
+				_ = c.WriteError(CodeUnavailable, "another session is active")
+				agent.Close()
 			}()
 			if err := ReadMagic(host); err != nil {
 				t.Fatal(err)
 			}
-			s := NewServer(host)
-			if _, err := s.ReadHello(); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.WriteError(CodeBadToken, "token does not match this VM"); err != nil {
-				t.Fatal(err)
-			}
-			err := <-done
+			_, err := NewHost(host).ReadChallenge()
 			var re *RemoteError
 			if !errors.As(err, &re) || !errors.Is(err, ErrRemote) {
-				t.Fatalf("ReadCredentials error = %v, want a *RemoteError", err)
+				t.Fatalf("ReadChallenge error = %v, want a *RemoteError", err)
 			}
-			if re.Code != CodeBadToken || re.Code.Retryable() {
+			if re.Code != CodeUnavailable || !re.Code.Retryable() {
 				t.Errorf("code = %v", re.Code)
 			}
-			if want := "read credentials: host refused: bad-token: token does not match this VM"; err.Error() != want {
+			if want := "read challenge: peer refused: unavailable: another session is active"; err.Error() != want {
 				t.Errorf("error = %q, want %q", err, want)
 			}
 		})
 	}
 }
 
-// TestWrongOrder: a client that skips HELLO gets a clear error naming both
-// types, before the server reads the (possibly huge) payload.
+// TestWrongOrder: a peer that skips a step gets a clear error naming both
+// types, before the reader reads the (possibly huge) payload.
 func TestWrongOrder(t *testing.T) {
 	var b bytes.Buffer
-	if err := NewClient(rw{nil, &b}).WriteReport(sampleReport()); err != nil {
+	if err := NewAgent(rw{nil, &b}).WriteReport(sampleReport()); err != nil {
 		t.Fatal(err)
 	}
 	if err := ReadMagic(&b); err != nil {
 		t.Fatal(err)
 	}
-	_, err := NewServer(rw{&b, nil}).ReadHello()
-	if !errors.Is(err, ErrUnexpectedType) || !strings.Contains(err.Error(), "got report, want hello") {
-		t.Fatalf("ReadHello = %v, want ErrUnexpectedType naming report and hello", err)
+	_, err := NewHost(rw{&b, nil}).ReadChallenge()
+	if !errors.Is(err, ErrUnexpectedType) || !strings.Contains(err.Error(), "got report, want challenge or error") {
+		t.Fatalf("ReadChallenge = %v, want ErrUnexpectedType naming report and challenge", err)
 	}
-
-	_, err = NewClient(reader(frameBytes(TypeAck, nil))).ReadCredentials()
+	_, err = NewAgent(reader(frameBytes(TypeCredentials, []byte{0, 0, 0, 0}))).ReadManifest()
+	if !errors.Is(err, ErrUnexpectedType) || !strings.Contains(err.Error(), "got credentials, want manifest or error") {
+		t.Fatalf("ReadManifest = %v, want ErrUnexpectedType naming credentials and manifest", err)
+	}
+	_, err = NewAgent(reader(frameBytes(TypeAck, nil))).ReadCredentials()
 	if !errors.Is(err, ErrUnexpectedType) || !strings.Contains(err.Error(), "got ack, want credentials or error") {
 		t.Fatalf("ReadCredentials = %v, want ErrUnexpectedType naming ack, credentials and error", err)
 	}
-	_, err = NewClient(reader(frameBytes(TypeError, []byte{0, 0, 0, 0}))).ReadAck()
+	_, err = NewAgent(reader(frameBytes(TypeError, []byte{0, 0, 0, 0}))).ReadAck()
 	if !errors.Is(err, ErrMalformed) {
 		t.Fatalf("ReadAck(malformed error frame) = %v, want ErrMalformed", err)
 	}
@@ -946,10 +851,10 @@ func TestCredentials16MiB(t *testing.T) {
 	defer guest.Close()
 	errc := make(chan error, 1)
 	go func() {
-		errc <- NewServer(host).WriteCredentials(want)
+		errc <- NewHost(host).WriteCredentials(want)
 		host.CloseWrite()
 	}()
-	got, err := NewClient(guest).ReadCredentials()
+	got, err := NewAgent(guest).ReadCredentials()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,35 +3,28 @@ package channel_test
 import (
 	"bytes"
 	"fmt"
-	"io"
-	"strings"
 
 	"github.com/vmcred/vmcred/shared/channel"
-	"github.com/vmcred/vmcred/shared/notify"
 )
 
-// A host serving one port for both protocols: sniff, then hand the stream
-// to the right reader. Here the "connection" is PID 1's READY message.
-func ExampleSniffStream() {
-	conn := strings.NewReader("READY=1\nSTATUS=Ready.") // a net.Conn in the host
-	kind, first, err := channel.SniffStream(conn)
+// The agent opens every session with Magic and a CHALLENGE; the host
+// reads them before it signs anything.
+func ExampleConn_ReadChallenge() {
+	var wire bytes.Buffer // a net.Conn in real use
+	agent := channel.NewAgent(&wire)
+	if err := agent.WriteChallenge(channel.Challenge{Nonce: [channel.ChallengeSize]byte{1}, Generation: 3, AgentVersion: "vmcred-guest dev"}); err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := channel.ReadMagic(&wire); err != nil {
+		fmt.Println(err)
+		return
+	}
+	c, err := channel.NewHost(&wire).ReadChallenge()
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	switch kind {
-	case channel.Vmcred:
-		// s := channel.NewServer(conn); hello, err := s.ReadHello(); …
-	case channel.Notify:
-		m, err := notify.ReadMessage(io.MultiReader(bytes.NewReader(first), conn))
-		if err != nil {
-			fmt.Println(err)
-			return
-		}
-		status, _ := m.Status()
-		fmt.Printf("notify: ready=%v status=%q\n", m.Ready(), status)
-	default:
-		fmt.Println("unknown protocol; closing")
-	}
-	// Output: notify: ready=true status="Ready."
+	fmt.Printf("version %d, generation %d, agent %q\n", c.Version, c.Generation, c.AgentVersion)
+	// Output: version 2, generation 3, agent "vmcred-guest dev"
 }

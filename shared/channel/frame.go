@@ -1,23 +1,22 @@
-// Package channel is vmcred's protocol between the guest agent and the host
-// over one byte stream: a vsock stream (QEMU vhost-vsock), the Unix socket
-// that cloud-hypervisor and Firecracker expose for hybrid vsock, or an
-// in-memory pipe in tests. It carries the credentials that do not fit in
-// SMBIOS, and the agent's readiness report.
+// Package channel is vmcred's session protocol between the host and the
+// guest agent over one byte stream: AF_VSOCK (QEMU vhost-vsock), the Unix
+// socket that cloud-hypervisor and Firecracker expose for hybrid vsock
+// (after its CONNECT line), a plain Unix socket in tests, or an in-memory
+// pipe (DESIGN §8).
 //
-// # Sharing a port with systemd
+// # Who speaks first
 //
-// The same port receives PID 1's own vmm.notify_socket messages (package
-// notify). The agent therefore opens with Magic, whose first byte is NUL:
-// PID 1 refuses to send a notify message holding a NUL byte, so no notify
-// text can start like Magic. The server reads the first len(Magic) bytes
-// (SniffStream does this) and hands the connection to NewServer or to
-// notify.ReadMessage.
+// The host dials; the agent listens on a privileged vsock port (≤ 1023),
+// which only guest root can bind, so whoever answers is guest root. The
+// agent opens with Magic and a CHALLENGE; the host reads them with
+// ReadMagic and ReadChallenge. Magic's first byte is NUL, which no
+// sd_notify message can hold, so the two are never confused.
 //
 // # Wire format
 //
-// After the client's Magic, both sides exchange frames:
+// After the agent's Magic, both sides exchange frames:
 //
-//	type    1 byte     TypeHello … TypeAck
+//	type    1 byte     TypeChallenge … TypeManifest
 //	length  4 bytes    big-endian payload length, at most the type's limit
 //	payload length bytes
 //
@@ -27,27 +26,34 @@
 // bytes costs little. Integers are big-endian; str8 and str16 are a 1- or
 // 2-byte length followed by that many bytes. Payloads, in order:
 //
-//	HELLO        u16 version (1) | 32-byte token | 16-byte boot nonce |
-//	(guest→host) str8 boot ID (≤ 64, printable ASCII) | str8 agent version (≤ 128, printable ASCII)
+//	CHALLENGE    u16 version (2) | 32-byte random challenge (not all zero) |
+//	(agent→host) u64 generation | str8 boot ID (≤ 64, printable ASCII) |
+//	             str8 agent version (≤ 128, printable ASCII)
+//	MANIFEST     the manifest envelope (package manifest), signed over the VM
+//	(host→agent) name, the challenge, the generation and every entry
 //	CREDENTIALS  u32 count (≤ 4096), then per credential:
-//	(host→guest)   str8 name (systemd's rules, unique) | u32 value length | value
+//	(host→agent)   str8 name (systemd's rules, unique) | u32 value length | value
 //	ERROR        u16 code (≠ 0) | str16 text (≤ 1024, UTF-8, no control characters)
-//	(host→guest)
+//	(either)
 //	REPORT       u8 outcome (1 ready, 2 failed) | str16 summary (≤ 1024, text) |
-//	(guest→host) str8 agent version | 5 × u32 milliseconds (read, verify, fetch, write, total) |
+//	(agent→host) str8 agent version | u64 generation |
+//	             5 × u32 milliseconds (read, verify, fetch, write, total) |
 //	             u32 count (≤ 4096), then per credential: str8 name | u64 size |
 //	             u8 n (≤ 32) + n bytes of the value's SHA-256 prefix | str8 delivery |
 //	             str8 verification (both ≤ 32 of [a-z0-9_-]) | str16 error (≤ 256, text)
 //	ACK          the status text itself (≤ 1024, text)
-//	(host→guest)
+//	(host→agent)
 //
 // Every message has exactly one encoding: decoders refuse trailing bytes,
 // bad lengths, unknown outcomes, duplicate credential names, and so on, so
 // decoding and re-encoding gives back the same bytes.
 //
-// A conversation: the client sends HELLO; the server answers CREDENTIALS or
-// ERROR; the client sends REPORT; the server answers ACK or ERROR. Deadlines
-// are the caller's job: it holds the net.Conn.
+// A session: the agent sends Magic and CHALLENGE (or ERROR with
+// CodeUnavailable while another session holds it: one session at a time);
+// the host sends MANIFEST and CREDENTIALS; the agent verifies all of it,
+// writes its credstore all or nothing and sends REPORT (or ERROR when the
+// host broke the protocol); the host sends ACK. Deadlines are the caller's
+// job: it holds the net.Conn.
 //
 // It is OS-free: host and guest packages may import it.
 package channel
@@ -59,24 +65,23 @@ import (
 	"io"
 	"slices"
 	"strings"
-
-	"github.com/vmcred/vmcred/shared/notify"
 )
 
-// Magic is the first thing a client writes. It starts with NUL, which no
+// Magic is the first thing the agent writes. It starts with NUL, which no
 // sd_notify message may contain, and names the protocol and its version.
-const Magic = "\x00VMCRED/1\n"
+const Magic = "\x00VMCRED/2\n"
 
 // Type is a frame's message type.
 type Type uint8
 
 // Message types.
 const (
-	TypeHello       Type = 1 // guest→host: version, token, boot nonce
-	TypeCredentials Type = 2 // host→guest: the channel credentials
-	TypeError       Type = 3 // host→guest: a refusal with a code and text
-	TypeReport      Type = 4 // guest→host: the readiness report
-	TypeAck         Type = 5 // host→guest: the report arrived
+	TypeChallenge   Type = 1 // agent→host: version, challenge, generation, boot ID
+	TypeCredentials Type = 2 // host→agent: the channel credentials
+	TypeError       Type = 3 // either way: a refusal with a code and text
+	TypeReport      Type = 4 // agent→host: the readiness report
+	TypeAck         Type = 5 // host→agent: the report arrived
+	TypeManifest    Type = 6 // host→agent: the signed manifest envelope
 )
 
 // Per-type payload limits. CREDENTIALS is large because channel secrets
@@ -85,7 +90,8 @@ const (
 // (MaxReportEntries entries with every field at its limit, about 2.6 MB).
 const (
 	MaxFrame           = 64 << 20 // the largest payload of any type
-	MaxHelloSize       = 4 << 10
+	MaxChallengeSize   = 4 << 10
+	MaxManifestSize    = 2 << 20 // MaxEntries entries of ≤ 299 bytes, a header and a signature
 	MaxCredentialsSize = MaxFrame
 	MaxErrorSize       = 4 << 10
 	MaxReportSize      = 4 << 20
@@ -94,12 +100,14 @@ const (
 
 const headerSize = 5
 
-// String returns the message name in lower case ("hello"), or "type 0xNN"
+// String returns the message name in lower case ("challenge"), or "type 0xNN"
 // for an unknown type.
 func (t Type) String() string {
 	switch t {
-	case TypeHello:
-		return "hello"
+	case TypeChallenge:
+		return "challenge"
+	case TypeManifest:
+		return "manifest"
 	case TypeCredentials:
 		return "credentials"
 	case TypeError:
@@ -118,8 +126,10 @@ func (t Type) known() bool { return t.Limit() > 0 }
 // unknown type.
 func (t Type) Limit() int {
 	switch t {
-	case TypeHello:
-		return MaxHelloSize
+	case TypeChallenge:
+		return MaxChallengeSize
+	case TypeManifest:
+		return MaxManifestSize
 	case TypeCredentials:
 		return MaxCredentialsSize
 	case TypeError:
@@ -147,89 +157,15 @@ var (
 	// ErrMalformed: a payload does not decode, or a message to encode
 	// breaks a rule (a bad name, a wrong token length, …).
 	ErrMalformed = errors.New("malformed message")
-	// ErrUnsupportedVersion: a HELLO has a protocol version this side does
-	// not speak. The server answers CodeUnsupportedVersion.
+	// ErrUnsupportedVersion: a CHALLENGE has a protocol version this side
+	// does not speak.
 	ErrUnsupportedVersion = errors.New("unsupported protocol version")
 	// ErrRemote is wrapped by *RemoteError: the peer sent ERROR.
 	ErrRemote = errors.New("peer refused")
 )
 
-// Kind is what Sniff makes of the first bytes of a connection.
-type Kind uint8
-
-// Kinds.
-const (
-	// Unknown: neither protocol (or too few bytes to tell).
-	Unknown Kind = iota
-	// Vmcred: the stream starts with Magic.
-	Vmcred
-	// Notify: the stream looks like sd_notify text (KEY=…).
-	Notify
-)
-
-// String returns "unknown", "vmcred" or "notify".
-func (k Kind) String() string {
-	switch k {
-	case Vmcred:
-		return "vmcred"
-	case Notify:
-		return "notify"
-	}
-	return "unknown"
-}
-
-// Sniff tells vmcred's protocol from sd_notify text by the first bytes of
-// a connection (SniffStream passes up to len(Magic) of them):
-//   - Vmcred if first starts with the whole Magic;
-//   - Notify if first starts with a key of notify.ValidKey's alphabet,
-//     possibly cut short, then optionally '=' and more bytes, none of them
-//     NUL — this is how every message PID 1 sends begins;
-//   - Unknown otherwise, including empty input and a part of Magic (the
-//     agent writes Magic in one piece, and a short read means EOF).
-func Sniff(first []byte) Kind {
-	if len(first) >= len(Magic) && string(first[:len(Magic)]) == Magic {
-		return Vmcred
-	}
-	i := 0
-	for i < len(first) && notify.IsKeyByte(first[i]) {
-		i++
-	}
-	switch {
-	case i == 0:
-		return Unknown
-	case i == len(first):
-		return Notify
-	case first[i] != '=':
-		return Unknown
-	case slices.Contains(first[i:], 0):
-		return Unknown
-	}
-	return Notify
-}
-
-// SniffStream reads up to len(Magic) bytes from r, stopping early only at
-// EOF, and returns Sniff's verdict and the bytes read. A read error other
-// than EOF is returned as is. Then:
-//   - Vmcred: the bytes read are exactly Magic; call NewServer on the
-//     connection.
-//   - Notify: the message is the bytes read followed by the rest of the
-//     stream; read it with notify.ReadMessage(io.MultiReader(
-//     bytes.NewReader(first), conn)). A notify message may be shorter than
-//     Magic ("READY=1"): the guest's half-close ends it.
-//   - Unknown: close the connection.
-func SniffStream(r io.Reader) (Kind, []byte, error) {
-	first := make([]byte, len(Magic))
-	n, err := io.ReadFull(r, first)
-	first = first[:n]
-	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
-		return Unknown, first, fmt.Errorf("read first %d bytes: %w", len(Magic), err)
-	}
-	return Sniff(first), first, nil
-}
-
 // ReadMagic reads len(Magic) bytes from r and fails with ErrBadMagic unless
-// they are Magic. Use it on a port that carries only vmcred's protocol; on
-// a shared port, use SniffStream.
+// they are Magic: the host's first read on a connection it dialed.
 func ReadMagic(r io.Reader) error {
 	var b [len(Magic)]byte
 	if _, err := io.ReadFull(r, b[:]); err != nil {
@@ -249,17 +185,17 @@ type Conn struct {
 	sendMagic bool
 }
 
-// NewClient returns the agent's end. Magic is written in front of the first
+// NewAgent returns the agent's end. Magic is written in front of the first
 // frame, in the same Write.
-func NewClient(rw io.ReadWriter) *Conn {
+func NewAgent(rw io.ReadWriter) *Conn {
 	return &Conn{r: rw, w: rw, sendMagic: true}
 }
 
-// NewServer returns the host's end of a stream whose Magic has been read
-// already (by SniffStream or ReadMagic). A caller that read more than Magic
-// (with a bufio.Reader, say) passes a ReadWriter that reads from that
-// reader: struct{ io.Reader; io.Writer }{br, conn}.
-func NewServer(rw io.ReadWriter) *Conn {
+// NewHost returns the host's end of a stream whose Magic has been read
+// already (by ReadMagic). A caller that read more than Magic (with a
+// bufio.Reader, say) passes a ReadWriter that reads from that reader:
+// struct{ io.Reader; io.Writer }{br, conn}.
+func NewHost(rw io.ReadWriter) *Conn {
 	return &Conn{r: rw, w: rw}
 }
 

@@ -12,12 +12,13 @@ import (
 
 // Seeds shared by the fuzz targets: valid payloads and a few near misses.
 func seedPayloads(t testing.TB) map[Type][][]byte {
-	hello := must(t)(EncodeHello(sampleHello()))
+	challenge := must(t)(EncodeChallenge(sampleChallenge()))
 	creds := must(t)(EncodeCredentials(sampleCredentials()[:2]))
 	report := must(t)(EncodeReport(sampleReport()))
-	errp := must(t)(EncodeError(CodeBadToken, "token does not match"))
+	errp := must(t)(EncodeError(CodeUnavailable, "another session is active"))
 	return map[Type][][]byte{
-		TypeHello:       {hello, hello[:10], append(append([]byte{}, hello...), 0)},
+		TypeChallenge:   {challenge, challenge[:10], append(append([]byte{}, challenge...), 0)},
+		TypeManifest:    {[]byte("VMCE\x02\x00VMCM"), {0}},
 		TypeCredentials: {creds, must(t)(EncodeCredentials(nil)), {0, 0, 0, 1, 1, 'a', 0, 0, 0, 1, 'v'}},
 		TypeReport:      {report, must(t)(EncodeReport(Report{Outcome: OutcomeReady}))},
 		TypeError:       {errp},
@@ -29,12 +30,18 @@ func seedPayloads(t testing.TB) map[Type][][]byte {
 // decode.
 func decodeAny(t Type, p []byte) (again []byte, ok bool, err error) {
 	switch t {
-	case TypeHello:
-		h, derr := DecodeHello(p)
+	case TypeChallenge:
+		c, derr := DecodeChallenge(p)
 		if derr != nil {
 			return nil, false, nil
 		}
-		again, err = EncodeHello(h)
+		again, err = EncodeChallenge(c)
+	case TypeManifest:
+		m, derr := DecodeManifest(p)
+		if derr != nil {
+			return nil, false, nil
+		}
+		again, err = EncodeManifest(m)
 	case TypeCredentials:
 		c, derr := DecodeCredentials(p)
 		if derr != nil {
@@ -78,7 +85,7 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add(append(frameBytes(TypeAck, nil), frameBytes(TypeError, []byte{0, 3, 0, 0})...))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := bytes.NewReader(b)
-		c := NewServer(rw{r, failWriter{}})
+		c := NewHost(rw{r, failWriter{}})
 		for i := 0; i < 16; i++ {
 			start := len(b) - r.Len()
 			typ, p, err := c.ReadFrame()
@@ -104,30 +111,30 @@ func FuzzReadFrame(f *testing.F) {
 	})
 }
 
-func FuzzDecodeHello(f *testing.F) {
-	for _, p := range seedPayloads(f)[TypeHello] {
+func FuzzDecodeChallenge(f *testing.F) {
+	for _, p := range seedPayloads(f)[TypeChallenge] {
 		f.Add(p)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		h, err := DecodeHello(b)
+		c, err := DecodeChallenge(b)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrUnsupportedVersion) {
-				t.Fatalf("DecodeHello: unexpected error %v", err)
+				t.Fatalf("DecodeChallenge: unexpected error %v", err)
 			}
 			return
 		}
-		again, err := EncodeHello(h)
+		again, err := EncodeChallenge(c)
 		if err != nil {
-			t.Fatalf("decoded hello does not encode: %v", err)
+			t.Fatalf("decoded challenge does not encode: %v", err)
 		}
 		if !bytes.Equal(again, b) {
-			t.Fatalf("hello re-encodes differently")
+			t.Fatalf("challenge re-encodes differently")
 		}
-		h2, err := DecodeHello(again)
+		c2, err := DecodeChallenge(again)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if diff := cmp.Diff(h, h2, secretCmp()); diff != "" {
+		if diff := cmp.Diff(c, c2); diff != "" {
 			t.Fatalf("second decode differs (-first +second):\n%s", diff)
 		}
 	})
@@ -154,7 +161,7 @@ func FuzzDecodeCredentials(f *testing.F) {
 		}
 		// The streaming writer agrees with EncodeCredentials.
 		var buf bytes.Buffer
-		if err := NewServer(rw{nil, &buf}).WriteCredentials(creds); err != nil {
+		if err := NewHost(rw{nil, &buf}).WriteCredentials(creds); err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(buf.Bytes(), frameBytes(TypeCredentials, b)) {

@@ -9,19 +9,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	"github.com/vmcred/vmcred/shared/credential"
 )
 
 // canaryToken is recognisable so tests can assert it never shows up in an
-// error or printed value. It is exactly TokenSize bytes.
+// error or printed value: a credential value.
 const canaryToken = "TOKEN-CANARY-0123456789abcdefghi"
-
-// secretCmp compares Secrets by value; on a mismatch cmp prints them with
-// their String method, which says "<redacted>".
-func secretCmp() cmp.Option {
-	return cmp.Comparer(func(a, b credential.Secret) bool { return a.Equal(b) })
-}
 
 // credView is what tests compare and print instead of a credential: its
 // name, length and a digest, never the value.
@@ -42,11 +35,11 @@ func view(cs []Credential) []credView {
 
 func secret(s string) credential.Secret { return credential.NewSecret([]byte(s)) }
 
-func sampleHello() Hello {
-	return Hello{
+func sampleChallenge() Challenge {
+	return Challenge{
 		Version:      ProtocolVersion,
-		Token:        secret(canaryToken),
-		BootNonce:    [NonceSize]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
+		Nonce:        [ChallengeSize]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32},
+		Generation:   1 << 40,
 		BootID:       "3b2a9f4e-1c7d-4e2b-9a55-0f1e2d3c4b5a",
 		AgentVersion: "vmcred-guest 0.1.0",
 	}
@@ -54,7 +47,7 @@ func sampleHello() Hello {
 
 func sampleCredentials() []Credential {
 	return []Credential{
-		{Name: "db-password", Value: secret("s3cr3t-db")},
+		{Name: "db-password", Value: secret(canaryToken)},
 		{Name: "empty", Value: credential.Secret{}},
 		{Name: "tls.key", Value: credential.NewSecret(bytes.Repeat([]byte{0, 1, 2, 0xff}, 20000))},
 		{Name: "k=v with space~@*", Value: secret("x")},
@@ -67,6 +60,7 @@ func sampleReport() Report {
 		Outcome:      OutcomeFailed,
 		Summary:      "1 of 3 credentials failed: tls.key mismatch",
 		AgentVersion: "vmcred-guest 0.1.0",
+		Generation:   7,
 		Timings: Timings{
 			Read: 3 * time.Millisecond, Verify: 12 * time.Millisecond, Fetch: 140 * time.Millisecond,
 			Write: 2 * time.Millisecond, Total: 157 * time.Millisecond,
@@ -117,14 +111,14 @@ func (failWriter) Write([]byte) (int, error) { return 0, io.ErrClosedPipe }
 // frameBytes is a frame as it appears on the wire.
 func frameBytes(t Type, payload []byte) []byte {
 	var b bytes.Buffer
-	if err := NewServer(rw{nil, &b}).WriteFrame(t, payload); err != nil {
+	if err := NewHost(rw{nil, &b}).WriteFrame(t, payload); err != nil {
 		panic(err)
 	}
 	return b.Bytes()
 }
 
 // must returns a function that fails t on an encoding error, so that
-// must(t)(EncodeHello(h)) is the payload.
+// must(t)(EncodeChallenge(c)) is the payload.
 func must(t testing.TB) func([]byte, error) []byte {
 	return func(p []byte, err error) []byte {
 		t.Helper()

@@ -11,13 +11,11 @@ import (
 
 // Protocol constants.
 const (
-	// ProtocolVersion is the HELLO version this package speaks.
-	ProtocolVersion = 1
-	// TokenSize is the length of the one-time channel token.
-	TokenSize = 32
-	// NonceSize is the length of the manifest's boot nonce.
-	NonceSize = 16
-	// MaxBootIDLen bounds Hello.BootID (the kernel's boot_id is 36 bytes).
+	// ProtocolVersion is the CHALLENGE version this package speaks.
+	ProtocolVersion = 2
+	// ChallengeSize is the length of the agent's session challenge.
+	ChallengeSize = 32
+	// MaxBootIDLen bounds Challenge.BootID (the kernel's boot_id is 36 bytes).
 	MaxBootIDLen = 64
 	// MaxVersionLen bounds agent version strings.
 	MaxVersionLen = 128
@@ -36,15 +34,18 @@ const (
 	DigestPrefixLen = 8
 )
 
-// Hello is the agent's opening message.
-type Hello struct {
+// Challenge is the agent's opening message: it names the session the
+// host's manifest must be signed for.
+type Challenge struct {
 	// Version is the protocol version; 0 is written as ProtocolVersion.
 	Version uint16
-	// Token is the one-time channel token from the manifest, TokenSize
-	// bytes. It never appears in an error.
-	Token credential.Secret
-	// BootNonce is the manifest's random nonce; it names this boot.
-	BootNonce [NonceSize]byte
+	// Nonce is ChallengeSize fresh random bytes, drawn for this
+	// connection only. It is not secret; the host signs over it, so a
+	// manifest recorded from one session fails in every other.
+	Nonce [ChallengeSize]byte
+	// Generation is the generation of the credential set the agent holds
+	// (0 before the first session).
+	Generation uint64
 	// BootID is the guest kernel's boot ID
 	// (/proc/sys/kernel/random/boot_id without its newline), or empty.
 	BootID string
@@ -52,56 +53,81 @@ type Hello struct {
 	AgentVersion string
 }
 
-// EncodeHello returns h's payload. It fails with ErrMalformed if the token
-// is not TokenSize bytes or a string is too long or not printable ASCII.
-func EncodeHello(h Hello) ([]byte, error) {
-	if h.Token.Len() != TokenSize {
-		return nil, fmt.Errorf("encode hello: token is %d bytes, want %d: %w", h.Token.Len(), TokenSize, ErrMalformed)
+// EncodeChallenge returns c's payload. It fails with ErrMalformed if a
+// string is too long or not printable ASCII, or the nonce is all zero (a
+// zero challenge marks a manifest that came by firmware).
+func EncodeChallenge(c Challenge) ([]byte, error) {
+	if c.Nonce == [ChallengeSize]byte{} {
+		return nil, fmt.Errorf("encode challenge: nonce is all zero: %w", ErrMalformed)
 	}
-	if r := checkPrintable(h.BootID, MaxBootIDLen); r != "" {
-		return nil, fmt.Errorf("encode hello: boot ID: %s: %w", r, ErrMalformed)
+	if r := checkPrintable(c.BootID, MaxBootIDLen); r != "" {
+		return nil, fmt.Errorf("encode challenge: boot ID: %s: %w", r, ErrMalformed)
 	}
-	if r := checkPrintable(h.AgentVersion, MaxVersionLen); r != "" {
-		return nil, fmt.Errorf("encode hello: agent version: %s: %w", r, ErrMalformed)
+	if r := checkPrintable(c.AgentVersion, MaxVersionLen); r != "" {
+		return nil, fmt.Errorf("encode challenge: agent version: %s: %w", r, ErrMalformed)
 	}
-	v := h.Version
+	v := c.Version
 	if v == 0 {
 		v = ProtocolVersion
 	}
-	e := encoder{buf: make([]byte, 0, 2+TokenSize+NonceSize+2+len(h.BootID)+len(h.AgentVersion))}
+	e := encoder{buf: make([]byte, 0, 2+ChallengeSize+8+2+len(c.BootID)+len(c.AgentVersion))}
 	e.u16(v)
-	e.bytes(h.Token.Reveal())
-	e.bytes(h.BootNonce[:])
-	e.str8(h.BootID)
-	e.str8(h.AgentVersion)
+	e.bytes(c.Nonce[:])
+	e.u64(c.Generation)
+	e.str8(c.BootID)
+	e.str8(c.AgentVersion)
 	return e.buf, nil
 }
 
-// DecodeHello decodes a HELLO payload. The token aliases p, so the caller
-// must not change p afterwards. A version other than ProtocolVersion fails
-// with ErrUnsupportedVersion, returning a Hello with only Version set so the
-// server can say which version it got.
-func DecodeHello(p []byte) (Hello, error) {
-	d := decoder{b: p, msg: "hello"}
+// DecodeChallenge decodes a CHALLENGE payload. A version other than
+// ProtocolVersion fails with ErrUnsupportedVersion, returning a Challenge
+// with only Version set so the host can say which version it got.
+func DecodeChallenge(p []byte) (Challenge, error) {
+	d := decoder{b: p, msg: "challenge"}
 	v := d.u16("version")
 	if d.err == nil && v != ProtocolVersion {
-		return Hello{Version: v}, fmt.Errorf("decode hello: version %d, want %d: %w", v, ProtocolVersion, ErrUnsupportedVersion)
+		return Challenge{Version: v}, fmt.Errorf("decode challenge: version %d, want %d: %w", v, ProtocolVersion, ErrUnsupportedVersion)
 	}
-	h := Hello{Version: v}
-	h.Token = credential.NewSecret(d.take("token", TokenSize))
-	copy(h.BootNonce[:], d.take("boot nonce", NonceSize))
-	h.BootID = d.str8("boot ID", MaxBootIDLen)
-	if r := checkPrintable(h.BootID, MaxBootIDLen); r != "" {
+	c := Challenge{Version: v}
+	copy(c.Nonce[:], d.take("nonce", ChallengeSize))
+	if d.err == nil && c.Nonce == [ChallengeSize]byte{} {
+		d.failf("nonce", "all zero")
+	}
+	c.Generation = d.u64("generation")
+	c.BootID = d.str8("boot ID", MaxBootIDLen)
+	if r := checkPrintable(c.BootID, MaxBootIDLen); r != "" {
 		d.failf("boot ID", "%s", r)
 	}
-	h.AgentVersion = d.str8("agent version", MaxVersionLen)
-	if r := checkPrintable(h.AgentVersion, MaxVersionLen); r != "" {
+	c.AgentVersion = d.str8("agent version", MaxVersionLen)
+	if r := checkPrintable(c.AgentVersion, MaxVersionLen); r != "" {
 		d.failf("agent version", "%s", r)
 	}
 	if err := d.end(); err != nil {
-		return Hello{}, err
+		return Challenge{}, err
 	}
-	return h, nil
+	return c, nil
+}
+
+// EncodeManifest returns the MANIFEST payload: the signed envelope itself
+// (package manifest decodes and verifies it). It fails with ErrMalformed
+// on an empty envelope and ErrFrameTooLarge over MaxManifestSize.
+func EncodeManifest(envelope []byte) ([]byte, error) {
+	if len(envelope) == 0 {
+		return nil, fmt.Errorf("encode manifest: empty envelope: %w", ErrMalformed)
+	}
+	if len(envelope) > MaxManifestSize {
+		return nil, fmt.Errorf("encode manifest: %d bytes, over the %d-byte limit: %w", len(envelope), MaxManifestSize, ErrFrameTooLarge)
+	}
+	return envelope, nil
+}
+
+// DecodeManifest decodes a MANIFEST payload: any non-empty bytes, which
+// the caller opens with manifest.Open.
+func DecodeManifest(p []byte) ([]byte, error) {
+	if len(p) == 0 {
+		return nil, fmt.Errorf("decode manifest: empty envelope: %w", ErrMalformed)
+	}
+	return p, nil
 }
 
 // Credential is one credential sent over the channel.
@@ -214,19 +240,16 @@ func DecodeCredentials(p []byte) ([]Credential, error) {
 	return creds, nil
 }
 
-// ErrorCode says why the host refused.
+// ErrorCode says why a peer refused.
 type ErrorCode uint16
 
 // Error codes. A decoder accepts any non-zero code, so a newer host can add
 // codes; String names the known ones.
 const (
 	CodeBadRequest         ErrorCode = 1 // malformed or unexpected message
-	CodeUnsupportedVersion ErrorCode = 2 // HELLO version not spoken
-	CodeBadToken           ErrorCode = 3 // token does not match
-	CodeWrongBoot          ErrorCode = 4 // boot nonce is not this boot's
-	CodeAlreadyFetched     ErrorCode = 5 // credentials already sent for this boot
-	CodeInternal           ErrorCode = 6 // the host failed; retrying may help
-	CodeUnavailable        ErrorCode = 7 // the host is busy or not ready; retry later
+	CodeUnsupportedVersion ErrorCode = 2 // CHALLENGE version not spoken
+	CodeInternal           ErrorCode = 6 // the peer failed; retrying may help
+	CodeUnavailable        ErrorCode = 7 // the agent is in another session; retry later
 )
 
 // String returns the code's name ("bad-token"), or "code N".
@@ -236,12 +259,6 @@ func (c ErrorCode) String() string {
 		return "bad-request"
 	case CodeUnsupportedVersion:
 		return "unsupported-version"
-	case CodeBadToken:
-		return "bad-token"
-	case CodeWrongBoot:
-		return "wrong-boot"
-	case CodeAlreadyFetched:
-		return "already-fetched"
 	case CodeInternal:
 		return "internal"
 	case CodeUnavailable:
@@ -250,25 +267,25 @@ func (c ErrorCode) String() string {
 	return fmt.Sprintf("code %d", uint16(c))
 }
 
-// Retryable reports whether the agent may try again later on the same boot.
+// Retryable reports whether the host may dial again and retry.
 func (c ErrorCode) Retryable() bool {
 	return c == CodeInternal || c == CodeUnavailable
 }
 
 // RemoteError is an ERROR message: as a value to send, and as the error
-// ReadCredentials and ReadAck return when the host refused.
+// the Read methods return when the peer refused.
 type RemoteError struct {
 	Code ErrorCode
-	// Text explains the refusal to a human. It must never include the
-	// token or any other secret.
+	// Text explains the refusal to a human. It must never include a
+	// secret or anything derived from one.
 	Text string
 }
 
 func (e *RemoteError) Error() string {
 	if e.Text == "" {
-		return fmt.Sprintf("host refused: %s", e.Code)
+		return fmt.Sprintf("peer refused: %s", e.Code)
 	}
-	return fmt.Sprintf("host refused: %s: %s", e.Code, e.Text)
+	return fmt.Sprintf("peer refused: %s: %s", e.Code, e.Text)
 }
 
 // Unwrap makes errors.Is(err, ErrRemote) true.
@@ -383,8 +400,11 @@ type Report struct {
 	// MaxTextLen bytes is cut, ending in "…".
 	Summary      string
 	AgentVersion string // printable ASCII, at most MaxVersionLen bytes
-	Timings      Timings
-	Credentials  []CredentialReport
+	// Generation is the generation the agent holds after the session:
+	// the manifest's when ready, its previous one when it refused.
+	Generation  uint64
+	Timings     Timings
+	Credentials []CredentialReport
 }
 
 // DigestPrefix returns the lower-case hex of the first DigestPrefixLen
@@ -432,6 +452,7 @@ func EncodeReport(r Report) ([]byte, error) {
 	e.u8(uint8(r.Outcome))
 	e.str16(sanitizeText(r.Summary, MaxTextLen))
 	e.str8(r.AgentVersion)
+	e.u64(r.Generation)
 	for _, d := range []time.Duration{r.Timings.Read, r.Timings.Verify, r.Timings.Fetch, r.Timings.Write, r.Timings.Total} {
 		e.u32(millis(int64(d)))
 	}
@@ -482,6 +503,7 @@ func DecodeReport(p []byte) (Report, error) {
 	if reason := checkPrintable(r.AgentVersion, MaxVersionLen); d.err == nil && reason != "" {
 		d.failf("agent version", "%s", reason)
 	}
+	r.Generation = d.u64("generation")
 	for _, t := range []*time.Duration{&r.Timings.Read, &r.Timings.Verify, &r.Timings.Fetch, &r.Timings.Write, &r.Timings.Total} {
 		*t = time.Duration(d.u32("timings")) * time.Millisecond
 	}
@@ -550,28 +572,49 @@ func DecodeAck(p []byte) (string, error) {
 	return string(p), nil
 }
 
-// WriteHello sends h. The buffer that held the token is wiped afterwards.
-func (c *Conn) WriteHello(h Hello) error {
-	p, err := EncodeHello(h)
+// WriteChallenge sends c (the agent's first frame).
+func (c *Conn) WriteChallenge(ch Challenge) error {
+	p, err := EncodeChallenge(ch)
 	if err != nil {
 		return err
 	}
-	defer clear(p)
-	return c.WriteFrame(TypeHello, p)
+	return c.WriteFrame(TypeChallenge, p)
 }
 
-// ReadHello reads a HELLO. A frame of any other type fails with
-// ErrUnexpectedType; see DecodeHello for ErrUnsupportedVersion.
-func (c *Conn) ReadHello() (Hello, error) {
-	_, p, err := c.ReadFrame(TypeHello)
+// ReadChallenge reads the agent's CHALLENGE, or, if the agent sent ERROR
+// (it is busy with another session), an error wrapping a *RemoteError.
+// See DecodeChallenge for ErrUnsupportedVersion.
+func (c *Conn) ReadChallenge() (Challenge, error) {
+	t, p, err := c.ReadFrame(TypeChallenge, TypeError)
 	if err != nil {
-		return Hello{}, err
+		return Challenge{}, err
 	}
-	h, err := DecodeHello(p)
+	if t == TypeError {
+		return Challenge{}, remote("read challenge", p)
+	}
+	return DecodeChallenge(p)
+}
+
+// WriteManifest sends the signed manifest envelope.
+func (c *Conn) WriteManifest(envelope []byte) error {
+	p, err := EncodeManifest(envelope)
 	if err != nil {
-		clear(p)
+		return err
 	}
-	return h, err
+	return c.WriteFrame(TypeManifest, p)
+}
+
+// ReadManifest reads the host's MANIFEST, or, if the host sent ERROR, an
+// error wrapping a *RemoteError.
+func (c *Conn) ReadManifest() ([]byte, error) {
+	t, p, err := c.ReadFrame(TypeManifest, TypeError)
+	if err != nil {
+		return nil, err
+	}
+	if t == TypeError {
+		return nil, remote("read manifest", p)
+	}
+	return DecodeManifest(p)
 }
 
 // WriteCredentials sends creds (see EncodeCredentials for the rules). Values
@@ -593,7 +636,7 @@ func (c *Conn) WriteCredentials(creds []Credential) error {
 	return nil
 }
 
-// ReadCredentials reads the host's answer to HELLO: the credentials, or,
+// ReadCredentials reads the host's CREDENTIALS (after its MANIFEST), or,
 // if the host sent ERROR, an error wrapping a *RemoteError.
 func (c *Conn) ReadCredentials() ([]Credential, error) {
 	t, p, err := c.ReadFrame(TypeCredentials, TypeError)
@@ -618,7 +661,7 @@ func remote(op string, p []byte) error {
 	return fmt.Errorf("%s: %w", op, re)
 }
 
-// WriteError sends ERROR. text must not contain the token or any secret.
+// WriteError sends ERROR. text must not contain a secret.
 func (c *Conn) WriteError(code ErrorCode, text string) error {
 	p, err := EncodeError(code, text)
 	if err != nil {
@@ -636,11 +679,15 @@ func (c *Conn) WriteReport(r Report) error {
 	return c.WriteFrame(TypeReport, p)
 }
 
-// ReadReport reads a REPORT.
+// ReadReport reads the agent's REPORT, or, if the agent sent ERROR (the
+// host's messages broke the protocol), an error wrapping a *RemoteError.
 func (c *Conn) ReadReport() (Report, error) {
-	_, p, err := c.ReadFrame(TypeReport)
+	t, p, err := c.ReadFrame(TypeReport, TypeError)
 	if err != nil {
 		return Report{}, err
+	}
+	if t == TypeError {
+		return Report{}, remote("read report", p)
 	}
 	return DecodeReport(p)
 }

@@ -21,7 +21,7 @@ func TestCredentialsWriter(t *testing.T) {
 		{Name: "empty-last", Value: credential.NewSecret(nil)},
 	}
 	var want bytes.Buffer
-	if err := NewServer(&rwBuf{w: &want}).WriteCredentials(creds); err != nil {
+	if err := NewHost(&rwBuf{w: &want}).WriteCredentials(creds); err != nil {
 		t.Fatal(err)
 	}
 	heads := make([]CredentialHeader, len(creds))
@@ -30,7 +30,7 @@ func TestCredentialsWriter(t *testing.T) {
 	}
 	for _, piece := range []int{1, 7, 4096, 50000, 1 << 20} {
 		var got bytes.Buffer
-		w, err := NewServer(&rwBuf{w: &got}).StartCredentials(heads)
+		w, err := NewHost(&rwBuf{w: &got}).StartCredentials(heads)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -48,7 +48,7 @@ func TestCredentialsWriter(t *testing.T) {
 		if !bytes.Equal(got.Bytes(), want.Bytes()) {
 			t.Fatalf("piece %d: streamed frame differs from WriteCredentials' (%d vs %d bytes)", piece, got.Len(), want.Len())
 		}
-		dec, err := NewClient(&rwBuf{r: &got}).ReadCredentials()
+		dec, err := NewAgent(&rwBuf{r: &got}).ReadCredentials()
 		if err != nil || len(dec) != len(creds) || !bytes.Equal(dec[1].Value.Reveal(), big) {
 			t.Fatalf("piece %d: decode: %v", piece, err)
 		}
@@ -56,7 +56,7 @@ func TestCredentialsWriter(t *testing.T) {
 
 	// Short: the frame's end is never sent.
 	var got bytes.Buffer
-	w, err := NewServer(&rwBuf{w: &got}).StartCredentials(heads)
+	w, err := NewHost(&rwBuf{w: &got}).StartCredentials(heads)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func TestCredentialsWriter(t *testing.T) {
 		t.Fatalf("close short: %d of %d bytes sent", got.Len(), want.Len())
 	}
 	// Too much.
-	w, _ = NewServer(&rwBuf{w: &bytes.Buffer{}}).StartCredentials(heads)
+	w, _ = NewHost(&rwBuf{w: &bytes.Buffer{}}).StartCredentials(heads)
 	if _, err := w.Write(append(bytes.Clone(big), "vx"...)); !errors.Is(err, ErrIncomplete) {
 		t.Fatalf("write too much: %v, want ErrIncomplete", err)
 	}
@@ -81,7 +81,7 @@ func TestCredentialsWriter(t *testing.T) {
 		{{Name: "neg", Size: -1}},
 		{{Name: "huge", Size: MaxCredentialsSize}},
 	} {
-		if _, err := NewServer(&rwBuf{w: &bytes.Buffer{}}).StartCredentials(bad); err == nil {
+		if _, err := NewHost(&rwBuf{w: &bytes.Buffer{}}).StartCredentials(bad); err == nil {
 			t.Errorf("StartCredentials(%v) accepted", bad)
 		}
 	}

@@ -16,13 +16,18 @@ type Builder struct {
 	names map[string]int
 }
 
-// NewBuilder starts a manifest for vm with a random per-boot nonce (the
-// caller draws it from crypto/rand). issuedAt is cut to whole seconds.
-func NewBuilder(vm string, nonce [NonceSize]byte, issuedAt time.Time) *Builder {
+// NewBuilder starts a manifest for vm. issuedAt is cut to whole seconds.
+func NewBuilder(vm string, issuedAt time.Time) *Builder {
 	return &Builder{
-		m:     Manifest{VM: vm, Nonce: nonce, IssuedAt: wholeSeconds(issuedAt)},
+		m:     Manifest{VM: vm, IssuedAt: wholeSeconds(issuedAt)},
 		names: map[string]int{},
 	}
+}
+
+// SetSession binds the manifest to one session: the agent's challenge and
+// the generation it is signed as.
+func (b *Builder) SetSession(challenge [ChallengeSize]byte, generation uint64) {
+	b.m.Challenge, b.m.Generation = challenge, generation
 }
 
 // SetNotAfter sets the not-after time, cut to whole seconds; the zero time
@@ -31,26 +36,25 @@ func (b *Builder) SetNotAfter(t time.Time) {
 	b.m.NotAfter = wholeSeconds(t)
 }
 
-// SetChannel sets the channel address and token. The token may be empty
-// (see Manifest.Token); the Builder keeps it without copying.
-func (b *Builder) SetChannel(addr string, token credential.Secret) {
-	b.m.Channel, b.m.Token = addr, token
-}
-
 // Add adds a credential: a secret, or a static (non-secret) string. It
 // refuses an invalid name, size or delivery, and a name added before;
 // errors are *EntryError. The value itself is not kept.
 func (b *Builder) Add(name string, value credential.Secret, d Delivery, static bool) error {
+	return b.AddEntry(NewEntry(name, value, d, static))
+}
+
+// AddEntry adds an entry made by NewEntry (and given a Policy), with Add's
+// checks.
+func (b *Builder) AddEntry(e Entry) error {
 	i := len(b.m.Entries)
-	e := NewEntry(name, value, d, static)
+	name := e.Name
 	if err := credential.ValidateName(name); err != nil {
 		return &EntryError{Index: i, Err: fmt.Errorf("%w: %w", ErrInvalid, err)}
 	}
 	if j, dup := b.names[name]; dup {
 		return &EntryError{Index: i, Name: name, Err: invalidf("duplicate name (also entry %d)", j)}
 	}
-	// The channel address may be set later; Manifest checks that part.
-	if err := validateEntryFields(e, true); err != nil {
+	if err := validateEntryFields(e); err != nil {
 		return &EntryError{Index: i, Name: name, Err: err}
 	}
 	if b.names == nil {
@@ -70,7 +74,7 @@ func (b *Builder) Add(name string, value credential.Secret, d Delivery, static b
 }
 
 // Manifest validates and returns the manifest built so far, entries sorted
-// by name. It shares nothing with the Builder but the token.
+// by name. It shares nothing with the Builder.
 func (b *Builder) Manifest() (*Manifest, error) {
 	m := b.m
 	m.Entries = sortedEntries(b.m.Entries)
@@ -81,9 +85,9 @@ func (b *Builder) Manifest() (*Manifest, error) {
 }
 
 // Envelope builds the manifest (as Manifest does), encodes it and wraps
-// it: signed with key, or unsigned when key is nil. The encoding holds the
-// channel token, if one was set, so the intermediate copy is cleared and
-// the result must be treated as a secret.
+// it: signed with key, or unsigned when key is nil. The encoding holds
+// digests of the values, which are as secret as the values when a value
+// is guessable: keep it where the values are.
 func (b *Builder) Envelope(key ed25519.PrivateKey) ([]byte, error) {
 	m, err := b.Manifest()
 	if err != nil {

@@ -15,14 +15,15 @@ import (
 const (
 	bodyMagic = "VMCM"
 
-	flagNotAfter = 1 << 0
-	flagChannel  = 1 << 1
-	flagToken    = 1 << 2
-	flagsKnown   = flagNotAfter | flagChannel | flagToken
+	flagNotAfter  = 1 << 0
+	flagChallenge = 1 << 1
+	flagsKnown    = flagNotAfter | flagChallenge
 
-	attrDelivery = 0x0f
-	attrStatic   = 1 << 4
-	attrKnown    = attrDelivery | attrStatic
+	attrDelivery    = 0x0f
+	attrStatic      = 1 << 4
+	attrPolicy      = 3 << 5
+	attrPolicyShift = 5
+	attrKnown       = attrDelivery | attrStatic | attrPolicy
 
 	// minEntryLen is the smallest encoded entry: name length and one byte,
 	// size, digest, attr.
@@ -31,7 +32,7 @@ const (
 
 // MarshalBinary validates m and returns its canonical encoding, with the
 // entries sorted by name. It refuses duplicate names rather than picking one.
-// The result contains the channel token, if any: treat it as a secret.
+// The result holds digests of the values: keep it where the values are.
 func (m *Manifest) MarshalBinary() ([]byte, error) {
 	if err := m.Validate(); err != nil {
 		return nil, fmt.Errorf("encode manifest: %w", err)
@@ -39,7 +40,7 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 	entries := sortedEntries(m.Entries)
 	defer wipeDigests(entries)
 
-	size := 4 + 1 + 1 + 1 + len(m.VM) + NonceSize + 8 + 8 + 1 + len(m.Channel) + TokenSize + binary.MaxVarintLen64
+	size := 4 + 1 + 1 + 1 + len(m.VM) + ChallengeSize + 2*binary.MaxVarintLen64 + 8 + 8
 	for _, e := range entries {
 		size += 1 + len(e.Name) + binary.MaxVarintLen64 + 32 + 1
 	}
@@ -50,31 +51,25 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 	if !m.NotAfter.IsZero() {
 		flags |= flagNotAfter
 	}
-	if m.Channel != "" {
-		flags |= flagChannel
-	}
-	if m.Token.Len() != 0 {
-		flags |= flagToken
+	if m.HasChallenge() {
+		flags |= flagChallenge
 	}
 	b = append(b, flags)
 	b = appendStr8(b, m.VM)
-	b = append(b, m.Nonce[:]...)
+	if flags&flagChallenge != 0 {
+		b = append(b, m.Challenge[:]...)
+	}
+	b = binary.AppendUvarint(b, m.Generation)
 	b = binary.BigEndian.AppendUint64(b, uint64(m.IssuedAt.Unix()))
 	if flags&flagNotAfter != 0 {
 		b = binary.BigEndian.AppendUint64(b, uint64(m.NotAfter.Unix()))
-	}
-	if flags&flagChannel != 0 {
-		b = appendStr8(b, m.Channel)
-	}
-	if flags&flagToken != 0 {
-		b = append(b, m.Token.Reveal()...)
 	}
 	b = binary.AppendUvarint(b, uint64(len(entries)))
 	for _, e := range entries {
 		b = appendStr8(b, e.Name)
 		b = binary.AppendUvarint(b, e.Size)
 		b = append(b, e.SHA256[:]...)
-		attr := byte(e.Delivery)
+		attr := byte(e.Delivery) | byte(e.Policy)<<attrPolicyShift
 		if e.Static {
 			attr |= attrStatic
 		}
@@ -265,9 +260,9 @@ func (d *decoder) manifest() (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	if flags&^flagsKnown != 0 || (flags&flagToken != 0 && flags&flagChannel == 0) {
+	if flags&^flagsKnown != 0 {
 		d.off--
-		return nil, d.fail(fmt.Errorf("%w: flags 0x%02x: unknown bits or a token without an address", ErrMalformed, flags))
+		return nil, d.fail(fmt.Errorf("%w: flags 0x%02x: unknown bits", ErrMalformed, flags))
 	}
 	m := &Manifest{}
 	start := d.off
@@ -277,11 +272,21 @@ func (d *decoder) manifest() (*Manifest, error) {
 	if err := d.check(start, validateVMName(m.VM)); err != nil {
 		return nil, err
 	}
-	nonce, err := d.take(NonceSize, "nonce")
-	if err != nil {
+	if flags&flagChallenge != 0 {
+		start := d.off
+		c, err := d.take(ChallengeSize, "challenge")
+		if err != nil {
+			return nil, err
+		}
+		copy(m.Challenge[:], c)
+		if !m.HasChallenge() {
+			d.off = start
+			return nil, d.fail(fmt.Errorf("%w: challenge flag set but the challenge is all zero", ErrNotCanonical))
+		}
+	}
+	if m.Generation, err = d.uvarint("generation", 1<<63); err != nil {
 		return nil, err
 	}
-	copy(m.Nonce[:], nonce)
 	if m.IssuedAt, err = d.unixTime("issued-at"); err != nil {
 		return nil, err
 	}
@@ -293,22 +298,6 @@ func (d *decoder) manifest() (*Manifest, error) {
 		if !m.NotAfter.After(m.IssuedAt) {
 			return nil, d.check(start, invalidf("not-after is not later than issued-at"))
 		}
-	}
-	if flags&flagChannel != 0 {
-		start := d.off
-		if m.Channel, err = d.str8("channel address"); err != nil {
-			return nil, err
-		}
-		if err := d.check(start, validateAddress(m.Channel)); err != nil {
-			return nil, err
-		}
-	}
-	if flags&flagToken != 0 {
-		tok, err := d.take(TokenSize, "channel token")
-		if err != nil {
-			return nil, err
-		}
-		m.Token = credential.NewSecret(slices.Clone(tok))
 	}
 	count, err := d.uvarint("entry count", MaxEntries)
 	if err != nil {
@@ -335,10 +324,8 @@ func (d *decoder) manifest() (*Manifest, error) {
 
 // entry decodes entry i into m.Entries[i]; errors give its index.
 //
-// Decode errors quote nothing read from the input: if a corrupt flags byte
-// said "no token", the decoder would read the token's bytes as the entry
-// count, names, sizes and attributes, and an error quoting them would leak
-// it. Entries are named by index (and the error's offset); errors about a
+// Decode errors quote nothing read from the input (a corrupt length could
+// make a field run into a digest). Entries are named by index (and the error's offset); errors about a
 // decoded manifest (Check, Matches) name credentials.
 func (d *decoder) entry(m *Manifest, i int) error {
 	if err := d.entryFields(m, i); err != nil {
@@ -380,13 +367,14 @@ func (d *decoder) entryFields(m *Manifest, i int) error {
 	}
 	e.Delivery = Delivery(attr & attrDelivery)
 	e.Static = attr&attrStatic != 0
-	if attr&^attrKnown != 0 || !e.Delivery.Valid() {
+	e.Policy = Policy((attr & attrPolicy) >> attrPolicyShift)
+	if attr&^attrKnown != 0 || !e.Delivery.Valid() || !e.Policy.Valid() {
 		d.off--
-		return d.fail(fmt.Errorf("%w: attributes have unknown bits or an unknown delivery", ErrMalformed))
+		return d.fail(fmt.Errorf("%w: attributes have unknown bits, an unknown delivery or an unknown policy", ErrMalformed))
 	}
 	// The size and delivery checks above come first so that the errors
 	// here, which may print values, print none.
-	return d.check(start, validateEntryFields(*e, m.Channel != ""))
+	return d.check(start, validateEntryFields(*e))
 }
 
 // nameProblem says why credential.ValidateName refused name without

@@ -19,7 +19,7 @@ const (
 	KeyIDSize = 8
 	// SignaturePrefix separates manifest signatures from anything else a
 	// key might sign: the signed message is SignaturePrefix + body.
-	SignaturePrefix = "vmcred manifest v1\x00"
+	SignaturePrefix = "vmcred manifest v2\x00"
 
 	envelopeHeaderLen = 4 + 1 + 1
 	signedHeaderLen   = envelopeHeaderLen + KeyIDSize + ed25519.SignatureSize

@@ -40,7 +40,7 @@ func TestOpen(t *testing.T) {
 	copy(noPrefix[signedHeaderLen-ed25519.SignatureSize:], ed25519.Sign(testKey(1), body))
 	// Version 2 of the envelope.
 	v2 := flip(signed, 4)
-	v2[4] = 2
+	v2[4] = 3
 
 	trusted := []ed25519.PublicKey{testPub(1)}
 	for _, tc := range []struct {
@@ -60,12 +60,12 @@ func TestOpen(t *testing.T) {
 		{"key ID flipped", flip(signed, 6), trusted, Verification{}, ErrUnknownKey, "e49b87eff1b265bf"},
 		{"signature flipped", flip(signed, 20), trusted, Verification{}, ErrBadSignature, KeyID(testPub(1))},
 		{"signature last byte flipped", flip(signed, signedHeaderLen-1), trusted, Verification{}, ErrBadSignature, KeyID(testPub(1))},
-		{"body flipped (nonce)", flip(signed, signedHeaderLen+20), trusted, Verification{}, ErrBadSignature, KeyID(testPub(1))},
-		{"body flipped (token)", flip(signed, bytes.Index(signed, []byte(canaryToken))), trusted, Verification{}, ErrBadSignature, KeyID(testPub(1))},
+		{"body flipped (challenge)", flip(signed, signedHeaderLen+20), trusted, Verification{}, ErrBadSignature, KeyID(testPub(1))},
+		{"body flipped (a digest)", flip(signed, len(signed)-10), trusted, Verification{}, ErrBadSignature, KeyID(testPub(1))},
 		{"body truncated", signed[:len(signed)-1], trusted, Verification{}, ErrBadSignature, KeyID(testPub(1))},
 		{"byte appended", append(bytes.Clone(signed), 0), trusted, Verification{}, ErrBadSignature, KeyID(testPub(1))},
 		{"signature without domain prefix", noPrefix, trusted, Verification{}, ErrBadSignature, KeyID(testPub(1))},
-		{"envelope version 2", v2, trusted, Verification{}, ErrUnsupportedVersion, ""},
+		{"envelope version 3", v2, trusted, Verification{}, ErrUnsupportedVersion, ""},
 		{"unknown algorithm", func() []byte { b := bytes.Clone(signed); b[5] = 2; return b }(), nil, Verification{}, ErrMalformed, ""},
 		{"bad envelope magic", body, nil, Verification{}, ErrMalformed, ""},
 		{"unsigned, bad body", func() []byte { b := bytes.Clone(unsigned); b[len(b)-1] = 0x40; return b }(), nil, Verification{}, ErrMalformed, ""},

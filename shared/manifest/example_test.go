@@ -16,13 +16,13 @@ func Example() {
 	key := ed25519.NewKeyFromSeed(seed[:])
 	pub := key.Public().(ed25519.PublicKey)
 
-	// Host: build, encode and sign the manifest. The nonce and token come
-	// from crypto/rand in real use.
-	var nonce [manifest.NonceSize]byte
+	// Host: build, encode and sign the manifest. The challenge is the one
+	// the agent opened its session with (crypto/rand on its side).
+	challenge := [manifest.ChallengeSize]byte{1}
 	issued := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	b := manifest.NewBuilder("web-1", nonce, issued)
+	b := manifest.NewBuilder("web-1", issued)
 	b.SetNotAfter(issued.Add(time.Hour))
-	b.SetChannel("vsock-stream:2:1234", credential.NewSecret(make([]byte, manifest.TokenSize)))
+	b.SetSession(challenge, 1)
 	apiKey := credential.NewSecret([]byte("s3cr3t"))
 	if err := b.Add("api-key", apiKey, manifest.DeliverySMBIOS, false); err != nil {
 		panic(err)
@@ -56,5 +56,5 @@ func Example() {
 	// <nil>
 	// api-key 6 smbios <nil>
 	// credential "api-key": size is 5 bytes, manifest says 6
-	// 217 bytes
+	// 182 bytes
 }

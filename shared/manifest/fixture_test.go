@@ -33,8 +33,8 @@ var (
 	goldenPubFile []byte
 )
 
-// canaryToken is the fixture's channel token. No error message or test
-// output may contain it in any form.
+// canaryToken is the fixture's db-password value. No error message or
+// test output may contain it, or its digest, in any form.
 const canaryToken = "canary-token:never-print-this!!!"
 
 // testKey returns a deterministic Ed25519 key; n tells keys apart.
@@ -47,14 +47,15 @@ func testPub(n int) ed25519.PublicKey { return testKey(n).Public().(ed25519.Publ
 
 var fixtureTime = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
-func fixtureNonce() (n [NonceSize]byte) {
+func fixtureChallenge() (n [ChallengeSize]byte) {
 	for i := range n {
-		n[i] = byte(i)
+		n[i] = byte(i + 1)
 	}
 	return n
 }
 
-func token() credential.Secret { return credential.NewSecret([]byte(canaryToken)) }
+// fixtureGeneration is the fixture's generation: more than one varint byte.
+const fixtureGeneration = 300
 
 // fixtureValues are the fixture's credentials, in an order that is not
 // sorted, with every delivery, a static string and an empty value.
@@ -73,7 +74,7 @@ func fixtureValues() []struct {
 		{"tls.key", strings.Repeat("k", 2000), DeliveryFwCfg, false},
 		{"api-key", "s3cr3t-test-vector\n", DeliverySMBIOS, false},
 		{"ENVIRONMENT", "test", DeliverySMBIOS, true},
-		{"db-password", "hunter2", DeliveryChannel, false},
+		{"db-password", canaryToken, DeliveryChannel, false},
 		{"empty", "", DeliverySMBIOS, false},
 		{"vmm.notify_socket", "vsock-stream:2:8888", DeliverySMBIOS, true},
 	}
@@ -82,11 +83,13 @@ func fixtureValues() []struct {
 // fixture is the manifest the golden files hold.
 func fixture(t testing.TB) *Manifest {
 	t.Helper()
-	b := NewBuilder("web-1", fixtureNonce(), fixtureTime)
+	b := NewBuilder("web-1", fixtureTime)
 	b.SetNotAfter(fixtureTime.Add(time.Hour))
-	b.SetChannel("vsock-stream:2:1234", token())
+	b.SetSession(fixtureChallenge(), fixtureGeneration)
 	for _, v := range fixtureValues() {
-		if err := b.Add(v.name, credential.NewSecret([]byte(v.value)), v.d, v.static); err != nil {
+		e := NewEntry(v.name, credential.NewSecret([]byte(v.value)), v.d, v.static)
+		e.Policy = fixturePolicy(v.name)
+		if err := b.AddEntry(e); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -97,6 +100,17 @@ func fixture(t testing.TB) *Manifest {
 	return m
 }
 
+// fixturePolicy gives the fixture's entries every policy.
+func fixturePolicy(name string) Policy {
+	switch name {
+	case "tls.key":
+		return PolicyReload
+	case "ENVIRONMENT":
+		return PolicyNone
+	}
+	return PolicyRestart
+}
+
 // minimal is a manifest with no optional field and no entries.
 func minimal() *Manifest {
 	return &Manifest{VM: "m", IssuedAt: time.Unix(1, 0).UTC()}
@@ -105,8 +119,8 @@ func minimal() *Manifest {
 // manyEntries is a signed-size manifest with n channel entries.
 func manyEntries(t testing.TB, n int) *Manifest {
 	t.Helper()
-	b := NewBuilder("bench-vm", fixtureNonce(), fixtureTime)
-	b.SetChannel("vsock-stream:2:1234", token())
+	b := NewBuilder("bench-vm", fixtureTime)
+	b.SetSession(fixtureChallenge(), 1)
 	for i := range n {
 		if err := b.Add(fmt.Sprintf("credential-%04d", i), credential.NewSecret(fmt.Appendf(nil, "value %d", i)), DeliveryChannel, false); err != nil {
 			t.Fatal(err)
@@ -140,10 +154,12 @@ func mustSign(t testing.TB, body []byte, key ed25519.PrivateKey) []byte {
 // cmpOpts compares Secrets by value; cmp prints them as Redacted.
 var cmpOpts = cmp.Options{cmp.Comparer(func(a, b credential.Secret) bool { return a.Equal(b) })}
 
-// leaksToken reports whether s shows the canary token in any usual form.
+// leaksToken reports whether s shows the canary value, or its digest, in
+// any usual form.
 func leaksToken(s string) bool {
 	tok := []byte(canaryToken)
-	for _, form := range []string{canaryToken, hex.EncodeToString(tok), base64.StdEncoding.EncodeToString(tok), fmt.Sprintf("%q", tok), "never-print"} {
+	sum := sha256.Sum256(tok)
+	for _, form := range []string{canaryToken, hex.EncodeToString(tok), base64.StdEncoding.EncodeToString(tok), fmt.Sprintf("%q", tok), "never-print", hex.EncodeToString(sum[:8])} {
 		if strings.Contains(s, form) {
 			return true
 		}
@@ -152,7 +168,7 @@ func leaksToken(s string) bool {
 }
 
 // firstDiff describes where two encodings differ without printing them
-// (they may hold a token).
+// (they hold digests).
 func firstDiff(got, want []byte) string {
 	n := min(len(got), len(want))
 	i := 0
@@ -166,18 +182,17 @@ func firstDiff(got, want []byte) string {
 // validation, so tests can state the format independently of MarshalBinary
 // and build inputs it would refuse.
 type raw struct {
-	magic    string
-	version  byte
-	flags    byte
-	vm       string
-	nonce    [NonceSize]byte
-	issued   uint64
-	notAfter uint64
-	addr     string
-	token    []byte
-	count    []byte // uvarint bytes; nil: shortest form of len(entries)
-	entries  []rawEntry
-	trailing []byte
+	magic      string
+	version    byte
+	flags      byte
+	vm         string
+	challenge  []byte // nil: none (flag bit 1 decides whether it is written)
+	generation []byte // uvarint bytes
+	issued     uint64
+	notAfter   uint64
+	count      []byte // uvarint bytes; nil: shortest form of len(entries)
+	entries    []rawEntry
+	trailing   []byte
 }
 
 type rawEntry struct {
@@ -194,17 +209,17 @@ func (r raw) encode() []byte {
 	b.WriteByte(r.flags)
 	b.WriteByte(byte(len(r.vm)))
 	b.WriteString(r.vm)
-	b.Write(r.nonce[:])
+	if r.flags&2 != 0 {
+		b.Write(r.challenge)
+	}
+	if r.generation == nil {
+		b.WriteByte(0)
+	} else {
+		b.Write(r.generation)
+	}
 	b.Write(binary.BigEndian.AppendUint64(nil, r.issued))
 	if r.flags&1 != 0 {
 		b.Write(binary.BigEndian.AppendUint64(nil, r.notAfter))
-	}
-	if r.flags&2 != 0 {
-		b.WriteByte(byte(len(r.addr)))
-		b.WriteString(r.addr)
-	}
-	if r.flags&4 != 0 {
-		b.Write(r.token)
 	}
 	if r.count == nil {
 		b.Write(binary.AppendUvarint(nil, uint64(len(r.entries))))
@@ -227,20 +242,20 @@ func rawFixture() raw {
 	ent := func(name, value string, attr byte) rawEntry {
 		return rawEntry{name: name, size: binary.AppendUvarint(nil, uint64(len(value))), sum: sha256.Sum256([]byte(value)), attr: attr}
 	}
+	ch := fixtureChallenge()
 	return raw{
-		magic: "VMCM", version: 1, flags: 1 | 2 | 4,
-		vm:       "web-1",
-		nonce:    fixtureNonce(),
-		issued:   uint64(fixtureTime.Unix()),
-		notAfter: uint64(fixtureTime.Unix()) + 3600,
-		addr:     "vsock-stream:2:1234",
-		token:    []byte(canaryToken),
+		magic: "VMCM", version: 2, flags: 1 | 2,
+		vm:         "web-1",
+		challenge:  ch[:],
+		generation: binary.AppendUvarint(nil, fixtureGeneration),
+		issued:     uint64(fixtureTime.Unix()),
+		notAfter:   uint64(fixtureTime.Unix()) + 3600,
 		entries: []rawEntry{ // bytewise order: upper case first
-			ent("ENVIRONMENT", "test", 1|0x10),
+			ent("ENVIRONMENT", "test", 1|0x10|2<<5),
 			ent("api-key", "s3cr3t-test-vector\n", 1),
-			ent("db-password", "hunter2", 3),
+			ent("db-password", canaryToken, 3),
 			ent("empty", "", 1),
-			ent("tls.key", strings.Repeat("k", 2000), 2),
+			ent("tls.key", strings.Repeat("k", 2000), 2|1<<5),
 			ent("vmm.notify_socket", "vsock-stream:2:8888", 1|0x10),
 		},
 	}

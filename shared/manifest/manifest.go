@@ -13,12 +13,12 @@ import (
 // Format constants.
 const (
 	// Version is the body and envelope format version this code writes and
-	// the only one it reads.
-	Version = 1
-	// NonceSize is the length of the boot nonce.
-	NonceSize = 16
-	// TokenSize is the length of the channel token.
-	TokenSize = 32
+	// the only one it reads. Version 2 replaced version 1's boot nonce,
+	// channel address and channel token with a session challenge, a
+	// generation and per-entry restart policies (DESIGN §8).
+	Version = 2
+	// ChallengeSize is the length of the agent's session challenge.
+	ChallengeSize = 32
 	// MaxEntries bounds the number of credentials in one manifest.
 	MaxEntries = 4096
 	// MaxEntrySize bounds one credential's size. It is above systemd's 1 MiB
@@ -27,8 +27,6 @@ const (
 	MaxEntrySize = 64 << 20
 	// MaxVMNameLen bounds the VM name.
 	MaxVMNameLen = 255
-	// MaxAddressLen bounds the channel address.
-	MaxAddressLen = 255
 	// MaxUnix is the latest time a manifest can carry, 9999-12-31T23:59:59Z,
 	// so every time round-trips through time.Time.
 	MaxUnix = 253402300799
@@ -95,6 +93,67 @@ func ParseDelivery(s string) (Delivery, error) {
 	return 0, invalidf("unknown delivery %q (want smbios, fwcfg or channel)", s)
 }
 
+// Policy says what the guest agent does with the services that use a
+// credential after a session changed its value: restart them (the
+// default), reload them, or nothing.
+type Policy uint8
+
+// Policies. The zero Policy is PolicyRestart: systemd copies a credential
+// into a unit's own folder when the unit starts, so a restart is what
+// delivers a new value.
+const (
+	PolicyRestart Policy = 0
+	PolicyReload  Policy = 1
+	PolicyNone    Policy = 2
+)
+
+// Valid reports whether p is one of the Policy constants.
+func (p Policy) Valid() bool { return p <= PolicyNone }
+
+// String returns "restart", "reload" or "none", or "policy(N)".
+func (p Policy) String() string {
+	switch p {
+	case PolicyRestart:
+		return "restart"
+	case PolicyReload:
+		return "reload"
+	case PolicyNone:
+		return "none"
+	}
+	return fmt.Sprintf("policy(%d)", uint8(p))
+}
+
+// ParsePolicy is the inverse of String for valid policies.
+func ParsePolicy(s string) (Policy, error) {
+	for p := PolicyRestart; p <= PolicyNone; p++ {
+		if s == p.String() {
+			return p, nil
+		}
+	}
+	if len(s) > 32 {
+		s = s[:32] + "…"
+	}
+	return 0, invalidf("unknown policy %q (want restart, reload or none)", s)
+}
+
+// MarshalText implements encoding.TextMarshaler (for JSON plans).
+func (p Policy) MarshalText() ([]byte, error) {
+	if !p.Valid() {
+		return nil, invalidf("%v", p)
+	}
+	return []byte(p.String()), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (p *Policy) UnmarshalText(b []byte) error {
+	v, err := ParsePolicy(string(b))
+	if err != nil {
+		return err
+	}
+	*p = v
+	return nil
+}
+
 // Entry describes one credential.
 type Entry struct {
 	Name     string // valid per credential.ValidateName
@@ -104,6 +163,9 @@ type Entry struct {
 	// Static marks a non-secret string (`--static NAME=VALUE`). The zero
 	// value, a secret, is the cautious default.
 	Static bool
+	// Policy is what the agent does with the credential's consumers when a
+	// session changes its value.
+	Policy Policy
 }
 
 // NewEntry describes value. It does not validate; Builder.Add and
@@ -118,20 +180,20 @@ type Manifest struct {
 	// of printable ASCII without '/' or ':', not "." or ".." (the rules of
 	// credential.ValidateName, so it is safe as a file name).
 	VM string
-	// Nonce is random per boot.
-	Nonce [NonceSize]byte
+	// Challenge is the agent's random challenge of the session the
+	// manifest was signed for, or all zero for a manifest carried by
+	// firmware (which only root in the guest reads, at boot). A session
+	// manifest whose challenge is not the one the agent just sent is a
+	// replay.
+	Challenge [ChallengeSize]byte
+	// Generation numbers the credential sets a host gave this VM; the
+	// agent refuses a session with a generation below its own.
+	Generation uint64
 	// IssuedAt is when the host built the manifest, in whole seconds.
 	IssuedAt time.Time
 	// NotAfter, if not zero, is the last moment the manifest is valid, in
 	// whole seconds, later than IssuedAt.
 	NotAfter time.Time
-	// Channel is the address of the vsock channel ("vsock-stream:2:1234",
-	// "unix:/path"), or "" if there is none. Only its length and bytes are
-	// checked here.
-	Channel string
-	// Token is the one-time channel token: empty, or TokenSize bytes with a
-	// Channel. It is a secret; so is any encoding that contains it.
-	Token credential.Secret
 	// Entries lists the credentials. MarshalBinary sorts a copy; Unmarshal
 	// returns them sorted by name (bytewise).
 	Entries []Entry
@@ -188,38 +250,30 @@ func (m *Manifest) validateHeader() error {
 			return invalidf("not-after %d is not later than issued-at %d", m.NotAfter.Unix(), m.IssuedAt.Unix())
 		}
 	}
-	if m.Channel != "" {
-		if err := validateAddress(m.Channel); err != nil {
-			return err
-		}
-	}
-	switch n := m.Token.Len(); {
-	case n == 0:
-	case m.Channel == "":
-		return invalidf("channel token without a channel address")
-	case n != TokenSize:
-		return invalidf("channel token is %d bytes, want %d", n, TokenSize)
-	}
 	return nil
 }
+
+// HasChallenge reports whether m was signed for a session (its challenge
+// is not all zero).
+func (m *Manifest) HasChallenge() bool { return m.Challenge != [ChallengeSize]byte{} }
 
 func (m *Manifest) validateEntry(e Entry) error {
 	if err := credential.ValidateName(e.Name); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	return validateEntryFields(e, m.Channel != "")
+	return validateEntryFields(e)
 }
 
 // validateEntryFields checks an entry's fields other than its name.
-func validateEntryFields(e Entry, haveChannel bool) error {
+func validateEntryFields(e Entry) error {
 	if e.Size > MaxEntrySize {
 		return invalidf("size %d bytes, over the %d-byte limit", e.Size, MaxEntrySize)
 	}
 	if !e.Delivery.Valid() {
 		return invalidf("%v is not a valid delivery", e.Delivery)
 	}
-	if e.Delivery == DeliveryChannel && !haveChannel {
-		return invalidf("channel delivery but the manifest has no channel address")
+	if !e.Policy.Valid() {
+		return invalidf("%v is not a valid policy", e.Policy)
 	}
 	if e.Size == 0 && e.SHA256 != sha256.Sum256(nil) {
 		return invalidf("size 0 but the digest is not that of empty data")
@@ -228,8 +282,7 @@ func validateEntryFields(e Entry, haveChannel bool) error {
 }
 
 // validateVMName applies credential.ValidateName's rules with errors that
-// say "vm name". Errors about fields the decoder read never quote them: a
-// corrupt length can make a field run into the token.
+// say "vm name". Errors about fields the decoder read never quote them.
 func validateVMName(s string) error {
 	switch {
 	case s == "":
@@ -242,20 +295,6 @@ func validateVMName(s string) error {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c > 0x7e || c == '/' || c == ':' {
 			return invalidf("vm name: byte %d is not printable ASCII other than '/' and ':'", i)
-		}
-	}
-	return nil
-}
-
-// validateAddress checks only the length and bytes of a channel address;
-// parsing it is another package's job.
-func validateAddress(s string) error {
-	if len(s) > MaxAddressLen {
-		return invalidf("channel address is %d bytes, over the %d-byte limit", len(s), MaxAddressLen)
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e {
-			return invalidf("channel address: byte %d is not printable ASCII", i)
 		}
 	}
 	return nil

@@ -22,7 +22,7 @@ func TestWireFormat(t *testing.T) {
 	if want := rawFixture().encode(); !bytes.Equal(got, want) {
 		t.Fatalf("MarshalBinary differs from the documented layout: %s", firstDiff(got, want))
 	}
-	wantMin := []byte("VMCM\x01\x00\x01m" + strings.Repeat("\x00", NonceSize) + "\x00\x00\x00\x00\x00\x00\x00\x01" + "\x00")
+	wantMin := []byte("VMCM\x02\x00\x01m" + "\x00" + "\x00\x00\x00\x00\x00\x00\x00\x01" + "\x00")
 	if diff := cmp.Diff(wantMin, mustMarshal(t, minimal())); diff != "" {
 		t.Errorf("minimal manifest (-want +got):\n%s", diff)
 	}
@@ -63,8 +63,8 @@ func TestGolden(t *testing.T) {
 func TestRoundTrip(t *testing.T) {
 	maxName := strings.Repeat("n", credential.MaxNameLen)
 	allSizes := &Manifest{VM: strings.Repeat("v", MaxVMNameLen), IssuedAt: time.Unix(MaxUnix-1, 0).UTC(), NotAfter: time.Unix(MaxUnix, 0).UTC(),
-		Channel: strings.Repeat("~", MaxAddressLen), Nonce: [NonceSize]byte{0xff},
-		Entries: []Entry{{Name: maxName, SHA256: sha256.Sum256(nil), Delivery: DeliveryFwCfg}}}
+		Challenge: [ChallengeSize]byte{0xff}, Generation: 1 << 63,
+		Entries: []Entry{{Name: maxName, SHA256: sha256.Sum256(nil), Delivery: DeliveryFwCfg, Policy: PolicyNone}}}
 	for i, size := range []uint64{1, 127, 128, 16383, 16384, MaxEntrySize} {
 		allSizes.Entries = append(allSizes.Entries, Entry{Name: fmt.Sprintf("s%d", i), Size: size, SHA256: [32]byte{byte(i)}, Delivery: DeliveryChannel, Static: i%2 == 0})
 	}
@@ -75,7 +75,7 @@ func TestRoundTrip(t *testing.T) {
 		{"fixture", fixture(t)},
 		{"minimal", minimal()},
 		{"limits", allSizes},
-		{"channel without token", &Manifest{VM: "ch", IssuedAt: fixtureTime, Channel: "unix:/run/vmcred/ch.sock", Entries: []Entry{{Name: "x", Size: 1, Delivery: DeliveryChannel}}}},
+		{"firmware manifest", &Manifest{VM: "ch", IssuedAt: fixtureTime, Entries: []Entry{{Name: "x", Size: 1, Delivery: DeliveryChannel, Policy: PolicyReload}}}},
 		{"4096 entries", manyEntries(t, MaxEntries)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -121,11 +121,13 @@ func TestDeterministic(t *testing.T) {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
 			vals := fixtureValues()
 			r.Shuffle(len(vals), func(i, j int) { vals[i], vals[j] = vals[j], vals[i] })
-			b := NewBuilder("web-1", fixtureNonce(), fixtureTime.Add(999*time.Millisecond))
+			b := NewBuilder("web-1", fixtureTime.Add(999*time.Millisecond))
 			b.SetNotAfter(fixtureTime.Add(time.Hour))
-			b.SetChannel("vsock-stream:2:1234", token())
+			b.SetSession(fixtureChallenge(), fixtureGeneration)
 			for _, v := range vals {
-				if err := b.Add(v.name, credential.NewSecret([]byte(v.value)), v.d, v.static); err != nil {
+				e := NewEntry(v.name, credential.NewSecret([]byte(v.value)), v.d, v.static)
+				e.Policy = fixturePolicy(v.name)
+				if err := b.AddEntry(e); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -168,21 +170,13 @@ func TestMarshalRejects(t *testing.T) {
 		{"not-after equal", func(m *Manifest) { m.NotAfter = m.IssuedAt }, -1, "not later"},
 		{"not-after before", func(m *Manifest) { m.NotAfter = m.IssuedAt.Add(-time.Second) }, -1, "not later"},
 		{"not-after fraction", func(m *Manifest) { m.NotAfter = m.NotAfter.Add(1) }, -1, "fraction"},
-		{"token without channel", func(m *Manifest) {
-			m.Channel = ""
-			m.Entries = m.Entries[:1]
-		}, -1, "token without a channel"},
-		{"short token", func(m *Manifest) { m.Token = credential.NewSecret([]byte(canaryToken[:31])) }, -1, "31 bytes"},
-		{"long token", func(m *Manifest) { m.Token = credential.NewSecret([]byte(canaryToken + "!")) }, -1, "33 bytes"},
-		{"address too long", func(m *Manifest) { m.Channel = strings.Repeat("a", 256) }, -1, "256 bytes"},
-		{"address with newline", func(m *Manifest) { m.Channel = "unix:/a\nb" }, -1, "byte 7 is not printable"},
 		{"bad entry name", func(m *Manifest) { m.Entries[2].Name = "a:b" }, 2, "contains ':'"},
 		{"empty entry name", func(m *Manifest) { m.Entries[0].Name = "" }, 0, "empty"},
 		{"duplicate", func(m *Manifest) { m.Entries[4].Name = m.Entries[1].Name }, 4, "duplicate name (also entry 1)"},
 		{"size over limit", func(m *Manifest) { m.Entries[1].Size = MaxEntrySize + 1 }, 1, "over the 67108864-byte limit"},
 		{"delivery unset", func(m *Manifest) { m.Entries[1].Delivery = 0 }, 1, "delivery(0)"},
 		{"delivery unknown", func(m *Manifest) { m.Entries[1].Delivery = 4 }, 1, "delivery(4)"},
-		{"channel delivery without channel", func(m *Manifest) { m.Channel, m.Token = "", credential.Secret{} }, 2, "no channel address"},
+		{"policy unknown", func(m *Manifest) { m.Entries[2].Policy = 3 }, 2, "policy(3)"},
 		{"empty value wrong digest", func(m *Manifest) { m.Entries[1].Size = 0 }, 1, "size 0"},
 		{"too many entries", func(m *Manifest) { *m = *tooMany }, -1, "4097 entries"},
 	} {
@@ -226,17 +220,18 @@ func TestUnmarshalRejects(t *testing.T) {
 	}{
 		{"bad magic", func(r *raw) { r.magic = "VMCE" }, ErrMalformed, 0, "bad magic"},
 		{"version 0", func(r *raw) { r.version = 0 }, ErrUnsupportedVersion, 4, "version 0 is not supported"},
-		{"version 2", func(r *raw) { r.version = 2 }, ErrUnsupportedVersion, 4, "version 2 is not supported"},
-		{"unknown flag", func(r *raw) { r.flags |= 8 }, ErrMalformed, 5, "flags 0x0f"},
-		{"token without address flag", func(r *raw) { r.flags = 1 | 4; r.entries = r.entries[:2] }, ErrMalformed, 5, "flags"},
+		{"version 1", func(r *raw) { r.version = 1 }, ErrUnsupportedVersion, 4, "version 1 is not supported"},
+		{"unknown flag", func(r *raw) { r.flags |= 4 }, ErrMalformed, 5, "flags 0x07"},
+		{"version 1 token flag", func(r *raw) { r.flags |= 8 }, ErrMalformed, 5, "flags 0x0b"},
 		{"empty vm name", func(r *raw) { r.vm = "" }, ErrMalformed, 6, "vm name is empty"},
 		{"vm name with slash", func(r *raw) { r.vm = "a/b" }, ErrInvalid, 6, "vm name"},
-		{"issued-at zero", func(r *raw) { r.issued = 0 }, ErrMalformed, 28, "issued-at is outside"},
-		{"issued-at past 9999", func(r *raw) { r.issued = MaxUnix + 1 }, ErrMalformed, 28, "outside"},
-		{"issued-at overflows int64", func(r *raw) { r.issued = 1 << 63 }, ErrMalformed, 28, "outside"},
-		{"not-after equal", func(r *raw) { r.notAfter = r.issued }, ErrInvalid, 36, "not later"},
-		{"empty address", func(r *raw) { r.addr = "" }, ErrMalformed, 44, "channel address is empty"},
-		{"address with NUL", func(r *raw) { r.addr = "unix:\x00" }, ErrInvalid, 44, "byte 5 is not printable"},
+		{"all-zero challenge", func(r *raw) { r.challenge = make([]byte, ChallengeSize) }, ErrNotCanonical, 12, "all zero"},
+		{"non-minimal generation", func(r *raw) { r.generation = []byte{0x80, 0x00} }, ErrNotCanonical, 44, "not a shortest-form varint"},
+		{"generation over 2^63", func(r *raw) { r.generation = uv(1<<63 + 1) }, ErrMalformed, 44, "over the limit"},
+		{"issued-at zero", func(r *raw) { r.issued = 0 }, ErrMalformed, 46, "issued-at is outside"},
+		{"issued-at past 9999", func(r *raw) { r.issued = MaxUnix + 1 }, ErrMalformed, 46, "outside"},
+		{"issued-at overflows int64", func(r *raw) { r.issued = 1 << 63 }, ErrMalformed, 46, "outside"},
+		{"not-after equal", func(r *raw) { r.notAfter = r.issued }, ErrInvalid, 54, "not later"},
 		{"non-minimal count", func(r *raw) { r.count = []byte{0x86, 0x00} }, ErrNotCanonical, -1, "not a shortest-form varint"},
 		{"count over limit", func(r *raw) { r.count = uv(MaxEntries + 1) }, ErrMalformed, -1, "over the limit"},
 		{"count overflows", func(r *raw) { r.count = bytes.Repeat([]byte{0xff}, 11) }, ErrMalformed, -1, "overflows"},
@@ -254,8 +249,8 @@ func TestUnmarshalRejects(t *testing.T) {
 		{"delivery 0", func(r *raw) { r.entries[1].attr = 0 }, ErrMalformed, -1, "attributes have unknown"},
 		{"delivery 4", func(r *raw) { r.entries[1].attr = 4 }, ErrMalformed, -1, "attributes have unknown"},
 		{"delivery 15 static", func(r *raw) { r.entries[1].attr = 0x1f }, ErrMalformed, -1, "attributes have unknown"},
-		{"reserved attr bit", func(r *raw) { r.entries[1].attr = 0x21 }, ErrMalformed, -1, "attributes have unknown"},
-		{"channel delivery without channel", func(r *raw) { r.flags = 1; r.entries = r.entries[:3] }, ErrInvalid, -1, "no channel address"},
+		{"reserved attr bit", func(r *raw) { r.entries[1].attr = 0x81 }, ErrMalformed, -1, "attributes have unknown"},
+		{"policy 3", func(r *raw) { r.entries[1].attr = 0x61 }, ErrMalformed, -1, "unknown policy"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := rawFixture()
@@ -296,7 +291,7 @@ func TestUnmarshalEntryErrors(t *testing.T) {
 	if diff := cmp.Diff(&EntryError{Index: 3}, ee, cmp.FilterPath(func(p cmp.Path) bool { return p.Last().String() == ".Err" }, cmp.Ignore())); diff != "" {
 		t.Errorf("EntryError (-want +got):\n%s", diff)
 	}
-	if want := "decode manifest at byte 270: entry 3: malformed manifest: attributes"; !strings.Contains(err.Error(), want) {
+	if want := "decode manifest at byte 236: entry 3: malformed manifest: attributes"; !strings.Contains(err.Error(), want) {
 		t.Errorf("error %q does not contain %q", err, want)
 	}
 	var ve *VersionError
@@ -387,35 +382,13 @@ func TestDelivery(t *testing.T) {
 	}
 }
 
-// TestCorruptFlagsDoNotLeakToken: if the token flag is cleared, the decoder
-// reads the token as the entry count and entries; its errors must still
-// show none of it.
-func TestCorruptFlagsDoNotLeakToken(t *testing.T) {
-	tail := "Tok3nTok3nTok3nTok3nTok3nTok3n" // 30 printable bytes: a valid name
-	for _, tc := range []struct {
-		name  string
-		token string
-	}{
-		{"count 1, 30-byte name", "\x01\x1e" + tail},
-		{"count 2, 30-byte name", "\x02\x1e" + tail},
-		{"count 1, 29-byte name", "\x01\x1d" + tail},
-		{"count 0", "\x00\x1e" + tail},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			r := rawFixture()
-			r.token = []byte(tc.token)
-			b := r.encode()
-			b[5] &^= flagToken
-			_, err := Unmarshal(b)
-			if err == nil {
-				t.Fatal("Unmarshal accepted it")
-			}
-			for i := 0; i+6 <= len(tc.token); i++ {
-				w := tc.token[i : i+6]
-				if strings.Contains(err.Error(), w) || strings.Contains(err.Error(), fmt.Sprintf("%q", w)[1:7]) {
-					t.Fatalf("error shows token bytes %d-%d", i, i+6)
-				}
-			}
-		})
+// TestChallengeFlagAllZero: a challenge flag with an all-zero challenge
+// is refused (a firmware manifest is written without the flag), so each
+// manifest has one encoding.
+func TestChallengeFlagAllZero(t *testing.T) {
+	r := rawFixture()
+	r.challenge = make([]byte, ChallengeSize)
+	if _, err := Unmarshal(r.encode()); !errors.Is(err, ErrNotCanonical) {
+		t.Fatalf("Unmarshal = %v, want ErrNotCanonical", err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/vmcred/vmcred/guest/agent"
 	"github.com/vmcred/vmcred/guest/credstore"
 	"github.com/vmcred/vmcred/guest/debug"
+	"github.com/vmcred/vmcred/shared/address"
 	proto "github.com/vmcred/vmcred/shared/channel"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/credential"
@@ -105,7 +106,7 @@ func (tr *tree) oem(prefix, name string, v []byte) string {
 // with k (unsigned when nil).
 func (tr *tree) manifest(k ed25519.PrivateKey, creds []cred) string {
 	tr.t.Helper()
-	b := manifest.NewBuilder("demo", [manifest.NonceSize]byte{1, 2, 3}, issuedAt)
+	b := manifest.NewBuilder("demo", issuedAt)
 	b.SetNotAfter(issuedAt.Add(7 * 24 * time.Hour))
 	for _, c := range creds {
 		if err := b.Add(c.name, credential.NewSecret(c.value), manifest.DeliverySMBIOS, c.static); err != nil {
@@ -116,7 +117,7 @@ func (tr *tree) manifest(k ed25519.PrivateKey, creds []cred) string {
 	if err != nil {
 		tr.t.Fatal(err)
 	}
-	return tr.oem(oemstring.PrefixBinary, agent.ManifestName, env)
+	return tr.oem(oemstring.PrefixVmcred, agent.ManifestName, env)
 }
 
 // boot lays the strings out as QEMU does in sys/firmware/dmi/tables/DMI
@@ -208,6 +209,12 @@ func (tr *tree) loadConfig(trusted []ed25519.PublicKey) agent.Config {
 func (tr *tree) loadWith(cfg agent.Config) {
 	tr.t.Helper()
 	_, _ = agent.Load(cfg)
+	tr.fixStatus()
+}
+
+// fixStatus rewrites the status file as a VM would have it.
+func (tr *tree) fixStatus() {
+	tr.t.Helper()
 	// The agent ran with the tree's paths; a VM's status file has the
 	// guest's own. Timings are fixed so the goldens do not depend on how
 	// often the agent reads its clock.
@@ -225,64 +232,77 @@ func (tr *tree) loadWith(cfg agent.Config) {
 	}
 }
 
-// bootstrap boots the tree as Firecracker does (no firmware at all) and
-// runs the real agent in bootstrap mode against a host on the Unix socket
-// fc.vsock_5000 at the tree's root: the host serves, once, a manifest
-// signed with k that lists creds as channel credentials and carries the
-// channel address but no token, then the credentials, and acknowledges
-// the report.
-func (tr *tree) bootstrap(k ed25519.PrivateKey, creds []cred) {
+// session boots the tree as Firecracker does (no firmware at all) and
+// runs the real agent (agent.New, Boot, Serve) on a Unix socket in a
+// private folder; a host plays one session against it: it signs, with k,
+// a manifest over the agent's challenge that lists creds as channel
+// credentials, sends them, and acknowledges the report. The challenge is
+// drawn from a fixed reader so the saved manifest is stable.
+func (tr *tree) session(k ed25519.PrivateKey, creds []cred) {
 	tr.t.Helper()
 	if err := os.RemoveAll(tr.path("sys/firmware")); err != nil {
 		tr.t.Fatal(err)
 	}
-	sock := tr.path("fc.vsock_5000")
-	b := manifest.NewBuilder("demo", [manifest.NonceSize]byte{}, issuedAt)
+	cfg := tr.loadConfig([]ed25519.PublicKey{k.Public().(ed25519.PublicKey)})
+	done := make(chan struct{}, 2)
+	ag, err := agent.New(cfg, agent.Options{Rand: bytes.NewReader(bytes.Repeat([]byte{7}, 64)),
+		OnReport: func(r agent.Report, _ error) { done <- struct{}{} }})
+	if err != nil {
+		tr.t.Fatal(err)
+	}
+	ag.Boot()
+	<-done
+	sock := filepath.Join(tr.t.TempDir(), "agent.sock")
+	l, err := agent.Listen(address.Address{Kind: address.Unix, Path: sock})
+	if err != nil {
+		tr.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { _ = ag.Serve(ctx, l); close(served) }()
+	defer func() { cancel(); <-served }()
+
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		tr.t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := proto.ReadMagic(c); err != nil {
+		tr.t.Fatal(err)
+	}
+	h := proto.NewHost(c)
+	ch, err := h.ReadChallenge()
+	if err != nil {
+		tr.t.Fatal(err)
+	}
+	b := manifest.NewBuilder("demo", issuedAt)
 	b.SetNotAfter(issuedAt.Add(7 * 24 * time.Hour))
-	b.SetChannel("unix:"+sock, credential.Secret{})
+	b.SetSession(ch.Nonce, ch.Generation+1)
+	var send []proto.Credential
 	for _, c := range creds {
 		if err := b.Add(c.name, credential.NewSecret(c.value), manifest.DeliveryChannel, c.static); err != nil {
 			tr.t.Fatal(err)
 		}
+		send = append(send, proto.Credential{Name: c.name, Value: credential.NewSecret(c.value)})
 	}
 	env, err := b.Envelope(k)
 	if err != nil {
 		tr.t.Fatal(err)
 	}
-	serve := []proto.Credential{{Name: agent.ManifestName, Value: credential.NewSecret(env)}}
-	for _, c := range creds {
-		serve = append(serve, proto.Credential{Name: c.name, Value: credential.NewSecret(c.value)})
+	if err := h.WriteManifest(env); err != nil {
+		tr.t.Fatal(err)
 	}
-	l, err := net.Listen("unix", sock)
+	if err := h.WriteCredentials(send); err != nil {
+		tr.t.Fatal(err)
+	}
+	r, err := h.ReadReport()
 	if err != nil {
 		tr.t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer l.Close()
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		if proto.ReadMagic(c) != nil {
-			return
-		}
-		s := proto.NewServer(c)
-		if _, err := s.ReadHello(); err != nil || s.WriteCredentials(serve) != nil {
-			return
-		}
-		if r, err := s.ReadReport(); err == nil {
-			_ = s.WriteAck("host recorded: " + r.Outcome.String())
-		}
-	}()
-	cfg := tr.loadConfig([]ed25519.PublicKey{k.Public().(ed25519.PublicKey)})
-	cfg.Channel, cfg.Timeout = "unix:"+sock, 10*time.Second
-	tr.loadWith(cfg)
-	l.Close()
+	_ = h.WriteAck("host recorded: " + r.Outcome.String())
 	<-done
+	tr.fixStatus()
 }
 
 // defaults are the production ones with the tree as --root. Files are
@@ -344,8 +364,8 @@ type scenario struct {
 // string); one where systemd 252 truncated a credential in @system; a
 // manifest signed by an unknown key; a good load shadowed by a different
 // file in /etc/credstore; a boot where the agent never ran; and a good
-// load in bootstrap mode (Firecracker: no firmware, everything by
-// channel, the manifest saved in the status folder).
+// host session (Firecracker: no firmware, everything in the session, the
+// manifest saved in the status folder).
 func scenarios() []scenario {
 	return []scenario{
 		{"good", func(tr *tree) {
@@ -415,11 +435,11 @@ func scenarios() []scenario {
 			tr.load(k.Public().(ed25519.PublicKey))
 			tr.write("etc/credstore/db-password", tr.value("db-password-old", 20), 0o400)
 		}},
-		{"bootstrap", func(tr *tree) {
+		{"session", func(tr *tree) {
 			k := key(1)
 			creds := []cred{{name: "api-key", value: tr.value("api-key", 32)}, {name: "db-password", value: tr.value("db-password", 24)}, {name: "ENVIRONMENT", value: tr.value("ENVIRONMENT", 12), static: true}}
 			tr.trust(k.Public().(ed25519.PublicKey))
-			tr.bootstrap(k, creds)
+			tr.session(k, creds)
 		}},
 		{"no-status", func(tr *tree) {
 			k := key(1)

@@ -53,10 +53,10 @@ func goldenCases() []goldenCase {
 		{"shadowed", "show-db-password", []string{"show", "db-password"}, 0},
 		{"shadowed", "verify", []string{"verify"}, 1},
 
-		{"bootstrap", "list", []string{"list"}, 0},
-		{"bootstrap", "show-api-key", []string{"show", "api-key"}, 0},
-		{"bootstrap", "verify", []string{"verify"}, 0},
-		{"bootstrap", "status", []string{"status"}, 0},
+		{"session", "list", []string{"list"}, 0},
+		{"session", "show-api-key", []string{"show", "api-key"}, 0},
+		{"session", "verify", []string{"verify"}, 0},
+		{"session", "status", []string{"status"}, 0},
 
 		{"no-status", "list", []string{"list"}, 3},
 		{"no-status", "show-api-key", []string{"show", "api-key"}, 0},

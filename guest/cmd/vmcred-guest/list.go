@@ -64,9 +64,9 @@ func (d defaults) runList(ctx context.Context, env *cli.Env, args []string) erro
 	var loc where
 	loc.register(fs, d, true, true)
 	// Only --trust-key of the policy flags: list checks the signature of
-	// the manifest the last load saved (bootstrap mode), nothing more.
+	// the manifest the agent saved from the host's last session, nothing more.
 	var pol policyFlags
-	fs.StringArrayVar(&pol.trustKeys, "trust-key", nil, "check the signature of the manifest the last load saved (bootstrap mode) with this public key or folder of *.pub files; repeatable (default: "+d.trustDir+" when it holds any)")
+	fs.StringArrayVar(&pol.trustKeys, "trust-key", nil, "check the signature of the manifest the agent saved from the host's last session with this public key or folder of *.pub files; repeatable (default: "+d.trustDir+" when it holds any)")
 	asJSON := registerJSON(fs)
 	usage := "vmcred-guest list [--json] [--status-dir DIR] [--credstore DIR] [--trust-key FILE|DIR]\n" +
 		"                         [--dmi-table FILE | --dmi-entries DIR] [--fw-cfg DIR]\n\n" +

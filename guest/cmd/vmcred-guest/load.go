@@ -10,9 +10,8 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/vmcred/vmcred/guest/agent"
-	"github.com/vmcred/vmcred/guest/fetch"
 	"github.com/vmcred/vmcred/guest/trustkey"
-	"github.com/vmcred/vmcred/shared/address"
+	"github.com/vmcred/vmcred/guest/vsocknotify"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/logging"
 )
@@ -57,70 +56,95 @@ func (p *policyFlags) keys() ([]ed25519.PublicKey, error) {
 	return nil, cli.WithCode(cli.ExitIO, err)
 }
 
+// storeFlags are the flags load and agent share about where results go,
+// and which VM this is.
+type storeFlags struct {
+	credstore, statusDir string
+	allowPersistent      bool
+	vmFile               string
+	allowAnyVM           bool
+}
+
+func (s *storeFlags) register(fs interface {
+	StringVar(p *string, name, value, usage string)
+	BoolVar(p *bool, name string, value bool, usage string)
+}) {
+	fs.StringVar(&s.credstore, "credstore", agent.DefaultCredstore, "expose credentials in this folder (must be on tmpfs or ramfs)")
+	fs.StringVar(&s.statusDir, "status-dir", agent.DefaultStatusDir, "write the report (no values) to this folder")
+	fs.BoolVar(&s.allowPersistent, "allow-persistent", false, "accept a credstore that is not on tmpfs or ramfs")
+}
+
+// registerVM adds --vm-file and, for load, --allow-any-vm (the agent
+// always needs its VM's name: every session manifest is bound to it).
+func (s *storeFlags) registerVM(fs interface {
+	StringVar(p *string, name, value, usage string)
+	BoolVar(p *bool, name string, value bool, usage string)
+}, allowAny bool) {
+	fs.StringVar(&s.vmFile, "vm-file", trustkey.DefaultVMNameFile, "without --vm: read this VM's name from `FILE` (one line) when it exists")
+	if allowAny {
+		fs.BoolVar(&s.allowAnyVM, "allow-any-vm", false, "with neither --vm nor a --vm-file, accept a manifest issued for any VM (by default load refuses it: a manifest must be bound to its VM)")
+	}
+}
+
+// config builds the agent's Config from the shared flags. Without --vm,
+// the VM's name comes from --vm-file when it exists (the NixOS module
+// writes it).
+func config(env *cli.Env, fs interface{ Changed(string) bool }, src *sourceFlags, pol *policyFlags, st *storeFlags) (agent.Config, error) {
+	opt, err := src.options()
+	if err != nil {
+		return agent.Config{}, err
+	}
+	keys, err := pol.keys()
+	if err != nil {
+		return agent.Config{}, err
+	}
+	if pol.vm == "" && st.vmFile != "" {
+		switch name, err := trustkey.ReadVMName(st.vmFile); {
+		case err == nil:
+			pol.vm = name
+		case errors.Is(err, os.ErrNotExist) && !fs.Changed("vm-file"):
+		case errors.Is(err, trustkey.ErrUnsafe):
+			return agent.Config{}, cli.WithCode(cli.ExitFailure, err)
+		default:
+			return agent.Config{}, cli.WithCode(cli.ExitIO, err)
+		}
+	}
+	return agent.Config{
+		Root:              os.DirFS("/"),
+		Firmware:          opt,
+		Credstore:         st.credstore,
+		StatusDir:         st.statusDir,
+		AllowPersistent:   st.allowPersistent,
+		AllowUnverified:   pol.allowUnverified,
+		TrustKeys:         keys,
+		VM:                pol.vm,
+		AllowAnyVM:        st.allowAnyVM,
+		SystemCredentials: pol.systemCredentials,
+		Version:           env.Version,
+	}, nil
+}
+
 func runLoad(ctx context.Context, env *cli.Env, args []string) error {
 	fs := cli.NewFlagSet("load")
 	var src sourceFlags
 	src.register(fs)
 	var pol policyFlags
 	pol.register(fs)
-	credstore := fs.String("credstore", agent.DefaultCredstore, "expose credentials in this folder (must be on tmpfs or ramfs)")
-	statusDir := fs.String("status-dir", agent.DefaultStatusDir, "write the report (no values) to this folder")
-	allowPersistent := fs.Bool("allow-persistent", false, "accept a credstore that is not on tmpfs or ramfs")
-	vmFile := fs.String("vm-file", trustkey.DefaultVMNameFile, "without --vm: read this VM's name from `FILE` (one line) when it exists")
-	allowAnyVM := fs.Bool("allow-any-vm", false, "with neither --vm nor a --vm-file, accept a manifest issued for any VM (by default load refuses it: a manifest must be bound to its VM)")
-	channel := fs.String("channel", "", "dial the host's channel at `ADDR` instead of the address in the manifest (unix:PATH for a simulated VM); without a channel in the manifest nothing is dialed")
-	timeout := fs.Duration("timeout", agent.DefaultTimeout, "give the channel fetch, retries included, this `DURATION`; the report to the host then gets its own 10s")
+	var st storeFlags
+	st.register(fs)
+	st.registerVM(fs, true)
 	if err := cli.Parse(env, fs, "vmcred-guest load [flags]", args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return cli.Usagef("load takes no arguments")
 	}
-	if *channel != "" {
-		if _, err := address.Parse(*channel); err != nil {
-			return cli.Usagef("--channel: %v", err)
-		}
-	}
-	if *timeout <= 0 {
-		return cli.Usagef("--timeout must be more than 0")
-	}
-	opt, err := src.options()
+	cfg, err := config(env, fs, &src, &pol, &st)
 	if err != nil {
 		return err
 	}
-	keys, err := pol.keys()
-	if err != nil {
-		return err
-	}
-	if pol.vm == "" && *vmFile != "" {
-		// The image says which VM it is for (the NixOS module writes it).
-		switch name, err := trustkey.ReadVMName(*vmFile); {
-		case err == nil:
-			pol.vm = name
-		case errors.Is(err, os.ErrNotExist) && !fs.Changed("vm-file"):
-		case errors.Is(err, trustkey.ErrUnsafe):
-			return cli.WithCode(cli.ExitFailure, err)
-		default:
-			return cli.WithCode(cli.ExitIO, err)
-		}
-	}
-	rep, err := agent.LoadContext(ctx, agent.Config{
-		Root:              os.DirFS("/"),
-		Firmware:          opt,
-		Credstore:         *credstore,
-		StatusDir:         *statusDir,
-		AllowPersistent:   *allowPersistent,
-		AllowUnverified:   pol.allowUnverified,
-		TrustKeys:         keys,
-		VM:                pol.vm,
-		AllowAnyVM:        *allowAnyVM,
-		SystemCredentials: pol.systemCredentials,
-		Version:           env.Version,
-		Channel:           *channel,
-		Timeout:           *timeout,
-	})
+	rep, err := agent.LoadContext(ctx, cfg)
 	logReport(env.Log, rep)
-	logChannel(env.Log, rep)
 	if err != nil {
 		// Tell systemd why, so `systemctl status` shows it; the unit then
 		// fails and units that Require= it do not start.
@@ -134,7 +158,7 @@ func runLoad(ctx context.Context, env *cli.Env, args []string) error {
 
 // notifySelf sends state to the agent's own service manager. A vsock
 // $NOTIFY_SOCKET (an agent started outside systemd, e.g. from an
-// initramfs, next to PID 1's vmm.notify_socket) goes through fetch.Notify;
+// initramfs, next to PID 1's vmm.notify_socket) goes through vsocknotify;
 // go-systemd's SdNotify would take it for a file name. Failures are
 // logged, never fatal.
 func notifySelf(ctx context.Context, env *cli.Env, state string) {
@@ -142,36 +166,36 @@ func notifySelf(ctx context.Context, env *cli.Env, state string) {
 	if env.Getenv != nil {
 		sock = env.Getenv("NOTIFY_SOCKET")
 	}
-	if !fetch.IsVsockNotifySocket(sock) {
+	if !vsocknotify.IsVsockNotifySocket(sock) {
 		if _, err := daemon.SdNotify(false, state); err != nil {
 			env.Log.Warn("sd_notify: " + err.Error())
 		}
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, fetch.DefaultNotifyTimeout)
+	ctx, cancel := context.WithTimeout(ctx, vsocknotify.DefaultNotifyTimeout)
 	defer cancel()
-	if err := fetch.Notify(ctx, sock, []byte(state), nil); err != nil {
+	if err := vsocknotify.Notify(ctx, sock, []byte(state), nil); err != nil {
 		env.Log.Warn("sd_notify: " + err.Error())
 	}
 }
 
-// logChannel logs what happened on the channel: never a value.
-func logChannel(log *logging.Logger, rep agent.Report) {
+// logSession logs what happened in a host session: never a value.
+func logSession(log *logging.Logger, rep agent.Report) {
 	ch := rep.Fetch
 	if ch == nil {
 		return
 	}
 	switch {
 	case ch.Error != "":
-		log.Warn("channel: "+ch.Error, logging.String("address", ch.Address), logging.Int("attempts", ch.Attempts))
+		log.Warn("session: "+ch.Error, logging.String("peer", ch.Address))
 	default:
-		log.Info(fmt.Sprintf("channel: fetched %d credential(s)", len(ch.Received)), logging.String("address", ch.Address), logging.Strings("credentials", ch.Received))
+		log.Info(fmt.Sprintf("session: received %d credential(s)", len(ch.Received)), logging.String("peer", ch.Address), logging.Strings("credentials", ch.Received))
 	}
 	switch {
 	case ch.Acknowledged:
-		log.Info("channel: the host acknowledged the report", logging.String("ack", ch.Ack))
+		log.Info("session: the host acknowledged the report", logging.String("ack", ch.Ack))
 	case ch.ReportError != "":
-		log.Warn("channel: report not acknowledged: " + ch.ReportError)
+		log.Warn("session: report not acknowledged: " + ch.ReportError)
 	}
 }
 

@@ -1,6 +1,7 @@
 // Command vmcred-guest is vmcred's guest agent: the boot service that reads
-// the credentials the host passed through firmware or the channel, verifies
-// them, and exposes them as systemd credentials; and the debug command an
+// the credentials the host passed through firmware or a host-dialed
+// session, verifies them, and exposes them as systemd credentials; and the
+// debug command an
 // operator runs inside the VM (list, show, verify, status).
 package main
 
@@ -38,7 +39,8 @@ func commands() []cli.Command { return productionDefaults().commands() }
 
 func (d defaults) commands() []cli.Command {
 	return []cli.Command{
-		{Name: "load", Summary: "read, verify and expose this boot's credentials (the boot service)", Run: runLoad},
+		{Name: "agent", Summary: "the boot service: load firmware credentials, accept the host's sessions on a privileged vsock port, expose and report", Run: runAgent},
+		{Name: "load", Summary: "read, verify and expose the credentials firmware carries, once", Run: runLoad},
 		{Name: "list", Summary: "list credentials: name, source, size, digest, verification, where served", Run: d.runList},
 		{Name: "show", Summary: "everything about one credential (its value only with --reveal)", Run: d.runShow},
 		{Name: "verify", Summary: "re-verify the firmware, the credstore and systemd's copies now", Run: d.runVerify},

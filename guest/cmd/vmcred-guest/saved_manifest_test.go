@@ -45,8 +45,8 @@ func (v savedView) finding(code string) (debug.Finding, bool) {
 
 const savedPath = "/run/vmcred/" + agent.ManifestFile
 
-// TestSavedManifest: after a bootstrap load (the real agent, the manifest
-// fetched over a Unix socket), verify, list and show check the copy the
+// TestSavedManifest: after a host session (the real agent, the manifest
+// received over a Unix socket), verify, list and show check the copy the
 // load saved, signature first, and say so; a copy with one byte changed,
 // or checked without trust keys, is refused naming the file; without a
 // copy they behave as before; and a manifest in firmware wins over one.
@@ -54,7 +54,7 @@ func TestSavedManifest(t *testing.T) {
 	keyID := manifest.KeyID(key(1).Public().(ed25519.PublicKey))
 
 	t.Run("verified", func(t *testing.T) {
-		tr := build(t, "bootstrap", fixedValue)
+		tr := build(t, "session", fixedValue)
 		for _, args := range [][]string{{"verify", "--json"}, {"list", "--json"}} {
 			r := run(tr.defaults(), args...)
 			v := decodeView(t, r.stdout)
@@ -69,7 +69,7 @@ func TestSavedManifest(t *testing.T) {
 	})
 
 	t.Run("one byte changed", func(t *testing.T) {
-		tr := build(t, "bootstrap", fixedValue)
+		tr := build(t, "session", fixedValue)
 		b, err := os.ReadFile(tr.path(savedPath))
 		if err != nil {
 			t.Fatal(err)
@@ -104,7 +104,7 @@ func TestSavedManifest(t *testing.T) {
 	})
 
 	t.Run("no saved copy", func(t *testing.T) {
-		tr := build(t, "bootstrap", fixedValue)
+		tr := build(t, "session", fixedValue)
 		if err := os.Remove(tr.path(savedPath)); err != nil {
 			t.Fatal(err)
 		}
@@ -124,7 +124,7 @@ func TestSavedManifest(t *testing.T) {
 	})
 
 	t.Run("no trust keys", func(t *testing.T) {
-		tr := build(t, "bootstrap", fixedValue)
+		tr := build(t, "session", fixedValue)
 		if err := os.RemoveAll(tr.path("etc/vmcred/trusted.d")); err != nil {
 			t.Fatal(err)
 		}
@@ -142,7 +142,7 @@ func TestSavedManifest(t *testing.T) {
 	})
 
 	t.Run("vm and expiry", func(t *testing.T) {
-		tr := build(t, "bootstrap", fixedValue)
+		tr := build(t, "session", fixedValue)
 		r := run(tr.defaults(), "verify", "--vm", "other", "--json")
 		if f, ok := decodeView(t, r.stdout).finding(debug.CodeManifestWrongVM); r.code != 1 || !ok || !strings.Contains(f.Message, savedPath) {
 			t.Errorf("verify --vm other: exit %d, want 1 with %s naming %s", r.code, debug.CodeManifestWrongVM, savedPath)
@@ -156,7 +156,7 @@ func TestSavedManifest(t *testing.T) {
 	})
 
 	t.Run("unreadable copy", func(t *testing.T) {
-		tr := build(t, "bootstrap", fixedValue)
+		tr := build(t, "session", fixedValue)
 		if err := os.Remove(tr.path(savedPath)); err != nil {
 			t.Fatal(err)
 		}
@@ -172,18 +172,22 @@ func TestSavedManifest(t *testing.T) {
 		}
 	})
 
-	t.Run("firmware wins", func(t *testing.T) {
-		// A copy that would be refused if it were used.
+	t.Run("the accepted manifest wins", func(t *testing.T) {
+		// The agent keeps a session's manifest; when there is one, it is
+		// the one the views check, firmware or not (one policy: the
+		// manifest the agent accepted). A damaged copy is refused, naming
+		// the file, rather than silently replaced by the firmware's.
 		tr := build(t, "good", fixedValue)
-		tr.write(savedPath, []byte("not a manifest"), 0o600)
 		r := run(tr.defaults(), "verify", "--json")
 		if v := decodeView(t, r.stdout); r.code != 0 || v.ManifestFrom != debug.ManifestFromFirmware || v.ManifestFile != "" {
-			t.Errorf("verify: exit %d, from %q, file %q; want 0 and the firmware's manifest", r.code, v.ManifestFrom, v.ManifestFile)
+			t.Errorf("verify without a saved copy: exit %d, from %q, file %q; want 0 and the firmware's manifest", r.code, v.ManifestFrom, v.ManifestFile)
 		}
-		r = run(tr.defaults(), "show", "api-key", "--json")
-		if v := decodeView(t, r.stdout); v.Manifest == nil || v.Manifest.From != debug.ManifestFromFirmware {
-			t.Errorf("show: manifest %+v, want the firmware's", v.Manifest)
+		tr.write(savedPath, []byte("not a manifest"), 0o600)
+		r = run(tr.defaults(), "verify", "--json")
+		if v := decodeView(t, r.stdout); r.code != 1 || v.ManifestFrom != debug.ManifestFromSaved || v.ManifestFile != savedPath {
+			t.Errorf("verify with a damaged saved copy: exit %d, from %q, file %q; want 1 naming the saved copy", r.code, v.ManifestFrom, v.ManifestFile)
 		}
+
 		// list reads no firmware; the status file says the manifest came
 		// from there.
 		r = run(tr.defaults(), "list", "--json")

@@ -20,7 +20,7 @@ func (d defaults) runVerify(ctx context.Context, env *cli.Env, args []string) er
 	pol.register(fs)
 	var loc where
 	loc.register(fs, d, false, false)
-	fs.StringVar(&loc.statusDir, "status-dir", d.statusDir, "read the manifest the last load saved (bootstrap mode) from this folder, used when firmware holds none")
+	fs.StringVar(&loc.statusDir, "status-dir", d.statusDir, "read the manifest the agent saved from the host's last session from this folder, used when firmware holds none")
 	asJSON := registerJSON(fs)
 	if err := cli.Parse(env, fs, "vmcred-guest verify [--json] [source and policy flags as for load]\n\nExit codes: 0 verified, 1 verification failure, 3 unreadable.", args); err != nil {
 		return err

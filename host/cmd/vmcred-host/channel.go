@@ -1,20 +1,12 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
-	"strings"
 
-	hostchannel "github.com/vmcred/vmcred/host/channel"
-	"github.com/vmcred/vmcred/host/emit"
 	"github.com/vmcred/vmcred/host/plan"
+	"github.com/vmcred/vmcred/host/push"
 	"github.com/vmcred/vmcred/host/source"
 	"github.com/vmcred/vmcred/shared/address"
-	proto "github.com/vmcred/vmcred/shared/channel"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/credential"
 	"github.com/vmcred/vmcred/shared/manifest"
@@ -24,136 +16,92 @@ import (
 // set its own $NOTIFY_SOCKET (systemd.system-credentials(7)).
 const NotifySocketName = "vmm.notify_socket"
 
-// maxSourceSize is the per-file limit pack reads sources with: systemd's
-// 1 MiB, or, with a channel, the manifest's 64 MiB (the planner then
-// refuses what no delivery can carry, naming the limit).
-func (f *packFlags) maxSourceSize() int {
-	if f.channel != "" {
-		return manifest.MaxEntrySize
+// notifyCredential returns the vmm.notify_socket value --notify-socket
+// asks for (a vsock address is forced to vsock-stream: the receiver speaks
+// nothing else, and systemd's plain vsock: would try a datagram socket
+// first), or nothing: when the flag is unset, when the user passes that
+// credential themselves, or for firecracker, which has no firmware to
+// carry it.
+func (f *packFlags) notifyCredential(hv plan.Hypervisor, creds []source.Credential) (credential.Secret, error) {
+	if f.notifySocket == "" || hv == plan.Firecracker {
+		return credential.Secret{}, nil
 	}
-	return credential.MaxSize
-}
-
-// channelExtras is what pack adds for a channel: the one-time token in
-// the manifest, and for a vsock channel the vmm.notify_socket credential.
-type channelExtras struct {
-	// notify is the vmm.notify_socket value, or empty.
-	notify credential.Secret
-}
-
-// addChannel sets params.Token to a fresh random token, unless the
-// manifest would travel on cloud-hypervisor's command line (no --ch-api),
-// where every local user can read it: that manifest stays tokenless (the
-// format allows it for exactly this case), and the channel is protected
-// by who can reach the hybrid-vsock socket. For a vsock channel address
-// it also returns vmm.notify_socket=vsock-stream:CID:PORT (forced stream:
-// the server speaks nothing else, and systemd's plain vsock: would try a
-// datagram socket first), unless the user passes that credential
-// themselves or the target has no firmware to carry it (Firecracker).
-func (d deps) addChannel(env *cli.Env, f *packFlags, hv plan.Hypervisor, params *emit.ManifestParams, creds []source.Credential) (channelExtras, error) {
-	var x channelExtras
-	if f.channel == "" {
-		return x, nil
-	}
-	a, err := address.Parse(f.channel)
+	a, err := address.Parse(f.notifySocket)
 	if err != nil {
-		return x, cli.Usagef("--channel: %v", err)
+		return credential.Secret{}, cli.Usagef("--notify-socket: %v", err)
 	}
 	if err := a.CheckDial(); err != nil {
-		return x, cli.Usagef("--channel is what the guest dials: %v", err)
-	}
-	if f.bootstrapMode() {
-		env.Log.Warn(fmt.Sprintf("vm %s: bootstrap mode (manifest by channel): the manifest is signed but carries no channel token, so any process in the guest that reaches %s before the agent could fetch the secrets; the agent would then fail (already fetched) and wait would not see ready. Firmware delivery is stronger where the hypervisor allows it", f.vm, f.channel))
-		// No firmware carries vmm.notify_socket either.
-		return x, nil
-	}
-	if hv == plan.CloudHypervisor && f.chAPI == "" {
-		env.Log.Warn("cloud-hypervisor without --ch-api: the manifest goes on its command line, so it carries no channel token; " +
-			"the channel is protected only by who can connect to the hybrid-vsock socket (serve refuses a tokenless manifest on AF_VSOCK without --expect-cid)")
-	} else {
-		tok := make([]byte, proto.TokenSize)
-		if _, err := io.ReadFull(d.rand, tok); err != nil {
-			return x, fmt.Errorf("channel token: %w", err)
-		}
-		params.Token = credential.NewSecret(tok)
-	}
-	if !a.IsVsock() || hv == plan.Firecracker {
-		return x, nil
+		return credential.Secret{}, cli.Usagef("--notify-socket is what guest PID 1 dials: %v", err)
 	}
 	for _, c := range creds {
 		if c.Name == NotifySocketName {
-			return x, nil
+			return credential.Secret{}, nil
 		}
 	}
-	ns := address.Address{Kind: address.VsockStream, CID: a.CID, Port: a.Port}
-	x.notify = credential.NewSecret([]byte(ns.String()))
-	return x, nil
+	if a.IsVsock() {
+		a.Kind = address.VsockStream
+	}
+	return credential.NewSecret([]byte(a.String())), nil
 }
 
-// serveState records, for `vmcred-host serve`, the boot and token of the
-// manifest and where each channel credential is read: source paths and
-// --static values (which are not secret), never a secret value.
-func serveState(f *packFlags, p *plan.Plan, params emit.ManifestParams, creds []source.Credential) (*hostchannel.State, error) {
+// sessionCredentials lists every planned credential for run's session,
+// with its delivery: the session's manifest lists them all, and sends the
+// values of those that go by channel (the rest came by firmware). The
+// values are copies, wiped by wipeSession.
+func sessionCredentials(p *plan.Plan, creds []source.Credential, notifyValue credential.Secret) []push.Credential {
 	byName := make(map[string]source.Credential, len(creds))
 	for _, c := range creds {
 		byName[c.Name] = c
 	}
-	var sc []hostchannel.StateCredential
+	var out []push.Credential
 	for _, it := range p.Items {
-		// An extra string by channel (Firecracker's manifest, which has
-		// no firmware to travel in) is not the server's to send.
-		if it.Delivery != plan.DeliveryChannel || it.Extra {
+		if it.Name == plan.ManifestName {
 			continue
 		}
-		c, ok := byName[it.Name]
-		if !ok {
-			return nil, fmt.Errorf("credential %q goes by channel but is not a source (a string vmcred adds cannot)", it.Name)
+		var v credential.Secret
+		var static bool
+		if c, ok := byName[it.Name]; ok {
+			v = credential.NewSecret(append([]byte(nil), c.Value.Reveal()...))
+			static = !c.Secret
+		} else if it.Name == NotifySocketName {
+			v = credential.NewSecret(append([]byte(nil), notifyValue.Reveal()...))
+			static = true
+		} else {
+			continue
 		}
-		s := hostchannel.StateCredential{Name: c.Name, Size: int64(c.Value.Len()), SHA256: c.Value.SHA256()}
-		switch {
-		case c.Origin.Kind == source.Static:
-			v := string(c.Value.Reveal())
-			s.Static = &v
-		case c.Origin.Path != "":
-			abs, err := filepath.Abs(c.Origin.Path)
-			if err != nil {
-				return nil, fmt.Errorf("credential %q: %w", c.Name, err)
-			}
-			s.File = abs
-		default:
-			return nil, fmt.Errorf("credential %q has no source file to serve it from", c.Name)
-		}
-		sc = append(sc, s)
+		out = append(out, push.Credential{Name: it.Name, Value: v, Delivery: sessionDelivery(it.Delivery), Static: static})
 	}
-	return hostchannel.NewState(f.vm, params.Nonce, params.Token, f.channel, params.IssuedAt, sc)
+	return out
 }
 
-// writeServeState writes pk's serve state to the runtime directory: the
-// one the payload files went to, else --runtime-dir or
-// $RUNTIME_DIRECTORY (created 0700). Without any, it warns: nothing could
-// serve this manifest's channel.
-func (pk *packed) writeServeState(env *cli.Env, f *packFlags) error {
-	if pk.serve == nil {
-		return nil
+func sessionDelivery(d plan.Delivery) manifest.Delivery {
+	switch d {
+	case plan.DeliverySMBIOS:
+		return manifest.DeliverySMBIOS
+	case plan.DeliveryFwCfg:
+		return manifest.DeliveryFwCfg
 	}
-	dir := pk.result.RuntimeDir
-	if dir == "" {
-		dir = f.runtimeDir
-		if dir == "" && env.Getenv != nil {
-			dir, _, _ = strings.Cut(env.Getenv("RUNTIME_DIRECTORY"), ":")
+	return manifest.DeliveryChannel
+}
+
+func (pk *packed) wipeSession() {
+	for _, c := range pk.session {
+		c.Value.Wipe()
+	}
+}
+
+func (pk *packed) sessionCount() int {
+	n := 0
+	for _, c := range pk.session {
+		if c.Delivery == manifest.DeliveryChannel {
+			n++
 		}
 	}
-	if dir == "" {
-		env.Log.Warn(fmt.Sprintf("vm %s: no --runtime-dir, so the serve state (token hash, channel sources) was not written and vmcred-host serve cannot serve this manifest's channel", f.vm))
-		return nil
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return cli.WithCode(cli.ExitIO, fmt.Errorf("serve state: %w", err))
-	}
-	if err := hostchannel.WriteState(dir, pk.serve); err != nil {
-		return cli.WithCode(cli.ExitIO, err)
-	}
-	env.Log.Info(fmt.Sprintf("vm %s: serve state for the channel %s in %s (%d credential(s) by channel); run vmcred-host serve --vm %s --runtime-dir %s --listen ADDR",
-		f.vm, f.channel, filepath.Join(dir, hostchannel.StateFile), len(pk.serve.Credentials), f.vm, dir))
-	return nil
+	return n
+}
+
+// describeSession says what a session sent, for the log: names, never
+// values.
+func describeSession(res push.Result) string {
+	return fmt.Sprintf("sent %d credential(s), %d bytes, generation %d", len(res.Sent), res.Bytes, res.Generation)
 }

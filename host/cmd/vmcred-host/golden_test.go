@@ -26,18 +26,17 @@ func goldenCases() []goldenCase {
 		{name: "qemu-systemd.args", args: []string{"--hypervisor", "qemu", "--mode", "systemd"}},
 		{name: "qemu-inline.args", args: []string{"--hypervisor", "qemu", "--inline"}},
 		{name: "qemu-microvm.args", args: []string{"--hypervisor", "qemu-microvm"}, dirName: "run,dir"},
-		{name: "cloud-hypervisor.args", args: []string{"--hypervisor", "cloud-hypervisor", "--channel", "unix:/run/vmcred/test-vm/notify.vsock_9999"}},
+		// No manifest and no secret on the command line: only static strings.
+		{name: "cloud-hypervisor.args", args: []string{"--hypervisor", "cloud-hypervisor"}},
 		{name: "cloud-hypervisor-api.args", args: []string{"--hypervisor", "cloud-hypervisor", "--ch-api", "@TMP@/api.sock"}},
-		{name: "qemu-overflow.args", args: []string{"--hypervisor", "qemu", "--overflow", "channel", "--channel", "vsock-stream:2:9999", "--smbios-reserve", "64780"}},
+		{name: "qemu-overflow.args", args: []string{"--hypervisor", "qemu", "--overflow", "channel", "--notify-socket", "vsock-stream:2:9999", "--smbios-reserve", "64780"}},
 		{name: "json-qemu.json", args: []string{"--hypervisor", "json"}},
 		{name: "json-qemu-microvm.json", args: []string{"--hypervisor", "json", "--target", "qemu-microvm", "--mode", "systemd"}, dirName: "run,dir"},
-		{name: "json-cloud-hypervisor.json", args: []string{"--hypervisor", "json", "--target", "cloud-hypervisor", "--channel", "vsock-stream:2:9999"}},
+		{name: "json-cloud-hypervisor.json", args: []string{"--hypervisor", "json", "--target", "cloud-hypervisor"}},
 		{name: "json-cloud-hypervisor-api.json", args: []string{"--hypervisor", "json", "--target", "cloud-hypervisor", "--ch-api", "@TMP@/api.sock"}},
-		{name: "json-firecracker.json", args: []string{"--hypervisor", "json", "--target", "firecracker", "--channel", "vsock-stream:2:9999"}},
-		// Bootstrap mode: nothing for the hypervisor; the manifest goes by channel.
-		{name: "firecracker.args", args: []string{"--hypervisor", "firecracker", "--channel", "vsock-stream:2:9999"}},
-		{name: "cloud-hypervisor-bootstrap.args", args: []string{"--hypervisor", "cloud-hypervisor", "--manifest-by-channel", "--channel", "vsock-stream:2:9999"}},
-		{name: "json-cloud-hypervisor-bootstrap.json", args: []string{"--hypervisor", "json", "--target", "cloud-hypervisor", "--manifest-by-channel", "--channel", "vsock-stream:2:9999"}},
+		{name: "json-firecracker.json", args: []string{"--hypervisor", "json", "--target", "firecracker"}},
+		// Firecracker: nothing for the hypervisor; the session brings it all.
+		{name: "firecracker.args", args: []string{"--hypervisor", "firecracker"}},
 	}
 }
 

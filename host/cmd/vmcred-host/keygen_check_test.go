@@ -49,12 +49,12 @@ func TestKeygenAndSignedManifest(t *testing.T) {
 	h = newHarness(t)
 	code := h.run("pack", "--vm", "test-vm", "--hypervisor", "qemu", "--sign-key", prefix+".key",
 		"--cred", "api-key=file:"+secretFile(t, tmp, "api-key", []byte("v1")), "--static", "ENVIRONMENT=test",
-		"--channel", "vsock-stream:2:9999", "--runtime-dir", rt)
+		"--notify-socket", "vsock-stream:2:9999", "--runtime-dir", rt)
 	if code != 0 {
 		t.Fatalf("pack exit %d: %s", code, h.log.String())
 	}
 	s := readTrim(t, filepath.Join(rt, "oem-002"))
-	b64, ok := strings.CutPrefix(s, oemstring.PrefixBinary+"vmcred.manifest=")
+	b64, ok := strings.CutPrefix(s, oemstring.PrefixVmcred+"vmcred.manifest=")
 	if !ok {
 		t.Fatalf("oem-002 is %q", s)
 	}
@@ -73,11 +73,11 @@ func TestKeygenAndSignedManifest(t *testing.T) {
 	for _, e := range m.Entries {
 		got = append(got, e.Name+" "+e.Delivery.String())
 	}
-	// A vsock channel adds vmm.notify_socket, listed so the agent verifies it.
+	// --notify-socket adds vmm.notify_socket, listed so the agent verifies it.
 	if diff := cmp.Diff([]string{"ENVIRONMENT smbios", "api-key smbios", "vmm.notify_socket smbios"}, got); diff != "" {
 		t.Errorf("entries (-want +got):\n%s", diff)
 	}
-	if m.VM != "test-vm" || m.Channel != "vsock-stream:2:9999" {
+	if m.VM != "test-vm" || m.HasChallenge() {
 		t.Errorf("manifest %+v", m)
 	}
 

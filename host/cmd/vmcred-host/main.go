@@ -1,6 +1,7 @@
 // Command vmcred-host is vmcred's host side: it packs a micro-VM's
 // credentials for its hypervisor (pack), checks that the hypervisor's user
-// can read them (check), launches the hypervisor with them (run), and makes
+// can read them (check), sends them to the guest agent in a host-dialed
+// session (push), launches the hypervisor and does both (run), and makes
 // manifest signing keys (keygen). See DESIGN.md §7 for the command-line
 // contract.
 package main
@@ -70,7 +71,8 @@ func commands(d deps) []cli.Command {
 		{Name: "check", Summary: "check that the hypervisor's user can read every credential source", Run: d.runCheck},
 		{Name: "run", Summary: "pack, then run the hypervisor with the arguments added, forwarding signals", Run: d.runRun},
 		{Name: "keygen", Summary: "make an Ed25519 key pair for signing manifests", Run: d.runKeygen},
-		{Name: "serve", Summary: "serve a VM's channel: credentials by vsock, and the guest's readiness", Run: d.runServe},
+		{Name: "push", Summary: "dial a VM's guest agent and send its credentials in a signed session; exit 0 when it reports ready", Run: d.runPush},
+		{Name: "serve", Summary: "receive guest PID 1's vmm.notify_socket messages (boot progress, for the log)", Run: d.runServe},
 		{Name: "wait", Summary: "wait until a VM's guest reports ready (0), failed (1) or the timeout passes (4)", Run: d.runWait},
 	}
 }

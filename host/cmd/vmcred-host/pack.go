@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	hostchannel "github.com/vmcred/vmcred/host/channel"
 	"github.com/vmcred/vmcred/host/emit"
 	"github.com/vmcred/vmcred/host/plan"
+	"github.com/vmcred/vmcred/host/push"
 	"github.com/vmcred/vmcred/host/source"
 	"github.com/vmcred/vmcred/shared/address"
 	"github.com/vmcred/vmcred/shared/cli"
@@ -41,12 +41,9 @@ type packFlags struct {
 	vm, hypervisor, target        string
 	mode, overflow                string
 	signKey, runtimeDir, out      string
-	channel, chAPI, chConfig      string
+	notifySocket, chAPI, chConfig string
 	inline, inlineSecrets, print0 bool
-	// manifestByChannel is bootstrap mode (--manifest-by-channel,
-	// implied by --hypervisor firecracker): see bootstrapMode.
-	manifestByChannel bool
-	smbiosReserve     int
+	smbiosReserve                 int
 	// lifetime is how long the manifest is valid (its not-after); 0 sets
 	// none.
 	lifetime time.Duration
@@ -71,18 +68,15 @@ func (f *packFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.signKey, "sign-key", "", "sign the manifest with the Ed25519 key in `FILE` (from vmcred-host keygen); without it the manifest has digests only")
 	fs.StringVar(&f.runtimeDir, "runtime-dir", "", "write payload files (mode 0400) in `DIR`, created 0700 if missing; default $RUNTIME_DIRECTORY, else a new private directory under $TMPDIR")
 	fs.StringVar(&f.out, "out", "", "dmi: write the DMI table to `FILE`; json: write the plan to FILE instead of stdout")
-	fs.StringVar(&f.channel, "channel", "", "the channel `ADDR` (vsock-stream:2:PORT or unix:PATH) for credentials that go by channel")
-	fs.StringVar(&f.overflow, "overflow", string(plan.OverflowFail), "what does not fit the firmware limits: fail, or channel (moves the largest first)")
+	fs.StringVar(&f.notifySocket, "notify-socket", "", "add vmm.notify_socket=`ADDR` (vsock-stream:2:PORT) so guest PID 1 reports its boot to vmcred-host serve; not for firecracker, which has no firmware to carry it")
+	fs.StringVar(&f.overflow, "overflow", string(plan.OverflowFail), "what does not fit the firmware limits: fail, or channel (moves the largest first to the host's session: vmcred-host push or run)")
 	fs.BoolVar(&f.inline, "inline", false, "qemu: put non-secret OEM strings on the command line (value=) instead of in files")
 	fs.BoolVar(&f.inlineSecrets, "inline-secrets", false, "qemu: put secret OEM strings on the command line too, where every local user can read them in /proc/PID/cmdline (not recommended)")
 	fs.BoolVar(&f.print0, "print0", false, "end each printed argument with a NUL instead of a newline (for mapfile -d '')")
 	fs.StringVar(&f.chAPI, "ch-api", "", "cloud-hypervisor: pass every OEM string, secrets included, through its REST API on `SOCKET` (vm.create) instead of the command line and the channel")
 	fs.StringVar(&f.chConfig, "ch-config", "", "cloud-hypervisor with --ch-api: the VmConfig JSON `FILE` (kernel, memory, disks) to add the OEM strings to")
 	fs.StringVar(&f.target, "target", string(plan.QEMU), "with --hypervisor json: the `HYPERVISOR` the plan is for")
-	fs.BoolVar(&f.manifestByChannel, "manifest-by-channel", false, "bootstrap mode: send every credential and the signed manifest (without a channel token) by channel, and pass nothing to the hypervisor; "+
-		"for launchers that own the firmware carrier (cloud-hypervisor under microvm.nix) and for firecracker (implied); needs --sign-key and --channel. "+
-		"Weaker than firmware delivery: any guest process that reaches the channel first can fetch (the agent then fails loudly)")
-	fs.DurationVar(&f.lifetime, "lifetime", DefaultLifetime, "the manifest is valid for this `DURATION` after it is issued (its not-after; a guest that reboots with the same firmware after it fails its load), 0 for no limit")
+	fs.DurationVar(&f.lifetime, "lifetime", DefaultLifetime, "the firmware manifest is valid for this `DURATION` after it is issued (its not-after; a guest that reboots with the same firmware after it fails its load), 0 for no limit")
 	fs.IntVar(&f.smbiosReserve, "smbios-reserve", -1, fmt.Sprintf("`BYTES` of the 65535-byte SMBIOS table left for the hypervisor's own structures (default %d; 0 for dmi)", plan.DefaultSMBIOSReserve))
 }
 
@@ -97,8 +91,9 @@ type packed struct {
 	// tempDir is the runtime directory pack made with os.MkdirTemp, if it
 	// did, for run to remove.
 	tempDir string
-	// serve is what the channel server needs, when there is a channel.
-	serve *hostchannel.State
+	// session lists every credential with its planned delivery, for run's
+	// session (values for the channel ones). Wipe with wipeSession.
+	session []push.Credential
 }
 
 func (d deps) runPack(_ context.Context, env *cli.Env, args []string) error {
@@ -116,10 +111,9 @@ func (d deps) runPack(_ context.Context, env *cli.Env, args []string) error {
 		return err
 	}
 	defer pk.result.Wipe()
-	if err := pk.writeServeState(env, &f); err != nil {
-		pk.result.Remove()
-		pk.removeTemp()
-		return err
+	defer pk.wipeSession()
+	if n := pk.sessionCount(); n > 0 {
+		env.Log.Info(fmt.Sprintf("vm %s: %d credential(s) go in the host's session, not in firmware: run vmcred-host push --vm %s --connect ADDR --sign-key FILE with the same sources once the VM runs", f.vm, n, f.vm))
 	}
 	if err := pk.print(env, &f); err != nil {
 		pk.result.Remove()
@@ -145,7 +139,9 @@ func (pk *packed) print(env *cli.Env, f *packFlags) error {
 			return err
 		}
 		if f.out != "" {
-			if err := emit.WriteFile(f.out, b, 0o644); err != nil {
+			// 0600: the plan names the credentials and their sizes; only
+			// its owner needs it.
+			if err := emit.WriteFile(f.out, b, 0o600); err != nil {
 				return cli.WithCode(cli.ExitIO, err)
 			}
 			return nil
@@ -174,7 +170,7 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 	if err != nil {
 		return nil, withCode(err)
 	}
-	creds, warnings, err := source.CollectUpTo(specs, d.source, f.maxSourceSize())
+	creds, warnings, err := source.CollectUpTo(specs, d.source, manifest.MaxEntrySize)
 	if err != nil {
 		return nil, withCode(err)
 	}
@@ -190,12 +186,9 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 	if f.lifetime < 0 || (f.lifetime > 0 && f.lifetime < time.Second) {
 		return nil, cli.Usagef("--lifetime must be 0 (no limit) or at least 1s: a manifest's times are whole seconds")
 	}
-	params := emit.ManifestParams{VM: f.vm, IssuedAt: d.now(), Channel: f.channel}
+	params := emit.ManifestParams{VM: f.vm, IssuedAt: d.now()}
 	if f.lifetime > 0 {
 		params.NotAfter = params.IssuedAt.Add(f.lifetime)
-	}
-	if _, err := io.ReadFull(d.rand, params.Nonce[:]); err != nil {
-		return nil, fmt.Errorf("manifest nonce: %w", err)
 	}
 	if f.signKey != "" {
 		if params.Key, err = loadKey(f.signKey); err != nil {
@@ -210,7 +203,7 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 		}
 	}
 
-	chx, err := d.addChannel(env, f, opts.Hypervisor, &params, creds)
+	notifyValue, err := f.notifyCredential(opts.Hypervisor, creds)
 	if err != nil {
 		return nil, err
 	}
@@ -224,12 +217,12 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 		mcreds = append(mcreds, emit.ManifestCredential{Name: c.Name, Value: c.Value, Secret: c.Secret})
 	}
 	var extras []plan.Input
-	if chx.notify.Len() > 0 {
+	if notifyValue.Len() > 0 {
 		// Listed in the manifest like any credential, so the agent
 		// verifies it; an extra string, so it keeps systemd's prefix.
-		vals[NotifySocketName] = chx.notify
-		extras = append(extras, plan.Input{Name: NotifySocketName, Size: chx.notify.Len()})
-		mcreds = append(mcreds, emit.ManifestCredential{Name: NotifySocketName, Value: chx.notify})
+		vals[NotifySocketName] = notifyValue
+		extras = append(extras, plan.Input{Name: NotifySocketName, Size: notifyValue.Len()})
+		mcreds = append(mcreds, emit.ManifestCredential{Name: NotifySocketName, Value: notifyValue})
 	}
 	// The manifest's length does not depend on the deliveries, so a draft
 	// tells the planner what to reserve.
@@ -237,7 +230,10 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 	if err != nil {
 		return nil, cli.WithCode(cli.ExitUsage, err)
 	}
-	opts.Extra = append([]plan.Input{{Name: plan.ManifestName, Size: draft.Len(), Secret: params.Token.Len() > 0}}, extras...)
+	// The manifest holds a SHA-256 of every value: as secret as the
+	// values whenever a value can be guessed, so it is planned as a
+	// secret (never on a command line).
+	opts.Extra = append([]plan.Input{{Name: plan.ManifestName, Size: draft.Len(), Secret: true}}, extras...)
 	draft.Wipe()
 
 	p, err := plan.New(inputs, opts)
@@ -245,11 +241,6 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 		return nil, withCode(err)
 	}
 	pk.plan = p
-	if f.channel != "" {
-		if pk.serve, err = serveState(f, p, params, creds); err != nil {
-			return nil, err
-		}
-	}
 	final, err := emit.BuildManifest(params, mcreds, emit.Deliveries(p))
 	if err != nil {
 		return nil, cli.WithCode(cli.ExitUsage, err)
@@ -260,13 +251,13 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 	}
 	vals[plan.ManifestName] = final
 
-	eo := emit.Options{Out: f.out, CHConfig: chConfig, ManifestFile: f.bootstrapMode()}
+	eo := emit.Options{Out: f.out, CHConfig: chConfig}
 	if f.chAPI != "" {
 		if eo.CHAPISocket, err = filepath.Abs(f.chAPI); err != nil {
 			return nil, cli.WithCode(cli.ExitUsage, fmt.Errorf("--ch-api: %w", err))
 		}
 	}
-	if needsDir(p) || eo.ManifestFile {
+	if needsDir(p) {
 		if eo.RuntimeDir, pk.tempDir, err = runtimeDir(env, f); err != nil {
 			return nil, err
 		}
@@ -282,10 +273,7 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 		return nil, withCode(err)
 	}
 	pk.result = res
-	if eo.ManifestFile && pk.serve != nil {
-		pk.serve.Bootstrap = true
-		pk.serve.ManifestFile = filepath.Join(res.RuntimeDir, emit.ChannelManifestFile)
-	}
+	pk.session = sessionCredentials(p, creds, notifyValue)
 	logPlan(env.Log, p, res)
 	return pk, nil
 }
@@ -343,53 +331,15 @@ func (f *packFlags) planOptions(pk *packed) (plan.Options, error) {
 	case f.inlineSecrets && pk.output == hvJSON:
 		return o, cli.Usagef("--inline-secrets cannot go with --hypervisor json: the JSON plan never holds values")
 	}
-	if f.channel != "" {
-		if _, err := address.Parse(f.channel); err != nil {
-			return o, cli.Usagef("--channel: %v", err)
+	if f.notifySocket != "" {
+		if _, err := address.Parse(f.notifySocket); err != nil {
+			return o, cli.Usagef("--notify-socket: %v", err)
 		}
 	}
-	bootstrap := f.bootstrapMode()
-	switch {
-	case bootstrap && pk.output == hvDMI:
-		return o, cli.Usagef("--manifest-by-channel cannot go with --hypervisor dmi: the DMI table is the firmware carrier")
-	case bootstrap && f.chAPI != "":
-		return o, cli.Usagef("--manifest-by-channel cannot go with --ch-api: the API carries the manifest and its token, which is the stronger mode")
-	case bootstrap && f.channel == "":
-		return o, cli.Usagef("%s needs --channel ADDR: every credential and the manifest go by channel", f.bootstrapFlag())
-	case bootstrap && f.signKey == "":
-		return o, cli.Usagef("%s needs --sign-key FILE: the manifest and the values come down the same channel, so the guest must check the manifest's signature (give it the public key with --trust-key)", f.bootstrapFlag())
-	}
-	maxChannel := 0
-	if f.channel != "" {
-		maxChannel = manifest.MaxEntrySize
-	}
 	return plan.Options{
-		VM: f.vm, Hypervisor: hv, Mode: mode, Overflow: overflow, Channel: f.channel, MaxChannelSize: maxChannel,
-		CHAPI: f.chAPI != "", ManifestByChannel: bootstrap, Inline: f.inline, InlineSecrets: f.inlineSecrets, SMBIOSReserve: f.smbiosReserve,
+		VM: f.vm, Hypervisor: hv, Mode: mode, Overflow: overflow, MaxChannelSize: manifest.MaxEntrySize,
+		CHAPI: f.chAPI != "", Inline: f.inline, InlineSecrets: f.inlineSecrets, SMBIOSReserve: f.smbiosReserve,
 	}, nil
-}
-
-// bootstrapMode says whether the manifest goes by channel: asked for with
-// --manifest-by-channel, or implied by --hypervisor firecracker, which has
-// no firmware carrier at all. The manifest then carries the channel
-// address and no token, and the guest fetches it with an all-zero token
-// and a zero nonce.
-//
-// Security: without a token, any guest process that reaches the host's
-// vsock port before the agent gets the secrets. The server serves once per
-// pack, so the real agent then fails loudly ("already fetched") and
-// vmcred-host wait never sees ready: detection, not prevention. The agent
-// runs before sysinit.target, before unprivileged services exist. Firmware
-// delivery (SMBIOS or fw_cfg, with a token) stays the default.
-func (f *packFlags) bootstrapMode() bool {
-	return f.manifestByChannel || f.hypervisor == string(plan.Firecracker)
-}
-
-func (f *packFlags) bootstrapFlag() string {
-	if f.manifestByChannel {
-		return "--manifest-by-channel"
-	}
-	return "--hypervisor firecracker (which implies --manifest-by-channel)"
 }
 
 func needsDir(p *plan.Plan) bool {
@@ -492,7 +442,7 @@ func withCode(err error) error {
 		return nil
 	case errors.As(err, &ee):
 		return err
-	case errors.Is(err, source.ErrUsage), errors.Is(err, plan.ErrOption), errors.Is(err, plan.ErrNeedChannel), errors.Is(err, emit.ErrOption):
+	case errors.Is(err, source.ErrUsage), errors.Is(err, plan.ErrOption), errors.Is(err, emit.ErrOption):
 		return cli.WithCode(cli.ExitUsage, err)
 	case errors.Is(err, plan.ErrLimit), errors.Is(err, source.ErrTooLarge):
 		return cli.WithCode(cli.ExitFailure, err)

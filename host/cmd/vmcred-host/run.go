@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"os"
@@ -9,22 +10,29 @@ import (
 	"strings"
 
 	"github.com/vmcred/vmcred/host/launch"
+	"github.com/vmcred/vmcred/host/push"
+	"github.com/vmcred/vmcred/shared/address"
 	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/manifest"
 )
 
-const runUsage = "vmcred-host run --vm NAME --hypervisor qemu|qemu-microvm|cloud-hypervisor|firecracker [pack flags] [--listen ADDR [serve flags]] -- COMMAND [ARGS...]"
+const runUsage = "vmcred-host run --vm NAME --hypervisor qemu|qemu-microvm|cloud-hypervisor|firecracker --connect ADDR --sign-key FILE [pack flags] [--timeout D] [--exit-on-failure] -- COMMAND [ARGS...]"
 
 // runRun packs, appends the arguments to COMMAND's, runs it with this
 // process's stdin, stdout and stderr, forwards SIGTERM and SIGINT, removes
-// the payload files when it exits and exits with its status. With
-// cloud-hypervisor and --ch-api it also sends vm.create and vm.boot once
-// COMMAND's API socket answers.
+// the payload files when it exits and exits with its status. Once COMMAND
+// runs it dials the guest agent at --connect (retrying while the guest
+// boots) and runs the session push runs: the manifest over the agent's
+// challenge, the values that go by channel, and the report, which it
+// records for `wait`. With cloud-hypervisor and --ch-api it first sends
+// vm.create and vm.boot once COMMAND's API socket answers.
 func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 	var f packFlags
-	var sf serveFlags
+	var sf sessionFlags
 	fs := cli.NewFlagSet("run")
 	f.register(fs)
 	sf.register(fs)
+	fs.BoolVar(&sf.exitOnFailure, "exit-on-failure", false, "stop the hypervisor (exit 1) when the guest reports a failed load or no report comes within --timeout")
 	if err := cli.Parse(env, fs, runUsage, args); err != nil {
 		return err
 	}
@@ -48,23 +56,51 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 			return cli.WithCode(cli.ExitFailure, fmt.Errorf("run: %w", err))
 		}
 	}
-
-	// Bind first: the manifest names the channel, and an AF_VSOCK port 0
-	// is only known once bound.
-	srv, err := bindForRun(&sf, &f)
-	if err != nil {
-		return err
+	// Without --connect, run only launches: no session, so nothing goes
+	// by channel and no readiness is recorded.
+	withSession := sf.connect != ""
+	var a address.Address
+	var key ed25519.PrivateKey
+	policies := map[string]manifest.Policy{}
+	if withSession {
+		var err error
+		if a, err = sf.address(); err != nil {
+			return err
+		}
+		if f.signKey == "" {
+			return cli.Usagef("run: --connect needs --sign-key FILE: the agent accepts only a session manifest signed by a key it trusts")
+		}
+		if sf.timeout <= 0 {
+			return cli.Usagef("run: --timeout must be more than 0")
+		}
+		if policies, err = sf.policyMap(); err != nil {
+			return err
+		}
+		if key, err = loadKey(f.signKey); err != nil {
+			return err
+		}
+		defer clear(key)
+	} else if sf.exitOnFailure || len(sf.policies) > 0 {
+		return cli.Usagef("run: --exit-on-failure and --policy need --connect ADDR (the session)")
 	}
-	defer srv.stop(env)
+
 	pk, err := d.pack(env, &f)
 	if err != nil {
 		return err
 	}
-	if err := srv.start(env, d.now, &f, pk); err != nil {
+	defer pk.wipeSession()
+	if !withSession && pk.sessionCount() > 0 {
 		pk.result.Wipe()
 		pk.result.Remove()
 		pk.removeTemp()
-		return err
+		return cli.Usagef("run: %d credential(s) go in the host's session (not in firmware); give --connect ADDR and --sign-key FILE", pk.sessionCount())
+	}
+	if !withSession {
+		// No session: run keeps no copy of the values for it.
+		pk.wipeSession()
+	}
+	for i := range pk.session {
+		pk.session[i].Policy = policies[pk.session[i].Name]
 	}
 	defer func() {
 		pk.result.Wipe()
@@ -77,7 +113,8 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 	if pk.result.API == nil {
 		// The payload files are written and the hypervisor reads them, not
 		// this process's memory: keep no copy for the life of the VM
-		// (issue 17, finding 6).
+		// (issue 17, finding 6). The session's values stay until the
+		// session has sent them (afterStartSession wipes them).
 		handedOver(pk)
 	}
 	cfg := launch.Config{
@@ -105,7 +142,12 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 			return nil
 		}
 	}
-	cfg.AfterStart = srv.afterStart(cfg.AfterStart)
+	boot := cfg.AfterStart
+	req := push.Request{VM: f.vm, Key: key, IssuedAt: d.now(), Credentials: pk.session}
+	cfg.AfterStart = boot
+	if withSession {
+		cfg.AfterStart = d.afterStartSession(env, &f, &sf, a, boot, req, pk)
+	}
 	err = launch.Run(ctx, cfg)
 	var ee *launch.ExitError
 	if errors.As(err, &ee) {
@@ -115,6 +157,39 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 		return cli.WithCode(cli.ExitFailure, fmt.Errorf("run: %w", err))
 	}
 	return err
+}
+
+// afterStartSession is run's AfterStart with a session: the API boot (if
+// any), then the session, bounded by --timeout and by the hypervisor's
+// life.
+func (d deps) afterStartSession(env *cli.Env, f *packFlags, sf *sessionFlags, a address.Address, boot func(context.Context, <-chan struct{}) error, req push.Request, pk *packed) func(context.Context, <-chan struct{}) error {
+	return func(ctx context.Context, exited <-chan struct{}) error {
+		if boot != nil {
+			if err := boot(ctx, exited); err != nil {
+				return err
+			}
+		}
+		// The session ends when the hypervisor does: nothing to dial then.
+		sctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			select {
+			case <-exited:
+				cancel()
+			case <-sctx.Done():
+			}
+		}()
+		err := d.session(sctx, env, f.vm, a, sf, req)
+		pk.wipeSession()
+		debug.FreeOSMemory()
+		if err != nil {
+			if sf.exitOnFailure {
+				return fmt.Errorf("%w; stopping the hypervisor (--exit-on-failure)", err)
+			}
+			env.Log.Error(err.Error())
+		}
+		return nil
+	}
 }
 
 // handedOver wipes the payloads once the hypervisor has them, and then

@@ -14,14 +14,14 @@ import (
 
 const waitUsage = "vmcred-host wait --vm NAME [--status-dir DIR] [--timeout DURATION]"
 
-// runWait blocks until serve (or run) has recorded the guest's report:
+// runWait blocks until push (or run) has recorded the guest's report:
 // exit 0 when it said ready, 1 when it said failed, 4 on timeout.
 func (d deps) runWait(ctx context.Context, env *cli.Env, args []string) error {
 	var vm, statusDir string
 	var timeout, poll time.Duration
 	fs := cli.NewFlagSet("wait")
 	fs.StringVar(&vm, "vm", "", "the VM's `NAME` (required)")
-	fs.StringVar(&statusDir, "status-dir", readiness.DefaultStatusDir, "read the status serve writes in `DIR`")
+	fs.StringVar(&statusDir, "status-dir", readiness.DefaultStatusDir, "read the status push and run write in `DIR`")
 	fs.DurationVar(&timeout, "timeout", 5*time.Minute, "give up after `DURATION` (exit 4); 0 waits forever")
 	fs.DurationVar(&poll, "poll", readiness.DefaultPoll, "read the status file every `DURATION`")
 	if err := cli.Parse(env, fs, waitUsage, args); err != nil {

@@ -1,0 +1,713 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vmcred/vmcred/guest/credstore"
+	"github.com/vmcred/vmcred/shared/address"
+	proto "github.com/vmcred/vmcred/shared/channel"
+	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/manifest"
+	"github.com/vmcred/vmcred/shared/oemstring"
+)
+
+// DefaultPort is the vsock port the agent listens on: privileged (at most
+// address.PrivilegedPorts), so only guest root can bind it and whoever
+// answers the host there is guest root (DESIGN §8), and not one anything
+// else is known to use (systemd ≥ 256's ssh generator takes 22; QEMU's
+// guest agent and Kata use ports above 1023).
+const DefaultPort = 730
+
+// Where the manifest came from (Report.ManifestSource).
+const (
+	ManifestFromFirmware = "firmware"
+	ManifestFromSession  = "session"
+)
+
+// SourceChannel is the Source of a credential that came in a host session.
+const SourceChannel = "channel"
+
+// OutcomeWaiting is the boot-time outcome of an agent whose firmware brought
+// nothing complete: the credstore waits for the host's session.
+const OutcomeWaiting = "waiting"
+
+// Session defaults.
+const (
+	// DefaultHandshakeTimeout bounds a connection from accept until its
+	// whole MANIFEST has arrived and been checked.
+	DefaultHandshakeTimeout = 30 * time.Second
+	// DefaultSessionTimeout bounds the rest of an authenticated session:
+	// waiting for another session to finish, the values, the write, the
+	// REPORT and the ACK.
+	DefaultSessionTimeout = 2 * time.Minute
+	// DefaultMaxPending bounds connections that have not yet shown a
+	// manifest signed for their challenge. When it is reached, the oldest
+	// of them is closed to make room: an idle peer never keeps the host
+	// out.
+	DefaultMaxPending = 16
+)
+
+// ChannelStep is what happened in the host session. It holds no value.
+type ChannelStep struct {
+	// Address is the peer's address as the listener saw it.
+	Address string `json:"address"`
+	// Attempts counts connections made (always 1 for a session).
+	Attempts int `json:"attempts"`
+	// Received lists the credentials the host sent.
+	Received []string `json:"received"`
+	// Error is why the session failed, if it did.
+	Error string `json:"error,omitempty"`
+	// Reported is true when the REPORT went out and the host answered;
+	// Acknowledged when that answer was an ACK, whose text is Ack.
+	Reported     bool   `json:"reported"`
+	Acknowledged bool   `json:"acknowledged"`
+	Ack          string `json:"ack,omitempty"`
+	ReportError  string `json:"report_error,omitempty"`
+}
+
+// sessionInput is what one host session brought, for verify.
+type sessionInput struct {
+	envelope []byte
+	creds    []oemstring.Entry
+	// challenge is the one this connection sent; generation the one the
+	// agent held when it sent it.
+	challenge  [proto.ChallengeSize]byte
+	generation uint64
+	step       *ChannelStep
+	took       time.Duration
+}
+
+// check is the session's part of the policy: a trusted signature, over
+// this connection's challenge, for a generation not older than the agent's.
+// It returns a problem, or "".
+func (s *sessionInput) check(cfg Config, m *manifest.Manifest, ver manifest.Verification) string {
+	switch {
+	case len(cfg.TrustKeys) == 0 || !ver.Trusted:
+		return "a session's manifest must be signed by a trusted key (--trust-key): refused"
+	case cfg.VM == "":
+		return "the agent has no --vm name to check the session's manifest against: refused"
+	case !m.HasChallenge() || m.Challenge != s.challenge:
+		return "not signed for this session (its challenge is another one: a replayed or stale session): refused"
+	case m.Generation < s.generation:
+		return fmt.Sprintf("generation %d is older than the %d this agent holds: refused", m.Generation, s.generation)
+	}
+	return ""
+}
+
+// Change is one credential a session changed in the credstore: a new or
+// different value, or (Removed) one no longer delivered.
+type Change struct {
+	Name    string
+	Policy  manifest.Policy
+	Removed bool
+}
+
+// Rotator is the seam for what follows a credstore change without a
+// reboot (DESIGN §8 "Rotation"): restarting or reloading, per Policy, the
+// units that consume a changed credential. The agent calls Rotated after a
+// session replaced a set it had exposed before, and before it reports;
+// the error, if any, goes into the report's summary. Implementations live
+// elsewhere (vmcred-guest agent wires guest/consumers); this package knows
+// nothing of D-Bus.
+type Rotator interface {
+	Rotated(ctx context.Context, changes []Change) error
+}
+
+// Options tune an Agent. The zero value is usable.
+type Options struct {
+	// Rand draws challenges (crypto/rand when nil).
+	Rand io.Reader
+	// Rotator, when set, is told what each session changed.
+	Rotator Rotator
+	// OnReport is called after the boot load and after every session,
+	// with the report written to the status folder and the error (nil
+	// when ready). It must not block for long.
+	OnReport func(Report, error)
+	// AcceptPeer, when set, is asked about each connection before
+	// anything is sent; an error closes it (the AF_VSOCK listener checks
+	// the peer CID with it).
+	AcceptPeer func(net.Conn) error
+	// HandshakeTimeout, SessionTimeout and MaxPending default to the
+	// Default… constants.
+	HandshakeTimeout, SessionTimeout time.Duration
+	MaxPending                       int
+}
+
+// Agent is the long-lived guest agent: it holds the generation and the
+// digests of what it exposed, and serves host sessions one at a time.
+type Agent struct {
+	cfg  Config
+	opts Options
+	// sem is held by the one session that may read values and write.
+	sem chan struct{}
+
+	mu         sync.Mutex
+	generation uint64
+	exposed    map[string][sha256.Size]byte
+	pending    []*pendingConn
+}
+
+// pendingConn is a connection that has not yet shown a manifest signed for
+// its challenge. started is set once its first byte after the challenge
+// arrived: such a peer is sending, bounded by the handshake deadline and
+// the manifest's frame limit, and is not shed for a newcomer.
+type pendingConn struct {
+	net.Conn
+	closed  atomic.Bool
+	started atomic.Bool
+}
+
+// Read marks the connection started at its first byte.
+func (p *pendingConn) Read(b []byte) (int, error) {
+	n, err := p.Conn.Read(b)
+	if n > 0 {
+		p.started.Store(true)
+	}
+	return n, err
+}
+
+// New checks cfg for sessions and returns an Agent. Sessions need a VM
+// name and at least one trusted key: the manifest comes down the same
+// connection as the values, so only a signature over this connection's
+// challenge can vouch for it.
+func New(cfg Config, opts Options) (*Agent, error) {
+	if cfg.VM == "" {
+		return nil, cli.Usagef("agent: --vm NAME is required: every session's manifest must be issued for this VM")
+	}
+	if len(cfg.TrustKeys) == 0 {
+		return nil, cli.Usagef("agent: give at least one --trust-key: a session's manifest comes with the values it vouches for, so only a signature by a trusted key can verify it")
+	}
+	if opts.Rand == nil {
+		opts.Rand = rand.Reader
+	}
+	if opts.HandshakeTimeout <= 0 {
+		opts.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if opts.SessionTimeout <= 0 {
+		opts.SessionTimeout = DefaultSessionTimeout
+	}
+	if opts.MaxPending <= 0 {
+		opts.MaxPending = DefaultMaxPending
+	}
+	return &Agent{cfg: cfg, opts: opts, sem: make(chan struct{}, 1), exposed: map[string][sha256.Size]byte{}}, nil
+}
+
+// Generation is the generation of the credential set the agent holds.
+func (a *Agent) Generation() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.generation
+}
+
+// Boot loads what firmware carries, as `vmcred-guest load` does. It
+// returns ready when the credstore is complete from firmware alone. When
+// firmware carries nothing, or a manifest that lists credentials for the
+// host's session, the outcome is OutcomeWaiting and the error nil: the
+// session completes the credstore. Any other failure is returned (the
+// agent keeps listening: a session can still bring a good set).
+func (a *Agent) Boot() (Report, error) {
+	rep, v, err := run(a.cfg, nil)
+	if err != nil && waitingOnly(a.cfg, rep, v) {
+		rep.Outcome, err = OutcomeWaiting, nil
+		rep.Summary = "waiting for the host's session"
+		if a.cfg.StatusDir != "" {
+			if werr := WriteStatus(a.cfg.StatusDir, rep); werr != nil {
+				err = cli.WithCode(cli.ExitIO, werr)
+			}
+		}
+	}
+	if err == nil && rep.Outcome == OutcomeReady {
+		a.mu.Lock()
+		a.generation = rep.Generation
+		a.exposed = digests(v.expose)
+		a.mu.Unlock()
+	}
+	if a.opts.OnReport != nil {
+		a.opts.OnReport(rep, err)
+	}
+	return rep, err
+}
+
+// waitingOnly reports whether a failed boot load failed only because the
+// session has not come yet: no firmware at all, no manifest and no
+// credentials, or a manifest whose only missing credentials go by channel.
+func waitingOnly(cfg Config, rep Report, v verified) bool {
+	if rep.Store != nil {
+		return false
+	}
+	if rep.ManifestSource == "" {
+		for _, s := range rep.Sources {
+			if s.Fault != "" {
+				return false
+			}
+		}
+		return len(rep.Credentials) == 0
+	}
+	if !v.needSession {
+		return false
+	}
+	for _, c := range rep.Credentials {
+		if c.Problem != "" && c.Verification != "awaiting-session" {
+			return false
+		}
+	}
+	return len(rep.Problems) == countAwaiting(rep)
+}
+
+func countAwaiting(rep Report) int {
+	n := 0
+	for _, c := range rep.Credentials {
+		if c.Verification == "awaiting-session" {
+			n++
+		}
+	}
+	return n
+}
+
+func digests(entries []credstore.Entry) map[string][sha256.Size]byte {
+	m := make(map[string][sha256.Size]byte, len(entries))
+	for _, e := range entries {
+		m[e.Name] = e.Value.SHA256()
+	}
+	return m
+}
+
+// Serve accepts host sessions on l until ctx ends, then closes l and
+// returns nil (or the accept error that stopped it). Each connection gets
+// its own challenge at once; connections that have not shown a manifest
+// signed for it are bounded by MaxPending, and the oldest is closed to
+// make room for a newcomer.
+func (a *Agent) Serve(ctx context.Context, l net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// A transient accept error (EMFILE): pause, go on.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.handle(ctx, c)
+		}()
+	}
+}
+
+// admit adds c to the pending table. When the table is full, the oldest
+// connection that has sent nothing since its challenge is closed to make
+// room; if every one is sending, the newcomer is refused (nil) and the
+// host dials again.
+func (a *Agent) admit(c net.Conn) *pendingConn {
+	p := &pendingConn{Conn: c}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for len(a.pending) >= a.opts.MaxPending {
+		i := slices.IndexFunc(a.pending, func(q *pendingConn) bool { return !q.started.Load() })
+		if i < 0 {
+			return nil
+		}
+		old := a.pending[i]
+		a.pending = slices.Delete(a.pending, i, i+1)
+		old.closed.Store(true)
+		old.Close()
+	}
+	a.pending = append(a.pending, p)
+	return p
+}
+
+// authenticated takes p out of the pending table; false if it was shed.
+func (a *Agent) authenticated(p *pendingConn) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	i := slices.Index(a.pending, p)
+	if i < 0 {
+		return false
+	}
+	a.pending = slices.Delete(a.pending, i, i+1)
+	return !p.closed.Load()
+}
+
+func (a *Agent) drop(p *pendingConn) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if i := slices.Index(a.pending, p); i >= 0 {
+		a.pending = slices.Delete(a.pending, i, i+1)
+	}
+}
+
+// handle runs one session on c. Nothing is written unless the manifest is
+// signed by a trusted key over this connection's challenge, for this VM,
+// and every value matches it.
+func (a *Agent) handle(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	// Serve returns once every handler has: stopping closes the
+	// connection under any read or write.
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	if a.opts.AcceptPeer != nil {
+		if err := a.opts.AcceptPeer(c); err != nil {
+			return
+		}
+	}
+	p := a.admit(c)
+	if p == nil {
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		_ = proto.NewAgent(c).WriteError(proto.CodeUnavailable, "too many connections are sending; try again")
+		return
+	}
+	defer a.drop(p)
+	start := time.Now()
+	_ = c.SetDeadline(start.Add(a.opts.HandshakeTimeout))
+	conn := proto.NewAgent(struct {
+		io.Reader
+		io.Writer
+	}{p, c})
+
+	var challenge [proto.ChallengeSize]byte
+	if _, err := io.ReadFull(a.opts.Rand, challenge[:]); err != nil {
+		_ = conn.WriteError(proto.CodeInternal, "no randomness for a challenge")
+		return
+	}
+	gen := a.Generation()
+	if err := conn.WriteChallenge(proto.Challenge{Nonce: challenge, Generation: gen, BootID: readBootID(a.cfg.Root), AgentVersion: agentVersion(a.cfg.Version)}); err != nil {
+		return
+	}
+	envelope, err := conn.ReadManifest()
+	if err != nil {
+		return
+	}
+	step := &ChannelStep{Address: peerName(c), Attempts: 1, Received: []string{}}
+	sess := &sessionInput{envelope: envelope, challenge: challenge, generation: gen, step: step}
+
+	// Check the manifest before reading any value or waiting for another
+	// session: an unauthenticated peer costs one bounded frame. A refusal
+	// is a REPORT (failed), after which the agent closes.
+	if problem := a.preflight(sess); problem != "" {
+		step.Error = problem
+		rep := Report{Outcome: OutcomeFailed, Summary: "session refused: " + problem, Problems: []string{problem},
+			Version: a.cfg.Version, Credentials: []CredentialResult{}, Generation: gen, Fetch: step}
+		a.reply(conn, c, rep, gen, step, false)
+		if a.opts.OnReport != nil {
+			a.opts.OnReport(rep, cli.WithCode(cli.ExitFailure, &Failure{Problems: []string{problem}}))
+		}
+		return
+	}
+	if !a.authenticated(p) {
+		return
+	}
+	deadline := time.Now().Add(a.opts.SessionTimeout)
+	_ = c.SetDeadline(deadline)
+	select {
+	case a.sem <- struct{}{}:
+		defer func() { <-a.sem }()
+	case <-ctx.Done():
+		return
+	case <-time.After(time.Until(deadline)):
+		_ = conn.WriteError(proto.CodeUnavailable, "another session held the agent too long")
+		return
+	}
+	// Another session may have moved the generation on while this one
+	// waited: its challenge still names the old one, which check allows
+	// only if the manifest is not older than the new one.
+	sess.generation = max(gen, a.Generation())
+
+	t := time.Now()
+	creds, err := conn.ReadCredentials()
+	sess.took = time.Since(t)
+	if err != nil {
+		return
+	}
+	for i, cr := range creds {
+		step.Received = append(step.Received, cr.Name)
+		sess.creds = append(sess.creds, oemstring.Entry{Name: cr.Name, Value: cr.Value, Source: SourceChannel, Index: i})
+	}
+	rep, v, err := run(a.cfg, sess)
+	for _, cr := range creds {
+		cr.Value.Wipe()
+	}
+	held := a.Generation()
+	if err == nil && rep.Outcome == OutcomeReady {
+		changes := a.commit(v, rep.Generation)
+		held = rep.Generation
+		if a.opts.Rotator != nil && len(changes) > 0 {
+			if rerr := a.opts.Rotator.Rotated(ctx, changes); rerr != nil {
+				rep.Summary += "; consumers: " + rerr.Error()
+			}
+		}
+	}
+	a.reply(conn, c, rep, held, step, true)
+	if a.cfg.StatusDir != "" {
+		// Again, now that the step says whether the host acknowledged.
+		_ = WriteStatus(a.cfg.StatusDir, rep)
+	}
+	if a.opts.OnReport != nil {
+		a.opts.OnReport(rep, err)
+	}
+}
+
+// preflight opens the session's manifest and applies the checks that need
+// no values: signature, VM, challenge, generation, not-after.
+func (a *Agent) preflight(s *sessionInput) string {
+	m, ver, err := manifest.Open(s.envelope, a.cfg.TrustKeys)
+	if err != nil {
+		return ManifestName + ": " + err.Error()
+	}
+	now := time.Now
+	if a.cfg.Now != nil {
+		now = a.cfg.Now
+	}
+	if err := m.Check(now(), a.cfg.VM); err != nil {
+		return ManifestName + ": " + err.Error()
+	}
+	if p := s.check(a.cfg, m, ver); p != "" {
+		return ManifestName + ": " + p
+	}
+	return ""
+}
+
+// commit records a ready session's generation and digests and returns
+// what changed, with each credential's policy. The first set the agent
+// exposes is no rotation (its consumers wait for READY=1 and start after
+// it), so it changes nothing to report.
+func (a *Agent) commit(v verified, gen uint64) []Change {
+	now := digests(v.expose)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.exposed) == 0 {
+		a.generation, a.exposed = gen, now
+		return nil
+	}
+	var changes []Change
+	for name, sum := range now {
+		if old, ok := a.exposed[name]; !ok || old != sum {
+			changes = append(changes, Change{Name: name, Policy: policyOf(v.m, name)})
+		}
+	}
+	for name := range a.exposed {
+		if _, ok := now[name]; !ok {
+			changes = append(changes, Change{Name: name, Removed: true})
+		}
+	}
+	slices.SortFunc(changes, func(x, y Change) int { return strings.Compare(x.Name, y.Name) })
+	a.generation, a.exposed = gen, now
+	return changes
+}
+
+func policyOf(m *manifest.Manifest, name string) manifest.Policy {
+	if m != nil {
+		if e, ok := m.Lookup(name); ok {
+			return e.Policy
+		}
+	}
+	return manifest.PolicyRestart
+}
+
+// reply sends the REPORT and, when the session got that far (the values
+// were read), reads the ACK, recording both in step. A session refused on
+// its manifest ends with the REPORT: the agent never reads the values of
+// a manifest it did not accept, so the host's ACK would land behind them.
+func (a *Agent) reply(conn *proto.Conn, c net.Conn, rep Report, held uint64, step *ChannelStep, wantAck bool) {
+	_ = c.SetDeadline(time.Now().Add(a.opts.HandshakeTimeout))
+	w := wireReport(&rep)
+	w.Generation = held
+	if err := conn.WriteReport(w); err != nil {
+		step.ReportError = err.Error()
+		return
+	}
+	if !wantAck {
+		step.Reported = true
+		return
+	}
+	ack, err := conn.ReadAck()
+	if err != nil {
+		step.ReportError = err.Error()
+		return
+	}
+	step.Reported, step.Acknowledged, step.Ack = true, true, ack
+}
+
+func peerName(c net.Conn) string {
+	if ra := c.RemoteAddr(); ra != nil && ra.String() != "" && ra.String() != "@" {
+		return ra.Network() + ":" + ra.String()
+	}
+	return "unix"
+}
+
+// wireReport turns the load's report into the session's REPORT: names,
+// sizes, digest prefixes and verdicts; never a value.
+func wireReport(rep *Report) proto.Report {
+	r := proto.Report{
+		Outcome:      proto.OutcomeFailed,
+		Summary:      rep.Summary,
+		AgentVersion: agentVersion(rep.Version),
+		Generation:   rep.Generation,
+		Timings: proto.Timings{
+			Read: fromMS(rep.Timings.Read), Verify: fromMS(rep.Timings.Verify), Fetch: fromMS(rep.Timings.Fetch),
+			Write: fromMS(rep.Timings.Write), Total: fromMS(rep.Timings.Total),
+		},
+	}
+	if rep.Outcome == OutcomeReady {
+		r.Outcome = proto.OutcomeReady
+	}
+	if len(rep.Problems) > 0 && r.Summary == "" {
+		r.Summary = strings.Join(rep.Problems, "; ")
+	}
+	for _, c := range rep.Credentials {
+		if len(r.Credentials) == proto.MaxReportEntries {
+			break
+		}
+		cr := proto.CredentialReport{Name: c.Name, Size: uint64(max(c.Size, 0)), Delivery: proto.Delivery(token(c.Delivery)),
+			Verification: proto.Verification(token(c.Verification)), Error: c.Problem}
+		if len(c.SHA256) >= 2*proto.DigestPrefixLen {
+			cr.SHA256Prefix = c.SHA256[:2*proto.DigestPrefixLen]
+		}
+		if c.Source == SourceChannel && c.Delivery == "" {
+			cr.Delivery = proto.DeliveryChannel
+		}
+		r.Credentials = append(r.Credentials, cr)
+	}
+	return r
+}
+
+// token keeps s if it is a valid Delivery/Verification token, else maps it
+// to one ("invalid").
+func token(s string) string {
+	if len(s) > proto.MaxTokenLen {
+		return "invalid"
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return "invalid"
+		}
+	}
+	return s
+}
+
+func fromMS(ms float64) time.Duration { return time.Duration(ms * float64(time.Millisecond)) }
+
+// agentVersion is the version string the agent reports: printable ASCII,
+// bounded, never empty.
+func agentVersion(v string) string {
+	if v == "" {
+		v = "dev"
+	}
+	b := []byte("vmcred-guest " + v)
+	for i, c := range b {
+		if c < 0x20 || c > 0x7e {
+			b[i] = '?'
+		}
+	}
+	if len(b) > proto.MaxVersionLen {
+		b = b[:proto.MaxVersionLen]
+	}
+	return string(b)
+}
+
+// bootIDPath is the kernel's boot ID, relative to Config.Root.
+const bootIDPath = "proc/sys/kernel/random/boot_id"
+
+// readBootID reads the kernel's boot ID, or "" if there is none to read.
+func readBootID(root fs.FS) string {
+	if root == nil {
+		return ""
+	}
+	f, err := root.Open(bootIDPath)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, proto.MaxBootIDLen+1))
+	if err != nil {
+		return ""
+	}
+	id := strings.TrimSpace(string(b))
+	if len(id) > proto.MaxBootIDLen {
+		return ""
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < 0x20 || id[i] > 0x7e {
+			return ""
+		}
+	}
+	return id
+}
+
+// saveManifest keeps the manifest a session brought as dir/ManifestFile
+// (atomically, mode 0600), and removes an earlier copy after a firmware
+// load. load calls it once everything is verified, just before the
+// credstore write: a load that fails verification returns before it and
+// leaves any earlier copy as it was, like the credstore; a save that fails
+// fails the load (exit 3) with the credstore untouched, and
+// writeFileAtomic leaves no partial file.
+//
+// Why: the host sends the session's manifest once and no firmware holds
+// it, so without a copy `vmcred-guest verify`, `list` and `show` would
+// have nothing to check the credstore against. What is saved are the
+// exact signed bytes: names, sizes, SHA-256 digests, policies, the VM name,
+// the challenge and the generation, never a value; digests of guessable
+// values are secret too, hence root only. The commands re-verify its
+// signature against the trust keys before using it: being on disk proves
+// nothing.
+func saveManifest(dir, source string, v verified) error {
+	if dir == "" {
+		return nil
+	}
+	path := filepath.Join(dir, ManifestFile)
+	if source == ManifestFromSession && v.envelope != nil {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("create status folder: %w", err)
+		}
+		return writeFileAtomic(path, v.envelope, 0o600)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove stale manifest copy %s: %w", path, err)
+	}
+	return nil
+}
+
+// CheckListen says whether the agent may listen on a: an AF_VSOCK port
+// must be privileged (1 to address.PrivilegedPorts), or the guarantee that
+// only guest root answers the host is void; unix:PATH (tests and simulated
+// VMs) is accepted.
+func CheckListen(a address.Address) error {
+	if err := a.CheckListen(); err != nil {
+		return err
+	}
+	if a.IsVsock() && !a.IsPrivileged() {
+		return fmt.Errorf("listen %s: port %d is not privileged: any guest process can bind a port above %d, so the host could not tell the agent from it; use a port from 1 to %d (default %d)",
+			a, a.Port, address.PrivilegedPorts, address.PrivilegedPorts, DefaultPort)
+	}
+	if a.Kind == address.Unix && strings.HasPrefix(a.Path, "@") {
+		return fmt.Errorf("listen %s: an abstract Unix socket has no permissions; use a socket file in a private folder", a)
+	}
+	return nil
+}
