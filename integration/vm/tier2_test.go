@@ -67,8 +67,7 @@ boot_times() {
 	echo "VMCRED-TIME userspace_us=$(systemctl show --value -p UserspaceTimestampMonotonic)" \
 		"multi_user_us=$(systemctl show --value -p ActiveEnterTimestampMonotonic multi-user.target)" \
 		"agent_start_us=$(systemctl show --value -p InactiveExitTimestampMonotonic vmcred-guest.service)" \
-		"agent_active_us=$(systemctl show --value -p ActiveEnterTimestampMonotonic vmcred-guest.service)" \
-		"agent_exec_us=$(systemctl show --value -p ExecMainStartTimestampMonotonic vmcred-guest.service)"
+		"agent_active_us=$(systemctl show --value -p ActiveEnterTimestampMonotonic vmcred-guest.service)"
 	systemd-analyze time 2>&1 | sed 's/^/VMCRED-ANALYZE /'
 	systemd-analyze blame --no-pager 2>&1 | head -n 12 | sed 's/^/VMCRED-ANALYZE /'
 	systemd-analyze critical-chain --no-pager multi-user.target 2>&1 | sed 's/^/VMCRED-ANALYZE /'

@@ -104,11 +104,7 @@ type bootTime struct {
 	name      string  // case name
 	icount    bool    // a timing boot: guest time counts instructions
 	multiUser float64 // ms from PID 1's start to multi-user.target active
-	agent     float64 // ms vmcred-guest.service took to activate; -1 without it
-	// toExec is the part of agent before PID 1 forked the agent's process
-	// (its start job waiting on ordering, then the fork); the rest is the
-	// sandbox set-up, exec, Go's start, the load and READY=1.
-	toExec float64
+	agent     float64 // ms vmcred-guest.service took to activate (start to READY=1); -1 without it
 	// The agent's own timings_ms (status --json): total and the credstore
 	// write; -1 when the boot printed no status dump.
 	total, write float64
@@ -158,9 +154,6 @@ func (b *bootTimes) add(t *testing.T, img sysImage, name string, o outcome) {
 	bt.multiUser = float64(kv["multi_user_us"]-kv["userspace_us"]) / 1000
 	if s, a := kv["agent_start_us"], kv["agent_active_us"]; s > 0 && a >= s {
 		bt.agent = float64(a-s) / 1000
-		if e := kv["agent_exec_us"]; e >= s && e <= a {
-			bt.toExec = float64(e-s) / 1000
-		}
 	}
 	if name != timingName(img, false) && bt.agent < 0 {
 		t.Errorf("vmcred-guest.service has no activation timestamps: %v", kv)
@@ -176,8 +169,8 @@ func (b *bootTimes) add(t *testing.T, img sysImage, name string, o outcome) {
 	if doc, _, ok := o.jsonDump("status"); ok && json.Unmarshal(doc, &st) == nil && st.Report != nil {
 		bt.total, bt.write = st.Report.Timings.Total, st.Report.Timings.Write
 	}
-	t.Logf("systemd %d: multi-user.target after %.0f ms of userspace; vmcred-guest.service %.1f ms (%.2f %%; fork after %.1f ms); agent total %.1f ms, credstore write %.1f ms",
-		img.major, bt.multiUser, bt.agent, 100*bt.agent/bt.multiUser, bt.toExec, bt.total, bt.write)
+	t.Logf("systemd %d: multi-user.target after %.0f ms of userspace; vmcred-guest.service %.1f ms (%.2f %%); agent total %.1f ms, credstore write %.1f ms",
+		img.major, bt.multiUser, bt.agent, 100*bt.agent/bt.multiUser, bt.total, bt.write)
 	b.mu.Lock()
 	b.all = append(b.all, bt)
 	b.mu.Unlock()
@@ -190,7 +183,7 @@ func (b *bootTimes) report(t *testing.T, images []sysImage) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var out strings.Builder
-	out.WriteString("| systemd | boot | clock | to multi-user.target (userspace) | vmcred-guest.service (fork after) | share | agent total | credstore write |\n")
+	out.WriteString("| systemd | boot | clock | to multi-user.target (userspace) | vmcred-guest.service | share | agent total | credstore write |\n")
 	out.WriteString("|---|---|---|---|---|---|---|---|\n")
 	ms := func(v float64) string {
 		if v < 0 {
@@ -227,7 +220,7 @@ func (b *bootTimes) report(t *testing.T, images []sysImage) {
 			}
 			if r.agent >= 0 {
 				share = fmt.Sprintf("%.2f %%", 100*r.agent/r.multiUser)
-				unit = fmt.Sprintf("%.1f ms (%.1f ms)", r.agent, r.toExec)
+				unit = fmt.Sprintf("%.1f ms", r.agent)
 			}
 			fmt.Fprintf(&out, "| %s | %s | %s | %.0f ms | %s | %s | %s | %s |\n",
 				img.version, r.name, clock, r.multiUser, unit, share, ms(r.total), ms(r.write))
