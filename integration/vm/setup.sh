@@ -99,7 +99,7 @@ mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2
 [ -n "$mirror" ] || mirror=$(awk '$1=="deb" && $0 ~ /debian/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
 [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
 
-# --- 2. tier 2 debootstraps, started now (finished in step 4) ------------------------------------
+# --- 2. tier 2 debootstraps, started now, awaited in step 4 -------------------
 include=systemd,systemd-sysv
 
 # customize_rootfs DIR: what turns the debootstrap tree into the test image.
@@ -120,12 +120,6 @@ customize_rootfs() {
 	mkdir -p "$r/usr/local/bin" "$r/etc/vmcred"
 }
 
-# build_image SUITE: sets image and sysver. Images live in
-# systemd/SUITE/; the bookworm one of the layout before (debootstrap-KEY/
-# and rootfs-KEY.img at the top, same keys) is hard-linked, not rebuilt.
-# Keyed by what built it (suite, mirror, packages, customize_rootfs); a
-# suite's packages change under the same key, so sysver is read from the
-# tree itself and printed with each test.
 # image_paths SUITE sets sdir, bdir (the debootstrap tree) and image, and
 # takes over the bookworm outputs of the layout before.
 image_paths() {
@@ -301,6 +295,12 @@ if has_arch aarch64; then
 	[ -f /usr/share/qemu-efi-aarch64/QEMU_EFI.fd ] || die "no /usr/share/qemu-efi-aarch64/QEMU_EFI.fd (qemu-efi-aarch64)"
 fi
 
+# build_image SUITE: sets image and sysver. Images live in
+# systemd/SUITE/; the bookworm one of the layout before (debootstrap-KEY/
+# and rootfs-KEY.img at the top, same keys) is hard-linked, not rebuilt.
+# Keyed by what built it (suite, mirror, packages, customize_rootfs); a
+# suite's packages change under the same key, so sysver is read from the
+# tree itself and printed with each test.
 build_image() {
 	local suite=$1 mb tmp d
 	image_paths "$suite"
