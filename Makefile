@@ -25,8 +25,12 @@ build-arm64:
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/vmcred-guest-linux-arm64 ./guest/cmd/vmcred-guest
 
 # Every unit and simulated-VM test. -count=1: results must come from this run.
+# testsum prints what go test would, then one line naming the tests that
+# skipped and why (a missing tool, by name), then "N passed, N failed".
 test:
-	$(GO) test -count=1 ./...
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/testsum ./integration/cmd/testsum
+	$(BIN)/testsum $(GO) test -count=1 ./...
 
 demo: build
 	./integration/demo.sh

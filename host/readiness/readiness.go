@@ -34,6 +34,7 @@ import (
 
 	"github.com/vmcred/vmcred/host/atomicfile"
 	proto "github.com/vmcred/vmcred/shared/channel"
+	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/credential"
 	"github.com/vmcred/vmcred/shared/termtext"
 )
@@ -142,7 +143,7 @@ func FromReport(vm string, rep proto.Report, at time.Time) Status {
 	}
 	if rep.Outcome == proto.OutcomeReady {
 		st.State = Ready
-		st.Summary = fmt.Sprintf("guest %s: %d credentials verified (generation %d)", vm, verified, rep.Generation)
+		st.Summary = fmt.Sprintf("guest %s: %s verified (generation %d)", vm, cli.Count(verified, "credential"), rep.Generation)
 		return st
 	}
 	st.State = Failed
