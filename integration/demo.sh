@@ -42,7 +42,9 @@ sources=(--cred api-key=file:"$work/secrets/api-key" --cred db-password=file:"$w
   --cred jwt-secret=file:"$work/secrets/jwt-secret" --cred disk-key=file:"$work/secrets/disk-key"
   --static ENVIRONMENT=test --static CLUSTER=demo)
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold headings on a terminal only: piped or logged, escapes are noise.
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+say() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 digest() { sha256sum < "$1" | cut -d' ' -f1; }
 
 say "host: the secrets (root:root 0400 files, as clan vars deploys them)"

@@ -511,7 +511,8 @@ func helpCommands(t *testing.T, bin string) []string {
 			in = true
 		case in && strings.TrimSpace(line) == "":
 			in = len(cmds) == 0
-		case in:
+		case in && strings.HasPrefix(line, "  ") && !strings.HasPrefix(line, "   "):
+			// "  NAME  summary"; a wrapped summary goes on deeper.
 			if f := strings.Fields(line); len(f) > 0 {
 				cmds = append(cmds, f[0])
 			}
@@ -537,12 +538,18 @@ func helpFlags(t *testing.T, bin, cmd string) (flags map[string]bool, positional
 		t.Fatalf("%s %s --help: exit %d", filepath.Base(bin), cmd, r.code)
 	}
 	flags = map[string]bool{}
-	for i, line := range strings.Split(r.stdout, "\n") {
+	lines := strings.Split(r.stdout, "\n")
+	// The usage is the first paragraph (help wraps it).
+	end := slices.Index(lines, "")
+	if end < 0 {
+		end = len(lines)
+	}
+	for i, line := range lines {
 		if m := flagLine.FindStringSubmatch(line); m != nil {
 			flags[m[1]] = true
 		}
 		if i == 0 {
-			usage, _ := strings.CutPrefix(line, "Usage: ")
+			usage, _ := strings.CutPrefix(strings.Join(lines[:end], " "), "Usage: ")
 			f := strings.Fields(usage)
 			depth := 0
 			for j, w := range f {

@@ -391,8 +391,9 @@ func TestLeakHunt(t *testing.T) {
 		if code, _, _ := h.run(t, "vmcred-host keygen (existing)", runOpts{}, host, "keygen", "--out", p("keys", "k")); code == 0 {
 			t.Errorf("keygen over an existing key: exit 0")
 		}
-		if code, _, _ := h.run(t, "vmcred-host keygen (no folder)", runOpts{}, host, "keygen", "--out", p("nowhere", "k")); code == 0 {
-			t.Errorf("keygen into a missing folder: exit 0")
+		// A missing folder is made; one that cannot be (a file on the way) fails.
+		if code, _, _ := h.run(t, "vmcred-host keygen (folder is a file)", runOpts{}, host, "keygen", "--out", p("keys", "k.pub", "k")); code == 0 {
+			t.Errorf("keygen under a file: exit 0")
 		}
 	})
 
@@ -455,6 +456,10 @@ func TestLeakHunt(t *testing.T) {
 		out, _ = pack(t, "json", runOpts{env: credsEnv}, 0, slices.Concat(common, []string{"--hypervisor", "json", "--runtime-dir", rt("rt-j")}, chanArgs, sources)...)
 		if !json.Valid([]byte(out)) {
 			t.Errorf("pack json printed no JSON")
+		}
+		// The JSON plan describes the payload files; it writes none.
+		if _, err := os.Stat(p("rt-j")); !os.IsNotExist(err) {
+			t.Errorf("pack json made its runtime folder: %v", err)
 		}
 		pack(t, "json --out", runOpts{env: credsEnv}, 0, slices.Concat(common, []string{"--hypervisor", "json", "--target", "qemu-microvm", "--out", p("plan.json"), "--runtime-dir", rt("rt-j2")}, small)...)
 		if b, err := os.ReadFile(p("plan.json")); err != nil || !json.Valid(b) {

@@ -18,8 +18,8 @@ import (
 // fakeHost is a stand-in vmcred-host: it records each call's arguments
 // (NUL-separated) and whether NOTIFY_SOCKET was set. `pack` prints the
 // contents of $FAKE_PACK_OUTPUT; `serve` exits 3 when FAKE_SERVE=fail, and
-// otherwise writes its status file (state waiting) and its PID, then waits
-// (bounded) to be stopped, as the real one serves until the VM stops.
+// otherwise writes its PID and waits (bounded) to be stopped, as the real
+// one receives the guest's notify messages until the VM stops.
 const fakeHost = `#!/usr/bin/env bash
 set -eu
 printf '%s\0' "$@" > "$FAKE_LOG/$1.args"
@@ -28,13 +28,7 @@ case "$1" in
 pack) cat "$FAKE_PACK_OUTPUT" ;;
 serve)
   if [ "${FAKE_SERVE:-}" = fail ]; then echo "serve: bind: address in use" >&2; exit 3; fi
-  vm=""; dir=""
-  while [ $# -gt 0 ]; do
-    case "$1" in --vm) vm=$2; shift ;; --status-dir) dir=$2; shift ;; esac
-    shift
-  done
   echo $$ > "$FAKE_LOG/serve.pid"
-  printf '{"vm":"%s","state":"waiting"}' "$vm" > "$dir/$vm.json"
   exec sleep 30
   ;;
 esac
@@ -203,23 +197,20 @@ func TestArgsScriptQEMU(t *testing.T) {
 			"pack", "--vm", "qvm", "--hypervisor", "qemu-microvm",
 			"--from-credentials-directory=API_KEY", "--static", "ENVIRONMENT=test",
 			"--mode", "verified", "--runtime-dir", e.rd, "--overflow", "channel",
-			"--channel", "vsock:2:8889", "--sign-key", e.creds + "/vmcred.signing-key", "--print0",
+			"--sign-key", e.creds + "/vmcred.signing-key", "--print0",
 		}
 		if diff := cmp.Diff(wantPack, readArgs(t, e.logDir, "pack")); diff != "" {
 			t.Errorf("vmcred-host pack arguments (-want +got):\n%s", diff)
 		}
-		wantServe := []string{"serve", "--vm", "qvm", "--listen", "vsock:any:8889", "--runtime-dir", e.rd, "--status-dir", e.rd, "--expect-cid", "5"}
-		if diff := cmp.Diff(wantServe, readArgs(t, e.logDir, "serve")); diff != "" {
-			t.Errorf("vmcred-host serve arguments (-want +got):\n%s", diff)
-		}
-		if b, _ := os.ReadFile(filepath.Join(e.logDir, "serve.notify")); string(b) != "unset" {
-			t.Errorf("serve got NOTIFY_SOCKET=%q; it must not mark microvm@ ready", b)
+		if exists(filepath.Join(e.logDir, "serve.args")) {
+			t.Error("serve ran without channel.notifyPort")
 		}
 		if exists(filepath.Join(e.rd, "hypervisor-args")) {
 			t.Error("pack's NUL-separated output was left in the runtime folder")
 		}
 
-		// The payload files stay until the guest has reported …
+		// The payload files stay until the push has recorded the guest's
+		// report …
 		if !exists(oem) || !exists(fw) {
 			t.Fatal("payload files were deleted before the guest reported")
 		}
@@ -228,19 +219,6 @@ func TestArgsScriptQEMU(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitFor(t, "payload files deleted after the guest's report", func() bool { return !exists(oem) && !exists(fw) })
-	})
-
-	t.Run("serve that cannot listen stops the VM's start", func(t *testing.T) {
-		out, err := e.run(t, packOut, "CREDENTIALS_DIRECTORY="+e.creds, "FAKE_SERVE=fail")
-		if err == nil {
-			t.Fatalf("runner started the hypervisor without a channel server:\n%s", out)
-		}
-		if !strings.Contains(out, "vmcred-host serve for qvm exited (status 3) before listening on vsock:any:8889") {
-			t.Errorf("no explanation; output:\n%s", out)
-		}
-		if exists(filepath.Join(e.logDir, "hypervisor.args")) {
-			t.Error("the hypervisor ran")
-		}
 	})
 
 	for _, tc := range []struct{ name, arg string }{
@@ -261,9 +239,6 @@ func TestArgsScriptQEMU(t *testing.T) {
 			if exists(filepath.Join(e.logDir, "hypervisor.args")) {
 				t.Error("the hypervisor ran")
 			}
-			if exists(filepath.Join(e.logDir, "serve.args")) {
-				t.Error("serve was started for a VM that does not start")
-			}
 		})
 	}
 
@@ -275,26 +250,36 @@ func TestArgsScriptQEMU(t *testing.T) {
 	})
 }
 
-// TestArgsScriptHybrid: cloud-hypervisor's channel is a Unix socket next to
-// the VM; a stale one from an earlier run is removed before serve binds.
-func TestArgsScriptHybrid(t *testing.T) {
-	e := newScriptEnv(t, "cloud-hypervisor", "chvm")
-	stale := filepath.Join(e.state, "chvm", "notify.vsock_8889")
-	if err := os.WriteFile(stale, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := e.run(t, nil, "CREDENTIALS_DIRECTORY="+e.creds); err != nil {
+// TestArgsScriptNotify: with channel.notifyPort, the script starts serve
+// for the guest PID 1's own notify messages, without NOTIFY_SOCKET (it
+// must not mark microvm@ ready); pack adds vmm.notify_socket. serve is
+// optional: when it cannot listen, the VM starts anyway (readiness comes
+// from the push alone).
+func TestArgsScriptNotify(t *testing.T) {
+	e := newScriptEnv(t, "qemu-q35", "q35vm")
+	packOut := []string{"-smbios", "type=11,path=" + filepath.Join(e.rd, "oem-0")}
+	if out, err := e.run(t, packOut, "CREDENTIALS_DIRECTORY="+e.creds); err != nil {
 		t.Fatalf("runner: %v\n%s", err, out)
 	}
-	if got := readArgs(t, e.logDir, "hypervisor"); len(got) != 0 {
-		t.Errorf("bootstrap mode passes nothing to cloud-hypervisor; got %q", got)
+	pack := readArgs(t, e.logDir, "pack")
+	if !strings.Contains(strings.Join(pack, " "), " --notify-socket vsock-stream:2:8890 ") {
+		t.Errorf("pack arguments %q lack --notify-socket vsock-stream:2:8890", pack)
 	}
-	wantServe := []string{"serve", "--vm", "chvm", "--listen", "unix:" + stale, "--runtime-dir", e.rd, "--status-dir", e.rd}
+	waitFor(t, "serve started", func() bool { return exists(filepath.Join(e.logDir, "serve.notify")) })
+	wantServe := []string{"serve", "--vm", "q35vm", "--listen", "vsock:any:8890", "--expect-cid", "6"}
 	if diff := cmp.Diff(wantServe, readArgs(t, e.logDir, "serve")); diff != "" {
 		t.Errorf("vmcred-host serve arguments (-want +got):\n%s", diff)
 	}
-	if exists(stale) {
-		t.Error("the stale channel socket was not removed before serve started")
+	if b, _ := os.ReadFile(filepath.Join(e.logDir, "serve.notify")); string(b) != "unset" {
+		t.Errorf("serve got NOTIFY_SOCKET=%q; it must not mark microvm@ ready", b)
+	}
+
+	out, err := e.run(t, packOut, "CREDENTIALS_DIRECTORY="+e.creds, "FAKE_SERVE=fail")
+	if err != nil {
+		t.Fatalf("a serve that cannot listen stopped the VM's start: %v\n%s", err, out)
+	}
+	if diff := cmp.Diff(packOut, readArgs(t, e.logDir, "hypervisor")); diff != "" {
+		t.Errorf("hypervisor arguments (-pack printed +hypervisor got):\n%s", diff)
 	}
 }
 

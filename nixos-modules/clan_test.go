@@ -92,16 +92,8 @@ type clanHostEval struct {
 	Warnings         []string
 	Units            map[string]string
 	Etc              map[string]string
-	Vms              map[string]struct {
-		Hypervisor          string
-		QemuMachine         string
-		ExtraArgsScriptText *string
-		Units               map[string]string
-		Etc                 map[string]string
-		FailedAssertions    []string
-		Warnings            []string
-	}
-	Extra clanExtra
+	Vms              map[string]vmEval
+	Extra            clanExtra
 }
 
 // clanCase is one evaluation of tests/clan-seed.nix: the seed's instance
@@ -812,9 +804,11 @@ func TestClanSeedEvaluation(t *testing.T) {
 			if f.Secret != secret || !f.Deploy {
 				t.Errorf("%s/%s: secret %v deploy %v", gen, name, f.Secret, f.Deploy)
 			}
+			// No restartUnits: a changed file is pushed to the running VM
+			// (pushOnChange), not delivered by a reboot.
 			if secret && (f.Owner != "root" || f.Group != "root" || f.Mode != "0400" || f.NeededFor != "services" ||
-				strings.Join(f.RestartUnits, " ") != "microvm@test-vm.service") {
-				t.Errorf("%s/%s: %s:%s %s neededFor %s restartUnits %v, want root:root 0400 services [microvm@test-vm.service]",
+				len(f.RestartUnits) != 0) {
+				t.Errorf("%s/%s: %s:%s %s neededFor %s restartUnits %v, want root:root 0400 services []",
 					gen, name, f.Owner, f.Group, f.Mode, f.NeededFor, f.RestartUnits)
 			}
 		}
@@ -837,10 +831,15 @@ func TestClanSeedEvaluation(t *testing.T) {
 		t.Errorf("vsock CID: VM %v, channel %v, want 3", c, w.Cid)
 	}
 
-	// microvm@test-vm loads exactly these files, at clan's sops paths.
-	dropIn, ok := r.Units["microvm@test-vm.service.d/overrides.conf"]
+	// vmcred-push@test-vm loads exactly these files, at clan's sops paths
+	// (cloud-hypervisor itself gets none), and pushes again when one of
+	// the secrets changes.
+	dropIn, ok := r.Units["vmcred-push@test-vm.service"]
 	if !ok {
-		t.Fatalf("no microvm@test-vm drop-in among %v", sortedKeys(r.Units))
+		t.Fatalf("no vmcred-push@test-vm.service among %v", sortedKeys(r.Units))
+	}
+	if got := directives(r.Units["microvm@test-vm.service.d/overrides.conf"], "Service", "LoadCredential"); len(got) != 0 {
+		t.Errorf("microvm@test-vm loads %q; cloud-hypervisor needs no secret", got)
 	}
 	base := "/run/secrets/vars/per-machine/" + clanHost + "/"
 	wantLoad := []string{
@@ -854,9 +853,11 @@ func TestClanSeedEvaluation(t *testing.T) {
 	if strings.Join(got, "\n") != strings.Join(wantLoad, "\n") {
 		t.Errorf("LoadCredential= lines:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(wantLoad, "\n"))
 	}
-	if strings.Contains(dropIn, "ENVIRONMENT") || strings.Contains(dropIn, "CLUSTER") {
-		t.Errorf("a static string is in the drop-in:\n%s", dropIn)
+	if d := directives(dropIn, "Service", "LoadCredential"); strings.Contains(strings.Join(d, " "), "ENVIRONMENT") {
+		t.Errorf("a static string is loaded as a credential: %q", d)
 	}
+	wantPushPath(t, &hostEval{Units: r.Units}, clanVM,
+		base+secretsGen+"/API_KEY", base+secretsGen+"/DB_PASSWORD", base+secretsGen+"/JWT_SECRET")
 
 	// Every loaded file is a sops-nix secret the microvm user cannot read.
 	group, _ := r.Extra.MicrovmUser["group"].(string)
@@ -881,21 +882,15 @@ func TestClanSeedEvaluation(t *testing.T) {
 
 	// The guest trusts the generated public key, and runs the agent with it.
 	pub := string(repo.read(t, signingGen, "signing.pub"))
-	if got := vm.Etc["vmcred/trusted.d/key-1.pub"]; got != pub || len(vm.Etc) != 1 {
-		t.Errorf("guest trust keys %v, want key-1.pub = %q", vm.Etc, pub)
+	if got := vm.Etc["vmcred/trusted.d/key-1.pub"]; got != pub || len(vm.Etc) != 2 {
+		t.Errorf("guest /etc/vmcred %v, want key-1.pub = %q and vm-name", vm.Etc, pub)
 	}
-	agent := vm.Units["vmcred-guest.service"]
-	for _, want := range []string{"--trust-key /etc/vmcred/trusted.d", "--channel vsock-stream:2:8889"} {
-		if !strings.Contains(strings.Join(directives(agent, "Service", "ExecStart"), " "), want) {
-			t.Errorf("vmcred-guest.service ExecStart lacks %q:\n%s", want, agent)
-		}
-	}
+	wantAgent(t, clanVM, vm, 730)
 	if demo := vm.Units["demo-oem-credentials.service"]; !strings.Contains(demo, "Requires=vmcred-guest.service") {
 		t.Errorf("demo-oem-credentials does not require the agent:\n%s", demo)
 	}
-	if vm.ExtraArgsScriptText == nil || !strings.Contains(*vm.ExtraArgsScriptText, "--sign-key") {
-		t.Errorf("the VM's extraArgsScript does not sign: %v", vm.ExtraArgsScriptText)
-	}
+	_, exec := pushUnit(t, &hostEval{Units: r.Units}, clanVM)
+	wantContains(t, "push", exec, "--vm test-vm --connect hybrid:/var/lib/microvms/test-vm/notify.vsock:730 --sign-key %d/vmcred.signing-key ")
 }
 
 // The seed's Solution 1 generator, with its group-kvm fix unless fixed
@@ -1125,10 +1120,14 @@ func TestClanGuestRole(t *testing.T) {
 		t.Errorf("trust key %q, want the host's %q", got, pub)
 	}
 	exec := strings.Join(directives(r.Units["vmcred-guest.service"], "Service", "ExecStart"), " ")
-	for _, want := range []string{"--trust-key /etc/vmcred/trusted.d", "--channel vsock-stream:2:8889"} {
+	for _, want := range []string{"agent --vm-file /etc/vmcred/vm-name --listen vsock::730 ", "--trust-key /etc/vmcred/trusted.d"} {
 		if !strings.Contains(exec, want) {
 			t.Errorf("vmcred-guest ExecStart %q lacks %q", exec, want)
 		}
+	}
+	// The VM's name as the host's push signs for it.
+	if got := r.Etc["vmcred/vm-name"]; got != clanVM+"\n" {
+		t.Errorf("vm-name %q, want %q", got, clanVM+"\n")
 	}
 
 	// An instance with two hosts cannot say whose key to trust.
@@ -1159,7 +1158,7 @@ func TestClanExample(t *testing.T) {
 		t.Fatalf("failed assertions: %q %q", r.FailedAssertions, r.Vms[clanVM].FailedAssertions)
 	}
 	base := "/run/secrets/vars/per-machine/" + clanHost + "/"
-	got := directives(r.Units["microvm@test-vm.service.d/overrides.conf"], "Service", "LoadCredential")
+	got := directives(r.Units["vmcred-push@test-vm.service"], "Service", "LoadCredential")
 	sort.Strings(got)
 	want := []string{
 		"API_KEY:" + base + "test-vm-secrets/api-key",
@@ -1185,10 +1184,10 @@ func TestClanExample(t *testing.T) {
 // included), which host.nix checks against its own.
 func TestClanHypervisors(t *testing.T) {
 	repo := generatedRepo(t)
-	for _, tc := range []struct{ hypervisor, vmHypervisor, machine, serve string }{
-		{"qemu", "qemu", "q35", "--expect-cid 3"},
-		{"qemu-microvm", "qemu", "microvm", "--expect-cid 3"},
-		{"firecracker", "firecracker", "", "--listen unix:"},
+	for _, tc := range []struct{ hypervisor, vmHypervisor, machine, connect string }{
+		{"qemu", "qemu", "q35", "--connect vsock:3:730 "},
+		{"qemu-microvm", "qemu", "microvm", "--connect vsock:3:730 "},
+		{"firecracker", "firecracker", "", "--connect hybrid:/var/lib/microvms/test-vm/notify.vsock:730 "},
 	} {
 		s := seedSettings()
 		s["hypervisor"] = tc.hypervisor
@@ -1201,12 +1200,24 @@ func TestClanHypervisors(t *testing.T) {
 		if vm.Hypervisor != tc.vmHypervisor || (tc.machine != "" && vm.QemuMachine != tc.machine) {
 			t.Errorf("%s: the VM is %s (machine %s)", tc.hypervisor, vm.Hypervisor, vm.QemuMachine)
 		}
-		if vm.ExtraArgsScriptText == nil || !strings.Contains(*vm.ExtraArgsScriptText, "--hypervisor "+tc.hypervisor+" ") ||
-			!strings.Contains(*vm.ExtraArgsScriptText, tc.serve) {
+		qemu := tc.vmHypervisor == "qemu"
+		if qemu && (vm.ExtraArgsScriptText == nil || !strings.Contains(*vm.ExtraArgsScriptText, "--hypervisor "+tc.hypervisor+" ")) {
 			t.Errorf("%s: extraArgsScript %v", tc.hypervisor, vm.ExtraArgsScriptText)
 		}
-		if got := directives(r.Units["microvm@test-vm.service.d/overrides.conf"], "Service", "LoadCredential"); len(got) != 4 {
-			t.Errorf("%s: LoadCredential= %q", tc.hypervisor, got)
+		if !qemu && vm.ExtraArgsScript != nil {
+			t.Errorf("%s: extraArgsScript %q, want none", tc.hypervisor, *vm.ExtraArgsScript)
 		}
+		wantLoad := 0
+		if qemu {
+			wantLoad = 4 // firmware: pack reads them in microvm@
+		}
+		if got := directives(r.Units["microvm@test-vm.service.d/overrides.conf"], "Service", "LoadCredential"); len(got) != wantLoad {
+			t.Errorf("%s: microvm@ LoadCredential= %q, want %d lines", tc.hypervisor, got, wantLoad)
+		}
+		if got := directives(r.Units["vmcred-push@test-vm.service"], "Service", "LoadCredential"); len(got) != 4 {
+			t.Errorf("%s: push LoadCredential= %q", tc.hypervisor, got)
+		}
+		_, exec := pushUnit(t, &hostEval{Units: r.Units}, clanVM)
+		wantContains(t, tc.hypervisor+" push", exec, tc.connect)
 	}
 }

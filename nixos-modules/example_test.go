@@ -96,31 +96,34 @@ func TestExampleEvaluates(t *testing.T) {
 	}
 	vars := "/run/secrets/vars/per-machine/britton-desktop/"
 	drop := unit(t, r.Units, "microvm@test-vm.service.d/overrides.conf")
-	wantDirectives(t, "microvm@test-vm drop-in", drop, "Service", "LoadCredential",
-		"API_KEY:"+vars+"test-vm-secrets/api-key",
-		"DB_PASSWORD:"+vars+"test-vm-secrets/db-password",
-		"JWT_SECRET:"+vars+"test-vm-secrets/jwt-secret",
-		"vmcred.signing-key:"+vars+"test-vm-vmcred-signing/signing.key")
+	if v := directives(drop, "Service", "LoadCredential"); len(v) != 0 {
+		t.Errorf("microvm@test-vm gets LoadCredential=%q: cloud-hypervisor needs no secret now", v)
+	}
 	wantDirectives(t, "microvm@test-vm drop-in", drop, "Service", "RuntimeDirectory", "vmcred-test-vm")
-	// cloud-hypervisor with vsock: microvm.nix makes the unit Type=notify.
+	// cloud-hypervisor with vsock: microvm.nix makes the unit Type=notify,
+	// which is why the push does not order after it.
 	wantDirectives(t, "microvm@test-vm drop-in", drop, "Service", "Type", "notify")
 	ready := unit(t, r.Units, "vmcred-ready@test-vm.service")
 	wantDirectives(t, "vmcred-ready@test-vm", ready, "Unit", "BindsTo", "microvm@test-vm.service")
 	wantDirectives(t, "vmcred-ready@test-vm", ready, "Install", "WantedBy", "microvm@test-vm.service")
+	wantPush(t, r, "test-vm",
+		"vmcred-host push --vm test-vm --connect hybrid:/var/lib/microvms/test-vm/notify.vsock:730 --sign-key %d/vmcred.signing-key --from-credentials-directory=API_KEY,DB_PASSWORD,JWT_SECRET --static CLUSTER=britton-desktop --static ENVIRONMENT=test --status-dir /run/vmcred-test-vm --timeout 120s",
+		"API_KEY:"+vars+"test-vm-secrets/api-key",
+		"DB_PASSWORD:"+vars+"test-vm-secrets/db-password",
+		"JWT_SECRET:"+vars+"test-vm-secrets/jwt-secret",
+		"vmcred.signing-key:"+vars+"test-vm-vmcred-signing/signing.key")
+	// Rotation: a new clan vars value starts the push again.
+	wantPushPath(t, r, "test-vm",
+		vars+"test-vm-secrets/api-key", vars+"test-vm-secrets/db-password", vars+"test-vm-secrets/jwt-secret")
 
 	vm := r.Vms["test-vm"]
 	if vm.Hypervisor != "cloud-hypervisor" {
 		t.Errorf("hypervisor %s, want cloud-hypervisor", vm.Hypervisor)
 	}
-	wantRunnerCallsScript(t, "test-vm", vm)
-	pack, serve := scriptLines(t, "test-vm", vm)
-	wantContains(t, "pack", pack, "'--from-credentials-directory=API_KEY,DB_PASSWORD,JWT_SECRET'",
-		"--static 'CLUSTER=britton-desktop' --static 'ENVIRONMENT=test'", "--manifest-by-channel", "--channel vsock-stream:2:8889")
-	wantContains(t, "serve", serve, "--listen unix:/var/lib/microvms/test-vm/notify.vsock_8889")
-
-	agent := unit(t, vm.Units, "vmcred-guest.service")
-	wantContains(t, "agent", lineWith(t, "agent", agent, "ExecStart="),
-		"bin/vmcred-guest load --credstore /run/credstore --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials --channel vsock-stream:2:8889")
+	if vm.ExtraArgsScript != nil {
+		t.Errorf("extraArgsScript %q: nothing goes on cloud-hypervisor's command line", *vm.ExtraArgsScript)
+	}
+	wantAgent(t, "test-vm", vm, 730)
 	guestOrdering(t, "test-vm", vm, "demo-oem-credentials")
 	demo := unit(t, vm.Units, "demo-oem-credentials.service")
 	wantDirectives(t, "demo-oem-credentials", demo, "Unit", "After", "network.target vmcred-guest.service")

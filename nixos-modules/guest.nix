@@ -1,7 +1,12 @@
-# vmcred guest module: runs the vmcred guest agent at boot, so that the
-# credentials the host sent (SMBIOS type 11, QEMU fw_cfg or the vsock channel)
-# are verified before any service sees them, and land in /run/credstore where
-# LoadCredential=NAME finds them.
+# vmcred guest module: runs the vmcred guest agent (`vmcred-guest agent`)
+# from early boot for the life of the boot. It loads what firmware carries
+# (SMBIOS type 11, QEMU fw_cfg), listens on a privileged vsock port (only
+# root can bind it, so the host knows who answers) for the host's signed
+# sessions (`vmcred-host push`), verifies everything before any service
+# sees it, and keeps the credentials in /run/credstore, where
+# LoadCredential=NAME finds them. A later session with changed values
+# (rotation) swaps the store all or nothing and restarts the services that
+# use a changed credential, over systemd's private D-Bus socket.
 #
 # The unit below mirrors guest/systemd/vmcred-guest.service directive for
 # directive (nixos-modules/units_test.go compares them); change both together.
@@ -23,6 +28,10 @@ let
   # from a sandboxed unit even when bound at the same path (see the unit file).
   boundSystemCredentials = "/run/vmcred-system-credentials";
   publicKeyHeader = "vmcred-ed25519-public ";
+  # The VM's name, which every session's manifest must be issued for
+  # (vmcred-guest agent --vm-file; debug commands read it too).
+  vmNameFile = "/etc/vmcred/vm-name";
+  nameRe = "[A-Za-z0-9_][A-Za-z0-9_.-]*";
 
   # ExecStart arguments are joined with spaces, unquoted: keep them to
   # characters that need no quoting or escaping in a unit file (no
@@ -42,16 +51,12 @@ let
     # confusing type error on environment.etc.
     (lib.filter (k: !builtins.isString k || keyIsText k) cfg.trustedKeys));
 
-  loadArgs =
-    [ "load" "--credstore" cfg.credstore "--status-dir" statusDir ]
-    ++ lib.optionals (cfg.trustedKeys != [ ]) [ "--trust-key" trustDir ]
-    ++ [ "--system-credentials" boundSystemCredentials ]
-    ++ lib.optionals (cfg.channel != null) [ "--channel" cfg.channel ]
-    ++ lib.optional cfg.allowUnverified "--allow-unverified"
+  agentArgs =
+    [ "agent" "--vm-file" vmNameFile "--listen" "vsock::${toString cfg.port}"
+      "--credstore" cfg.credstore "--status-dir" statusDir "--trust-key" trustDir
+      "--system-credentials" boundSystemCredentials ]
     ++ cfg.extraArgs;
 
-  credstoreRuntimeDir = lib.removePrefix "/run/" cfg.credstore;
-  statusRuntimeDir = lib.removePrefix "/run/" statusDir;
 
   consumerUnits = map (lib.removeSuffix ".service") cfg.consumers;
   # What a consumer unit has when something defines it besides the
@@ -68,6 +73,11 @@ in
   key = "github.com/vmcred/vmcred/nixos-modules/guest.nix";
   _file = "vmcred/nixos-modules/guest.nix";
 
+  imports = [
+    (lib.mkRemovedOptionModule [ "services" "vmcred-guest" "channel" ] "The agent no longer dials the host: it listens on services.vmcred-guest.port and the host dials it (vmcred-host push).")
+    (lib.mkRemovedOptionModule [ "services" "vmcred-guest" "allowUnverified" ] "The agent always requires a manifest signed by one of services.vmcred-guest.trustedKeys.")
+  ];
+
   options.services.vmcred-guest = {
     hostVM = mkOption {
       type = types.nullOr (types.strMatching "[A-Za-z0-9_][A-Za-z0-9_.-]*");
@@ -77,13 +87,11 @@ in
         For a microvm.nix VM whose configuration the host's vmcred module
         cannot extend (microvm.vms.<name>.flake, evaluatedConfig, or an
         imperative `microvm -c` VM): its name in the host's
-        services.vmcred.vms. Sets `microvm.extraArgsScript` to
-        /etc/vmcred/vms/<name>/extra-args, the script the host installs for
-        that VM, and for cloud-hypervisor and Firecracker `channel` to
-        `vsock-stream:2:8889` (the host's default `channel.port`; set
-        `channel` for another). (VMs declared in
-        microvm.vms.<name>.config are wired by the host module; leave this
-        null there.)
+        services.vmcred.vms. Makes it the agent's `vmName`, and for QEMU
+        sets `microvm.extraArgsScript` to /etc/vmcred/vms/<name>/extra-args,
+        the script the host installs for that VM (firmware credentials).
+        (VMs declared in microvm.vms.<name>.config are wired by the host
+        module; leave this null there.)
       '';
     };
 
@@ -108,11 +116,9 @@ in
         `vmcred-host keygen --out PREFIX`, `PREFIX.pub`). Each item is a path
         to such a file, or its content as a string
         (`"vmcred-ed25519-public <base64>"`). They are installed in
-        `/etc/vmcred/trusted.d/` and the agent gets `--trust-key
-        /etc/vmcred/trusted.d`; a manifest must then carry a valid signature
-        by one of them. With no keys the agent still checks that every
-        credential is complete (size and SHA-256 from the manifest), but not
-        who sent it.
+        `/etc/vmcred/trusted.d/` (`--trust-key /etc/vmcred/trusted.d`).
+        Required: the agent accepts only a manifest signed by one of them
+        for this VM (and, in a session, for its own challenge).
       '';
     };
 
@@ -160,25 +166,30 @@ in
       '';
     };
 
-    channel = mkOption {
-      type = types.nullOr (types.strMatching "((vsock|vsock-stream):[0-9]+:[0-9]+|unix:/${safeArg})");
-      default = null;
-      example = "vsock:2:8889";
+    vmName = mkOption {
+      type = types.nullOr (types.strMatching nameRe);
+      default = if cfg.hostVM != null then cfg.hostVM else
+        let h = config.networking.hostName or ""; in if builtins.match nameRe h != null then h else null;
+      defaultText = lib.literalExpression "the VM's name in the host's services.vmcred.vms (set by the host module; hostVM), else networking.hostName";
+      example = "test-vm";
       description = ''
-        Address of the host's vmcred channel (`--channel`). Normally the
-        manifest carries it; set it where no manifest reaches the VM through
-        firmware (Firecracker, and cloud-hypervisor under microvm.nix). The
-        host module sets it for VMs it wires (`services.vmcred.vms`).
+        The VM's name as the host's `vmcred-host push --vm` gives it (its
+        name in services.vmcred.vms): every session's manifest is signed
+        for one VM, and the agent refuses another's. Written to
+        ${vmNameFile} (root, 0444), which the agent reads
+        (`--vm-file`).
       '';
     };
 
-    allowUnverified = mkOption {
-      type = types.bool;
-      default = false;
+    port = mkOption {
+      # Checked by an assertion (1-1023) that says why.
+      type = types.ints.unsigned;
+      default = 730;
       description = ''
-        Accept credentials that come without a manifest
-        (`--allow-unverified`). For migrating from hand-written OEM strings
-        only: nothing then proves the credentials are complete or from the host.
+        The privileged vsock port the agent listens on (`--listen
+        vsock::PORT`); the host dials it (services.vmcred.vms.<name>.channel.port,
+        which the host module copies here for VMs it wires). Only root can
+        bind a port up to 1023, which is what makes the answer trustworthy.
       '';
     };
 
@@ -189,7 +200,7 @@ in
         Kernel modules the agent needs, loaded by systemd-modules-load
         before it (same list as guest/systemd/modules-load.d/vmcred.conf):
         dmi-sysfs (SMBIOS entries), qemu_fw_cfg (fw_cfg credentials),
-        vmw_vsock_virtio_transport (channel and report). Built-in modules are
+        vmw_vsock_virtio_transport (the host's sessions). Built-in modules are
         fine; drop what the kernel lacks.
       '';
     };
@@ -198,17 +209,16 @@ in
       type = types.listOf (types.strMatching safeArg);
       default = [ ];
       example = [ "--timeout" "60s" ];
-      description = "More `vmcred-guest load` flags (no spaces, quotes, % or $).";
+      description = "More `vmcred-guest agent` flags (no spaces, quotes, % or $).";
     };
   };
 
   config = lib.mkMerge [
   (lib.optionalAttrs (options ? microvm && options.microvm ? extraArgsScript) {
-    microvm.extraArgsScript = mkIf (cfg.hostVM != null) "/etc/vmcred/vms/${cfg.hostVM}/extra-args";
-    # Hybrid vsock: no manifest reaches the VM by firmware, so the agent
-    # must be told where the channel is: the host module's default port.
-    services.vmcred-guest.channel = mkIf (cfg.hostVM != null && builtins.elem config.microvm.hypervisor [ "cloud-hypervisor" "firecracker" ])
-      (lib.mkDefault "vsock-stream:2:8889");
+    # Firmware credentials (QEMU): the host's pack, installed for this VM.
+    # cloud-hypervisor and Firecracker get everything in the push session.
+    microvm.extraArgsScript = mkIf (cfg.hostVM != null && !(builtins.elem config.microvm.hypervisor [ "cloud-hypervisor" "firecracker" ]))
+      "/etc/vmcred/vms/${cfg.hostVM}/extra-args";
   })
   (mkIf cfg.enable {
     assertions = [
@@ -225,16 +235,24 @@ in
         '';
       }
       {
-        assertion = !(cfg.trustedKeys != [ ] && cfg.allowUnverified);
-        message = "services.vmcred-guest: allowUnverified contradicts trustedKeys (a signature needs a manifest).";
+        assertion = cfg.trustedKeys != [ ];
+        message = "services.vmcred-guest.trustedKeys is empty: the agent accepts only a manifest signed by a trusted key. Add the public key of the host's services.vmcred.vms.<name>.signingKeyFile (PREFIX.pub from vmcred-host keygen, or its clan vars file's value).";
+      }
+      {
+        assertion = cfg.port >= 1 && cfg.port <= 1023;
+        message = "services.vmcred-guest.port = ${toString cfg.port}: the agent listens only on a privileged vsock port (1-1023; default 730), which only root can bind: that is what lets the host trust whoever answers.";
+      }
+      {
+        assertion = cfg.vmName != null;
+        message = "services.vmcred-guest.vmName is not set and networking.hostName is no VM name: set vmName (or hostVM) to the VM's name in the host's services.vmcred.vms; the agent refuses sessions for any other VM.";
       }
     ];
 
-    warnings = lib.optional (cfg.trustedKeys == [ ] && !cfg.allowUnverified) ''
-      services.vmcred-guest.trustedKeys is empty: the agent checks that
-      credentials are complete but not that the host sent them. Add the
-      public key of the host's services.vmcred.vms.<name>.signingKeyFile.
-    '';
+    environment.etc = trustedKeyFiles // lib.optionalAttrs (cfg.vmName != null) {
+      # A regular file (mode set), root-owned, not writable by others: the
+      # agent checks it like a trust key.
+      "vmcred/vm-name" = { text = "${cfg.vmName}\n"; mode = "0444"; };
+    };
 
     boot.kernelModules = cfg.kernelModules;
     # PID 1 imports SMBIOS and fw_cfg credentials once, at its start (in the
@@ -242,40 +260,39 @@ in
     boot.initrd.kernelModules = lib.optionals (cfg.mode == "systemd")
       (lib.filter (m: m != "vmw_vsock_virtio_transport") cfg.kernelModules);
 
-    environment.etc = trustedKeyFiles;
     # vmcred-guest list / show / verify / status for debugging.
     environment.systemPackages = [ cfg.package ];
 
     systemd.services = lib.mkMerge [
       {
         vmcred-guest = {
-          description = "vmcred: load and verify credentials from the VM host";
+          description = "vmcred: load, verify and rotate credentials from the VM host";
           documentation = [ "https://github.com/vmcred/vmcred" ];
           wantedBy = [ "sysinit.target" ];
           wants = [ "systemd-modules-load.service" ];
           after = [ "systemd-modules-load.service" "local-fs.target" ];
           before = [ "sysinit.target" "shutdown.target" ];
           conflicts = [ "shutdown.target" ];
-          # Re-running the agent on `switch` would re-read the firmware and
-          # present a spent channel token; credentials are per boot.
+          # Not restarted on `switch`: a restarted agent sends READY=1 only
+          # after the host's next push, so the switch would wait for it.
           restartIfChanged = false;
           unitConfig.DefaultDependencies = false;
           serviceConfig = {
             Type = "notify";
             NotifyAccess = "main";
-            RemainAfterExit = true;
-            ExecStart = "${cfg.package}/bin/vmcred-guest ${lib.concatStringsSep " " loadArgs}";
+            ExecStart = "${cfg.package}/bin/vmcred-guest ${lib.concatStringsSep " " agentArgs}";
+            Restart = "on-failure";
             BindReadOnlyPaths = [ "-${systemCredentials}:${boundSystemCredentials}" ];
-            TimeoutStartSec = "90s";
-            RuntimeDirectory = [ credstoreRuntimeDir statusRuntimeDir ];
-            RuntimeDirectoryMode = "0700";
-            RuntimeDirectoryPreserve = true;
-            ReadWritePaths = [ cfg.credstore statusDir ];
+            TimeoutStartSec = "180s";
+            # No RuntimeDirectory=: under ProtectSystem=strict systemd
+            # binds it on itself, and a mount point cannot be exchanged by
+            # a rotation; the agent creates its folders (root, 0700).
+            ReadWritePaths = [ "/run" ];
             UMask = "0077";
             StandardOutput = "journal+console";
             StandardError = "journal+console";
 
-            CapabilityBoundingSet = "";
+            CapabilityBoundingSet = "CAP_NET_BIND_SERVICE";
             NoNewPrivileges = true;
             RestrictAddressFamilies = [ "AF_UNIX" "AF_VSOCK" ];
             ProtectSystem = "strict";

@@ -2,26 +2,33 @@
 # credentials.
 #
 # For every services.vmcred.vms.<name>:
-#  - microvm@<name>.service gets a drop-in with LoadCredential=ID:PATH. The
-#    secret files stay root:root 0400 (clan vars and sops defaults); systemd
-#    copies them into that one unit's private $CREDENTIALS_DIRECTORY. No
-#    `group = "kvm"`, which would let every VM (and every member of group
-#    kvm) read every VM's secrets, at any time.
-#  - the same drop-in adds RuntimeDirectory=vmcred-<name> (0700, deleted
-#    when the VM stops) for the per-boot files vmcred-host writes there.
-#  - the VM's microvm.extraArgsScript runs `vmcred-host pack`, which packs
-#    the credentials, the static strings and a signed manifest into files
-#    in that folder and prints the hypervisor arguments that point at them
-#    (never a secret in argv), and starts `vmcred-host serve` for the vsock
-#    channel and the guest's report, failing the VM's start if serve does
-#    not come up. VMs declared in microvm.vms.<name>.config get it (and the
-#    guest module) through microvm.nix's extraModules; every VM's script is
-#    also at /etc/vmcred/vms/<name>/extra-args, for VMs built from a flake
-#    or by `microvm -c` (guest.nix: services.vmcred-guest.hostVM). This
-#    module adds no microvm.vms entry.
+#  - vmcred-push@<name>.service (oneshot, started with microvm@<name>) dials
+#    the VM's guest agent on its privileged vsock port (QEMU: AF_VSOCK to
+#    the VM's CID; cloud-hypervisor and Firecracker: the VM's hybrid-vsock
+#    Unix socket, `CONNECT <port>`) and runs one signed session
+#    (`vmcred-host push`): the guest gets every credential, verifies it and
+#    reports on the same connection. Only guest root can listen on that
+#    port, so the host knows who answers (DESIGN §8). The push unit reads
+#    the secret files through its own LoadCredential= (they stay root:root
+#    0400, clan vars and sops defaults; no `group = "kvm"`, which would let
+#    every VM read every VM's secrets) and records the report in
+#    /run/vmcred-<name>.
+#  - vmcred-push@<name>.path (pushOnChange) starts that push again when a
+#    source file changes: rotation without reboot; the guest agent restarts
+#    the services that use a changed credential (credentials.<c>.policy).
+#  - QEMU VMs also get their credentials by firmware (SMBIOS or fw_cfg), so
+#    they are there before vsock is up: microvm@<name> gets a drop-in with
+#    the same LoadCredential= lines and RuntimeDirectory=vmcred-<name>
+#    (0700, deleted when the VM stops), and the VM's
+#    microvm.extraArgsScript runs `vmcred-host pack` (files in that folder,
+#    never a secret in argv). VMs declared in microvm.vms.<name>.config get
+#    it (and the guest module) through microvm.nix's extraModules; every
+#    QEMU VM's script is also at /etc/vmcred/vms/<name>/extra-args, for VMs
+#    built from a flake or by `microvm -c` (guest.nix:
+#    services.vmcred-guest.hostVM). This module adds no microvm.vms entry.
 #  - vmcred-ready@<name>.service (oneshot, `vmcred-host wait`) becomes
-#    active once the guest agent reported that every credential arrived
-#    intact; other host units order after it.
+#    active once the push recorded that the guest verified every
+#    credential; other host units order after it.
 #
 # Evaluates without microvm.nix (then services.vmcred.vms must be empty).
 # Tested offline with nixpkgs' real lib and microvm.nix's real modules
@@ -55,13 +62,23 @@ let
 
   rm = "${pkgs.coreutils}/bin/rm";
   sleep = "${pkgs.coreutils}/bin/sleep";
-  # How long the args script waits for `vmcred-host serve` to listen.
-  serveStartSeconds = 10;
 
-  defaultPort = 8889; # microvm.nix's cloud-hypervisor runner owns 8888 (socat notify bridge)
+  # The guest agent's privileged vsock port (vmcred-guest agent's default;
+  # only guest root can bind a port up to 1023).
+  defaultAgentPort = 730;
   defaultWaitSeconds = 120;
-  # Hypervisors whose vsock is a Unix socket on the host (<socket>_<port>).
+  # Hypervisors whose vsock is a Unix socket on the host (hybrid vsock:
+  # the host connects to it and sends `CONNECT <port>`).
   hybridVsock = h: builtins.elem h [ "cloud-hypervisor" "firecracker" ];
+  # microvm.nix runs every hypervisor as this user and group.
+  microvmUser = "microvm";
+  microvmGroup = "kvm";
+
+  # One ExecStart= argument: plain words as they are, anything else in
+  # double quotes with systemd's escapes (%, $ and backslash included).
+  execArg = a:
+    if builtins.match "[A-Za-z0-9_./:=@+,-]+" a != null then a
+    else "\"" + lib.replaceStrings [ "\\" "\"" "%" "$" "\n" ] [ "\\\\" "\\\"" "%%" "$$" "\\n" ] a + "\"";
 
   absolutePath = p: lib.hasPrefix "/" p && !(lib.hasPrefix "/nix/store" p);
   # LoadCredential= expands specifiers in PATH.
@@ -130,51 +147,71 @@ let
     detected = detectHypervisor guest;
     hypervisor = if vm.hypervisor != null then vm.hypervisor else detected;
     hybrid = hybridVsock hypervisor;
+    # QEMU gets the credentials by firmware too (pack in the args script);
+    # cloud-hypervisor and Firecracker only in the session: microvm.nix's
+    # runner owns cloud-hypervisor's one --platform, and Firecracker has no
+    # firmware carrier.
+    firmware = !hybrid;
 
     runtimeDir = "/run/vmcred-${name}";
     credNames = builtins.attrNames vm.credentials;
     staticNames = builtins.attrNames vm.static;
-    hasCredentials = credNames != [ ] || vm.signingKeyFile != null;
 
     cid =
       if vm.channel.cid != null then vm.channel.cid
       else if guest != null then guest.microvm.vsock.cid
       else null;
     port = vm.channel.port;
-    # What the guest dials: the host is CID 2 for every hypervisor; with
-    # hybrid vsock the VMM connects that to <socket>_<port> on the host.
-    # Hybrid-vsock VMs get it on the agent's command line (--channel, the
-    # stream form): no firmware manifest reaches them (bootstrap mode).
-    channelAddress = if hybrid then "vsock-stream:2:${toString port}" else "vsock:2:${toString port}";
+    # cloud-hypervisor's socket (the user's --vsock …,socket= honoured),
+    # Firecracker's uds_path (microvm.nix: notify.vsock in the VM's folder).
     vsockSocket = if hypervisor == "cloud-hypervisor" && guest != null then chVsockSocket name guest else "${stateDir}/${name}/notify.vsock";
-    listenPath = "${vsockSocket}_${toString port}";
-    # QEMU (vhost-vsock): any local CID, so that listening does not depend on
-    # vhost_vsock being loaded yet (CID 2 is only there once it is);
-    # --expect-cid keeps other VMs out.
-    listenAddress = if hybrid then "unix:${listenPath}" else "vsock:any:${toString port}";
-    statusFile = "${runtimeDir}/${name}.json";
+    # Where push dials the guest agent.
+    connectAddress =
+      if hybrid then "hybrid:${vsockSocket}:${toString port}"
+      else "vsock:${if cid == null then "?" else toString cid}:${toString port}";
+
+    notifyPort = vm.channel.notifyPort;
+    serveArgs =
+      [ "serve" "--vm" name "--listen" "vsock:any:${toString notifyPort}" ]
+      ++ lib.optionals (cid != null) [ "--expect-cid" (toString cid) ];
 
     waitSeconds =
       if vm.waitReady == true then defaultWaitSeconds
       else if vm.waitReady == false then null
       else vm.waitReady;
+    pushSeconds = if waitSeconds == null then defaultWaitSeconds else waitSeconds;
     readyUnit = "vmcred-ready@${name}.service";
+    pushUnit = "vmcred-push@${name}.service";
+
+    sourceArgs =
+      lib.optional (credNames != [ ]) "--from-credentials-directory=${lib.concatStringsSep "," credNames}"
+      ++ lib.concatMap (n: [ "--static" "${n}=${vm.static.${n}}" ]) staticNames;
 
     packArgs =
       [ "pack" "--vm" name "--hypervisor" hypervisor ]
-      ++ lib.optional (credNames != [ ]) "--from-credentials-directory=${lib.concatStringsSep "," credNames}"
-      ++ lib.concatMap (n: [ "--static" "${n}=${vm.static.${n}}" ]) staticNames
+      ++ sourceArgs
       ++ [ "--mode" vm.mode "--runtime-dir" runtimeDir "--overflow" vm.channel.overflow ]
-      ++ lib.optionals vm.channel.enable [ "--channel" channelAddress ]
-      # cloud-hypervisor under microvm.nix: the runner passes its own single
-      # --platform, so no OEM string can be added; Firecracker has no
-      # firmware carrier at all. The signed manifest goes by channel too
-      # (bootstrap mode; tokenless: see vmcred's README, "Security model").
-      ++ lib.optional hybrid "--manifest-by-channel";
+      ++ lib.optionals (notifyPort != null) [ "--notify-socket" "vsock-stream:2:${toString notifyPort}" ];
 
-    serveArgs =
-      [ "serve" "--vm" name "--listen" listenAddress "--runtime-dir" runtimeDir "--status-dir" runtimeDir ]
-      ++ lib.optionals (!hybrid && cid != null) [ "--expect-cid" (toString cid) ];
+    # The session: every credential, signed for this VM and the agent's
+    # challenge. %d is the unit's $CREDENTIALS_DIRECTORY.
+    # (--sign-key %d/… goes between the two: a specifier, not escaped.)
+    pushHead = [ "push" "--vm" name "--connect" connectAddress ];
+    pushArgs =
+      sourceArgs
+      ++ lib.concatMap (n: [ "--policy" "${n}=${vm.credentials.${n}.policy}" ])
+        (lib.filter (n: vm.credentials.${n}.policy != "restart") credNames)
+      ++ [ "--status-dir" runtimeDir "--timeout" "${toString pushSeconds}s" ];
+    # TODO(f1, issue 15 item 1): push's --state-dir (the generation last
+    # pushed) defaults on f1's branch to STATUS-DIR/pushed, here
+    # /run/vmcred-<name>/pushed: kept while the VM runs, gone when it stops
+    # (the next boot's push starts above the generation the agent reports).
+    # For a state that outlives the VM, pass --state-dir with a
+    # StateDirectory= owned by the push's user.
+
+    # The files push watches for pushOnChange: exactly the credentials'
+    # sources (not the signing key: a new key needs the guest's trust too).
+    sourceFiles = map (n: vm.credentials.${n}.file) credNames;
 
     loadCredentials =
       map (n: "${n}:${unitPath vm.credentials.${n}.file}") (lib.filter (n: !vm.credentials.${n}.encrypted) credNames)
@@ -201,10 +238,9 @@ let
       # (nixos-modules/host.nix). Prints the hypervisor arguments that
       # vmcred-host pack adds, on one line.
       set -euo pipefail
-      ${lib.optionalString hasCredentials ''
-        : "''${CREDENTIALS_DIRECTORY:?vmcred: no \$CREDENTIALS_DIRECTORY: is the vmcred drop-in on microvm@${name}.service active?}"''}
+      : "''${CREDENTIALS_DIRECTORY:?vmcred: no \$CREDENTIALS_DIRECTORY: is the vmcred drop-in on microvm@${name}.service active?}"
       rd=${lib.escapeShellArg runtimeDir}
-      ${lib.escapeShellArg vmcredHost} ${lib.escapeShellArgs packArgs}${lib.optionalString (vm.signingKeyFile != null) " --sign-key \"$CREDENTIALS_DIRECTORY/${signingKeyId}\""} --print0 >"$rd/hypervisor-args"
+      ${lib.escapeShellArg vmcredHost} ${lib.escapeShellArgs packArgs} --sign-key "$CREDENTIALS_DIRECTORY/${signingKeyId}" --print0 >"$rd/hypervisor-args"
       mapfile -d "" -t args <"$rd/hypervisor-args"
       ${rm} -f -- "$rd/hypervisor-args"
       for i in "''${!args[@]}"; do
@@ -215,46 +251,28 @@ let
             ;;
         esac
       done
-      ${lib.optionalString vm.channel.enable ''
-        # Channel and report server. A child of the runner, like microvm.nix's
-        # socat notify bridge: it lives in microvm@${name}.service's cgroup and
-        # stops with the VM. NOTIFY_SOCKET is dropped: microvm.nix decides
-        # when the VM unit is ready; vmcred's readiness is ${readyUnit}.
-        ${rm} -f -- ${lib.escapeShellArg statusFile}${lib.optionalString hybrid " ${lib.escapeShellArg listenPath}"}
+      ${lib.optionalString (notifyPort != null) ''
+        # Guest PID 1's own vmm.notify_socket messages (boot progress, for
+        # the journal; readiness comes only from ${pushUnit}). A child of
+        # the runner, like microvm.nix's socat notify bridge: it stops with
+        # the VM. NOTIFY_SOCKET is dropped: microvm.nix alone decides when
+        # microvm@${name} is ready.
         (unset NOTIFY_SOCKET; exec ${lib.escapeShellArg vmcredHost} ${lib.escapeShellArgs serveArgs}) </dev/null >&2 &
-        serve=$!
-        # serve writes its status file once it listens. Until then the VM
-        # does not start: a bind failure or an early exit fails microvm@${name}
-        # (and shows in its journal) instead of leaving a VM without channel.
-        for ((n = 0; n < ${toString (serveStartSeconds * 10)}; n++)); do
-          [[ -e ${lib.escapeShellArg statusFile} ]] && break
-          if ! kill -0 "$serve" 2>/dev/null; then
-            st=0; wait "$serve" || st=$?
-            echo "vmcred: vmcred-host serve for ${name} exited (status $st) before listening on ${listenAddress}" >&2
-            exit 1
-          fi
-          ${sleep} 0.1
-        done
-        if [[ ! -e ${lib.escapeShellArg statusFile} ]]; then
-          kill "$serve" 2>/dev/null || true
-          echo "vmcred: vmcred-host serve for ${name} did not listen on ${listenAddress} within ${toString serveStartSeconds} s" >&2
-          exit 1
-        fi
-        # Payload files the hypervisor reads at its start (SMBIOS and fw_cfg
-        # files): deleted once the guest has reported, long after the
-        # hypervisor read them, as vmcred-host run deletes them; the rest go
-        # with the runtime folder when the VM stops.
-        payload=()
-        for a in "''${args[@]}"; do
-          if [[ $a =~ (path|file)=($rd/[^,]+) ]]; then payload+=("''${BASH_REMATCH[2]}"); fi
-        done
-        if ((''${#payload[@]})); then
-          (
-            while [[ -e ${lib.escapeShellArg statusFile} && $(<${lib.escapeShellArg statusFile}) =~ \"state\":[[:space:]]*\"waiting\" ]]; do ${sleep} 1; done
-            ${rm} -f -- "''${payload[@]}"
-          ) </dev/null >/dev/null 2>&1 &
-        fi
       ''}
+      # Payload files the hypervisor reads at its start (SMBIOS and fw_cfg
+      # files): deleted once ${pushUnit} recorded the guest's report, long
+      # after the hypervisor read them; the rest go with the runtime folder
+      # when the VM stops.
+      payload=()
+      for a in "''${args[@]}"; do
+        if [[ $a =~ (path|file)=($rd/[^,]+) ]]; then payload+=("''${BASH_REMATCH[2]}"); fi
+      done
+      if ((''${#payload[@]})); then
+        (
+          while [[ ! -e "$rd/${name}.json" ]]; do ${sleep} 1; done
+          ${rm} -f -- "''${payload[@]}"
+        ) </dev/null >/dev/null 2>&1 &
+      fi
       echo "''${args[*]}"
     '';
   };
@@ -293,7 +311,19 @@ let
             encrypted = mkOption {
               type = types.bool;
               default = false;
-              description = "The file was made by `systemd-creds encrypt`; load it with LoadCredentialEncrypted= (systemd decrypts it for the VM's unit).";
+              description = "The file was made by `systemd-creds encrypt`; load it with LoadCredentialEncrypted= (systemd decrypts it for the units that read it).";
+            };
+            policy = mkOption {
+              type = types.enum [ "restart" "reload" "none" ];
+              default = "restart";
+              description = ''
+                What the guest agent does, when a push changes this
+                credential in a running VM, with the active units that load
+                it (LoadCredential=, LoadCredentialEncrypted=,
+                ImportCredential=): restart them, reload them, or nothing
+                (`vmcred-host push --policy NAME=…`; signed into the
+                manifest).
+              '';
             };
           };
         });
@@ -334,54 +364,77 @@ let
         default = null;
         example = lib.literalExpression ''config.clan.core.vars.generators.vmcred-signing.files."signing.key".path'';
         description = ''
-          Ed25519 private key (`vmcred-host keygen --out PREFIX`, the
-          PREFIX.key file), root-only, as a path string. It reaches the
-          hypervisor's unit like a credential (LoadCredential=) and signs the
-          manifest, so that the guest agent accepts only what this host
-          sent; give the guest the matching PREFIX.pub in
-          services.vmcred-guest.trustedKeys.
+          Required. Ed25519 private key (`vmcred-host keygen --out PREFIX`,
+          the PREFIX.key file), root-only, as a path string. It reaches the
+          push unit (and, for QEMU, the hypervisor's unit) like a credential
+          (LoadCredential=) and signs each session's manifest for this VM
+          and the agent's challenge; the guest agent accepts nothing else.
+          Give the guest the matching PREFIX.pub in
+          services.vmcred-guest.trustedKeys. One key per VM.
         '';
       };
 
       channel = {
-        enable = mkOption {
-          type = types.bool;
-          default = true;
-          description = ''
-            Run the vsock channel (`vmcred-host serve`): the guest agent
-            reports over it (readiness, `waitReady`) and fetches what does
-            not go by firmware (cloud-hypervisor, Firecracker, and
-            `overflow = "channel"`). Needs `microvm.vsock.cid` in the VM.
-          '';
-        };
         port = mkOption {
-          type = types.ints.between 1024 4294967294;
-          default = defaultPort;
+          # Checked by an assertion (1-1023) that says why.
+          type = types.ints.unsigned;
+          default = defaultAgentPort;
           description = ''
-            vsock port of the channel. cloud-hypervisor and Firecracker: the
-            host listens on `<stateDir>/<name>/notify.vsock_<port>` (per VM).
-            QEMU (vhost-vsock): the host's vsock port space is shared by all
-            VMs, so each QEMU VM needs its own port (checked).
+            The guest agent's vsock port (`vmcred-guest agent --listen
+            vsock::PORT`; the guest module's services.vmcred-guest.port,
+            set to this for VMs declared here). Privileged (1-1023): only
+            guest root can listen there, which is what lets the host trust
+            whoever answers. Pick a port nothing else in the guest uses
+            (systemd ≥ 256's ssh generator takes 22).
           '';
         };
         overflow = mkOption {
           type = types.enum [ "fail" "channel" ];
           default = "channel";
           description = ''
-            What `vmcred-host pack` does with a credential that does not fit
-            the firmware limits (SMBIOS size, fw_cfg name length, the ~4 KiB
-            systemd 252-256 read): `fail` refuses to start the VM, naming
-            the credential and the limit; `channel` sends it over the channel.
+            QEMU: what `vmcred-host pack` does with a credential that does
+            not fit the firmware limits (SMBIOS size, fw_cfg name length,
+            the ~4 KiB systemd 252-256 read): `fail` refuses to start the
+            VM, naming the credential and the limit; `channel` leaves it to
+            the push session.
           '';
         };
         cid = mkOption {
           type = types.nullOr types.ints.unsigned;
           default = null;
           description = ''
-            The VM's vsock CID; for QEMU the server accepts connections only
-            from it. `null`: the VM's `microvm.vsock.cid`.
+            The VM's vsock CID, which push dials for QEMU (vhost-vsock).
+            `null`: the VM's `microvm.vsock.cid`.
           '';
         };
+        notifyPort = mkOption {
+          type = types.nullOr (types.ints.between 1024 4294967294);
+          default = null;
+          example = 8889;
+          description = ''
+            QEMU only: receive the guest PID 1's own `vmm.notify_socket`
+            messages (its boot progress, logged in microvm@<name>'s
+            journal) with `vmcred-host serve` on this host vsock port
+            (`pack --notify-socket`). Optional: readiness comes from the
+            push session alone. QEMU VMs share the host's vsock port space:
+            each needs its own (checked). (microvm.nix already bridges
+            cloud-hypervisor's to microvm@<name>; Firecracker has no
+            firmware to carry it.)
+          '';
+        };
+      };
+
+      pushOnChange = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Rotation without reboot: a path unit (vmcred-push@<name>.path,
+          active while the VM runs) watches the credentials' source files
+          (e.g. the clan vars paths) and starts vmcred-push@<name>.service
+          again when one changes; the guest swaps its credstore all or
+          nothing and restarts (or reloads, per credentials.<c>.policy) the
+          services that use a changed credential.
+        '';
       };
 
       waitReady = mkOption {
@@ -389,11 +442,12 @@ let
         default = true;
         description = ''
           Add vmcred-ready@<name>.service, a oneshot that starts with the VM
-          and becomes active when the guest agent reported every credential
-          verified (`vmcred-host wait`); it fails when the agent reports a
-          failure or on timeout. `true`: wait up to ${toString defaultWaitSeconds} s;
-          a number: that many seconds; `false`: no such unit. Host services
-          that need the VM ready: `requires` and `after` it.
+          and becomes active when the push session recorded that the guest
+          agent verified every credential (`vmcred-host wait`); it fails
+          when the agent reports a failure or on timeout. `true`: wait up
+          to ${toString defaultWaitSeconds} s; a number: that many seconds (also the push's
+          `--timeout`); `false`: no such unit. Host services that need the
+          VM ready: `requires` and `after` it.
         '';
       };
 
@@ -403,9 +457,10 @@ let
         defaultText = lib.literalExpression ''lib.optional config.sops.useSystemdActivation "sops-install-secrets.service"'';
         example = [ "sops-install-secrets.service" ];
         description = ''
-          Units that put this VM's secret files in place; microvm@<name>
-          wants and starts after them, instead of failing (and restarting
-          every 5 s) on a missing LoadCredential= source. Secrets that NixOS
+          Units that put this VM's secret files in place;
+          vmcred-push@<name> (and, for QEMU, microvm@<name>) want and start
+          after them, instead of failing on a missing LoadCredential=
+          source. Secrets that NixOS
           activation writes (clan vars and sops-nix by default) exist before
           any unit starts and need none. Default: sops-nix's unit when
           `sops.useSystemdActivation` is set.
@@ -416,25 +471,36 @@ let
         type = types.bool;
         default = true;
         description = ''
-          Set `microvm.extraArgsScript` in the VM's configuration, for VMs
-          declared in microvm.vms.<name>.config (through microvm.nix's
-          extraModules). For a VM built from a flake or evaluatedConfig,
-          which this module cannot extend, check instead that its
-          configuration sets it to /etc/vmcred/vms/<name>/extra-args (the
-          guest module's services.vmcred-guest.hostVM does), and fail
-          evaluation with that fix otherwise. A VM that already has an
-          extraArgsScript gets a conflicting-definitions error: set this to
-          false and have that script also run `runtimeArgsScript` (or
-          /etc/vmcred/vms/<name>/extra-args).
+          QEMU: set `microvm.extraArgsScript` in the VM's configuration,
+          for VMs declared in microvm.vms.<name>.config (through
+          microvm.nix's extraModules, which also import the guest module).
+          For a VM built from a flake or evaluatedConfig, which this module
+          cannot extend, check instead that its configuration sets it to
+          /etc/vmcred/vms/<name>/extra-args (the guest module's
+          services.vmcred-guest.hostVM does), and fail evaluation with that
+          fix otherwise. A VM that already has an extraArgsScript gets a
+          conflicting-definitions error: set this to false and have that
+          script also run `runtimeArgsScript` (or
+          /etc/vmcred/vms/<name>/extra-args). cloud-hypervisor and
+          Firecracker VMs get no script (nothing goes by firmware); `false`
+          there only stops the guest module's import.
         '';
       };
 
       runtimeArgsScript = mkOption {
-        type = types.package;
+        type = types.nullOr types.package;
         readOnly = true;
-        default = (vmInfo name config).script;
+        default = let i = vmInfo name config; in if i.firmware then i.script else null;
         defaultText = lib.literalExpression "<generated>";
-        description = "The generated microvm.extraArgsScript (read-only).";
+        description = "The generated microvm.extraArgsScript of a QEMU VM; null for cloud-hypervisor and Firecracker (read-only).";
+      };
+
+      pushUnit = mkOption {
+        type = types.str;
+        readOnly = true;
+        default = (vmInfo name config).pushUnit;
+        defaultText = lib.literalExpression ''"vmcred-push@<name>.service"'';
+        description = "Name of the push unit; `systemctl start` it to push the current sources now (read-only).";
       };
 
       readyUnit = mkOption {
@@ -472,6 +538,10 @@ let
         message = "${at}: credential files and signingKeyFile must be absolute paths outside /nix/store (the store is world-readable).";
       }
       {
+        assertion = vm.signingKeyFile != null;
+        message = "${at}: set ${at}.signingKeyFile (the VM's own key from `vmcred-host keygen --out PREFIX`, PREFIX.key, or a clan vars generator) and give the guest PREFIX.pub in services.vmcred-guest.trustedKeys: the guest agent accepts only a session signed for it by a key it trusts.";
+      }
+      {
         assertion = i.hypervisor != null && builtins.elem i.hypervisor [ "qemu" "qemu-microvm" "cloud-hypervisor" "firecracker" ];
         message = "${at}: cannot tell the hypervisor (${if i.detected == null then "the VM is not in microvm.vms" else i.detected}); set ${at}.hypervisor (qemu, qemu-microvm, cloud-hypervisor or firecracker).";
       }
@@ -480,24 +550,16 @@ let
         message = "${at}.hypervisor is ${toString vm.hypervisor} but the VM's microvm.nix configuration says ${toString i.detected}.";
       }
       {
-        assertion = i.hybrid -> vm.channel.enable;
-        message = "${at}: ${toString i.hypervisor} needs channel.enable: it gets no credentials by firmware here (Firecracker has no SMBIOS; cloud-hypervisor takes OEM strings only on its command line, and microvm.nix already passes the one --platform it accepts).";
+        assertion = i.hybrid || i.cid != null;
+        message = "${at}: set microvm.vsock.cid in the VM (or ${at}.channel.cid): push dials the guest agent at that CID.";
       }
       {
-        assertion = i.hybrid -> vm.signingKeyFile != null;
-        message = "${at}: ${toString i.hypervisor} gets the manifest by channel (pack --manifest-by-channel: microvm.nix's runner owns cloud-hypervisor's one --platform, and Firecracker has no firmware), so the guest can verify it only by its signature: set ${at}.signingKeyFile and give the guest the public key in services.vmcred-guest.trustedKeys.";
+        assertion = vm.channel.port >= 1 && vm.channel.port <= 1023;
+        message = "${at}.channel.port = ${toString vm.channel.port}: the guest agent's port must be privileged (1-1023; default ${toString defaultAgentPort}): only guest root can listen there, which is what lets the host trust whoever answers, and the agent refuses any other.";
       }
       {
-        assertion = vm.channel.overflow == "channel" -> vm.channel.enable;
-        message = "${at}: channel.overflow = \"channel\" needs channel.enable.";
-      }
-      {
-        assertion = i.waitSeconds != null -> vm.channel.enable;
-        message = "${at}: waitReady needs channel.enable (the guest agent reports over the channel).";
-      }
-      {
-        assertion = (vm.channel.enable && !i.hybrid) -> i.cid != null;
-        message = "${at}: set microvm.vsock.cid in the VM (or ${at}.channel.cid): the channel server accepts only that CID.";
+        assertion = vm.channel.notifyPort != null -> !i.hybrid;
+        message = "${at}: channel.notifyPort is for QEMU VMs (microvm.nix already bridges cloud-hypervisor's vmm.notify_socket to microvm@${name}; Firecracker has no firmware to carry it): unset it.";
       }
     ];
 
@@ -505,33 +567,43 @@ let
   signingKeys = lib.filter (k: k != null) (lib.mapAttrsToList (_: vm: vm.signingKeyFile) cfg.vms);
 
   # A VM whose configuration this module cannot extend (flake,
-  # evaluatedConfig) must point microvm.extraArgsScript at the installed
-  # script itself.
+  # evaluatedConfig) must wire itself: its agent's VM name and port must be
+  # the ones push uses, and a QEMU VM must point microvm.extraArgsScript at
+  # the installed script.
   externalWiringAssertions = name: vm:
     let
       g = guestOf name;
+      i = vmInfo name vm;
       at = "services.vmcred.vms.${name}";
       from = if config.microvm.vms.${name}.flake != null then "the flake's nixosConfigurations.${name}" else "microvm.vms.${name}.evaluatedConfig";
+      external = inMicrovmVms name && !(declarative name);
+      agent = external && (g.services.vmcred-guest.enable or false);
     in
-    lib.optionals (inMicrovmVms name && !(declarative name) && vm.setExtraArgsScript) [
+    lib.optionals (external && vm.setExtraArgsScript && i.firmware) [
       {
         assertion = (g.microvm.extraArgsScript or null) == etcArgsScript name;
-        message = "${at}: VM ${name} is built from ${from}, which this module cannot extend, and its microvm.extraArgsScript is ${builtins.toJSON (g.microvm.extraArgsScript or null)}, so vmcred would not reach it. Fix: in that configuration, import vmcred's guest module (inputs.vmcred.nixosModules.guest) and set services.vmcred-guest.hostVM = \"${name}\" (it sets microvm.extraArgsScript = \"${etcArgsScript name}\", installed by this host); or set ${at}.setExtraArgsScript = false if you wire it yourself.";
+        message = "${at}: VM ${name} is built from ${from}, which this module cannot extend, and its microvm.extraArgsScript is ${builtins.toJSON (g.microvm.extraArgsScript or null)}, so vmcred's firmware credentials would not reach it. Fix: in that configuration, import vmcred's guest module (inputs.vmcred.nixosModules.guest) and set services.vmcred-guest.hostVM = \"${name}\" (it sets microvm.extraArgsScript = \"${etcArgsScript name}\", installed by this host); or set ${at}.setExtraArgsScript = false if you wire it yourself.";
       }
     ]
-    # Its agent must dial the channel this host serves (hybrid vsock: no
-    # manifest by firmware names it).
-    ++ lib.optionals (inMicrovmVms name && !(declarative name) && (vmInfo name vm).hybrid && vm.channel.enable
-      && (g.services.vmcred-guest.enable or false)) [
+    ++ lib.optionals external [
       {
-        assertion = g.services.vmcred-guest.channel == (vmInfo name vm).channelAddress;
-        message = "${at}: the agent in VM ${name} (${from}) dials ${builtins.toJSON g.services.vmcred-guest.channel}, but this host serves its channel for it at ${(vmInfo name vm).channelAddress}: set services.vmcred-guest.channel = \"${(vmInfo name vm).channelAddress}\" there.";
+        assertion = g.services.vmcred-guest.enable or false;
+        message = "${at}: VM ${name} (${from}) does not run the vmcred guest agent, so nothing answers the push: import vmcred's guest module there (inputs.vmcred.nixosModules.guest) and set services.vmcred-guest = { enable = true; hostVM = \"${name}\"; trustedKeys = [ <the public key of ${at}.signingKeyFile> ]; }.";
+      }
+    ]
+    ++ lib.optionals agent [
+      {
+        assertion = g.services.vmcred-guest.vmName == name;
+        message = "${at}: the agent in VM ${name} (${from}) takes its VM name to be ${builtins.toJSON g.services.vmcred-guest.vmName}, but this host signs its sessions for \"${name}\", so it would refuse them: set services.vmcred-guest.hostVM = \"${name}\" (or vmName) there.";
+      }
+      {
+        assertion = g.services.vmcred-guest.port == vm.channel.port;
+        message = "${at}: the agent in VM ${name} (${from}) listens on vsock port ${toString g.services.vmcred-guest.port}, but push dials ${toString vm.channel.port}: set services.vmcred-guest.port = ${toString vm.channel.port} there (or ${at}.channel.port).";
       }
     ];
 
-  # QEMU VMs share the host's vsock port space.
-  nativePorts = lib.mapAttrsToList (name: vm: vm.channel.port)
-    (lib.filterAttrs (name: vm: vm.channel.enable && !((vmInfo name vm).hybrid)) cfg.vms);
+  # QEMU VMs share the host's vsock port space (serve's notify ports).
+  notifyPorts = lib.filter (p: p != null) (lib.mapAttrsToList (_: vm: vm.channel.notifyPort) cfg.vms);
 
   # Added to the VM's own configuration (microvm.vms.<name>.config).
   guestModule = name: vm:
@@ -545,27 +617,28 @@ let
       # import (the user's own, by another path) a no-op.
       imports = [ ./guest.nix ];
       config = {
-        microvm.extraArgsScript = "${i.script}";
+        microvm.extraArgsScript = mkIf i.firmware "${i.script}";
         assertions = [
           {
             # (cloud-hypervisor: or a --vsock of the user's in its extraArgs)
-            assertion = vm.channel.enable -> (config.microvm.vsock.cid != null
-              || (i.hypervisor == "cloud-hypervisor" && lib.any (a: a == "--vsock" || lib.hasPrefix "--vsock=" a) (config.microvm.cloud-hypervisor.extraArgs or [ ])));
-            message = "services.vmcred.vms.${name}: the channel needs a vsock device in the VM: set microvm.vsock.cid.";
+            assertion = config.microvm.vsock.cid != null
+              || (i.hypervisor == "cloud-hypervisor" && lib.any (a: a == "--vsock" || lib.hasPrefix "--vsock=" a) (config.microvm.cloud-hypervisor.extraArgs or [ ]));
+            message = "services.vmcred.vms.${name}: push reaches the guest agent over vsock: set microvm.vsock.cid in the VM.";
           }
           {
-            assertion = (i.hybrid && config.services.vmcred-guest.enable) -> config.services.vmcred-guest.trustedKeys != [ ];
-            message = "services.vmcred.vms.${name}: the manifest reaches this ${toString i.hypervisor} VM by channel, so the guest agent must check its signature: set services.vmcred-guest.trustedKeys in the VM to the public key of services.vmcred.vms.${name}.signingKeyFile.";
+            assertion = config.services.vmcred-guest.enable;
+            message = "services.vmcred.vms.${name}: the push needs the vmcred guest agent in the VM to answer: set services.vmcred-guest.enable = true there (with trustedKeys = [ <the public key of services.vmcred.vms.${name}.signingKeyFile> ]).";
           }
           {
-            assertion = vm.mode == "verified" -> config.services.vmcred-guest.enable;
-            message = "services.vmcred.vms.${name}: mode \"verified\" needs the vmcred guest agent in the VM: set services.vmcred-guest.enable = true there, or no service will see the credentials.";
+            assertion = config.services.vmcred-guest.vmName == name;
+            message = "services.vmcred.vms.${name}: the VM's services.vmcred-guest.vmName is ${builtins.toJSON config.services.vmcred-guest.vmName}, but the host signs its sessions for \"${name}\", so the agent would refuse them: leave vmName unset (it defaults to the VM's name here).";
           }
         ];
         # Keep the guest agent consistent with this side.
         services.vmcred-guest = {
           mode = lib.mkDefault vm.mode;
-          channel = lib.mkIf (vm.channel.enable && i.hybrid) (lib.mkDefault i.channelAddress);
+          vmName = lib.mkDefault name;
+          port = vm.channel.port;
         };
       };
     };
@@ -612,8 +685,8 @@ in
             message = "services.vmcred.vms is set but microvm.nix's host module is not imported (inputs.microvm.nixosModules.host).";
           }
           {
-            assertion = lib.unique nativePorts == nativePorts;
-            message = "services.vmcred.vms: QEMU VMs share the host's vsock port space; give each a different channel.port (now: ${lib.concatMapStringsSep ", " toString nativePorts}).";
+            assertion = lib.unique notifyPorts == notifyPorts;
+            message = "services.vmcred.vms: QEMU VMs share the host's vsock port space; give each a different channel.notifyPort (now: ${lib.concatMapStringsSep ", " toString notifyPorts}).";
           }
         ]
         ++ lib.concatLists (lib.mapAttrsToList vmAssertions cfg.vms)
@@ -621,30 +694,57 @@ in
         ++ [
           {
             assertion = lib.unique signingKeys == signingKeys;
-            message = "services.vmcred.vms: VMs share a signingKeyFile. Every VM's hypervisor (microvm@<name>, user microvm) gets its key, so a shared key lets one VM's hypervisor sign manifests every other VM accepts: give each VM its own key (vmcred-host keygen, or a clan vars generator per VM).";
+            message = "services.vmcred.vms: VMs share a signingKeyFile. Every VM's push unit (and a QEMU VM's hypervisor) runs as user microvm and gets its key, so a shared key lets one VM's hypervisor sign sessions every other VM accepts: give each VM its own key (vmcred-host keygen, or a clan vars generator per VM).";
           }
         ];
 
-      # The args script of every VM at a fixed path, for VMs whose
+      # The args script of every QEMU VM at a fixed path, for VMs whose
       # configuration is built elsewhere (etcArgsScript).
       environment.etc = lib.mapAttrs' (name: vm: lib.nameValuePair
         (lib.removePrefix "/etc/" (etcArgsScript name))
         { source = (vmInfo name vm).script; })
-        cfg.vms;
+        (lib.filterAttrs (name: vm: (vmInfo name vm).firmware) cfg.vms);
 
       # QEMU's vhost-vsock needs vhost_vsock, which a freshly booted host
-      # loads only when something opens /dev/vhost-vsock.
-      boot.kernelModules = lib.mkIf (lib.any (n: let i = vmInfo n cfg.vms.${n}; in cfg.vms.${n}.channel.enable && !i.hybrid) (builtins.attrNames cfg.vms)) [ "vhost_vsock" ];
+      # loads only when something opens /dev/vhost-vsock; push dials
+      # AF_VSOCK (and serve listens) through it.
+      boot.kernelModules = lib.mkIf (lib.any (n: !(vmInfo n cfg.vms.${n}).hybrid) (builtins.attrNames cfg.vms)) [ "vhost_vsock" ];
 
-      # vmcred-host check / keygen / wait for the administrator.
+      # vmcred-host check / keygen / push / wait for the administrator.
       environment.systemPackages = [ cfg.package ];
+
+      systemd.paths = lib.mkMerge (lib.mapAttrsToList
+        (name: vm:
+          let
+            i = vmInfo name vm;
+          in
+          lib.optionalAttrs (vm.pushOnChange && i.sourceFiles != [ ]) {
+            # Watches while the VM runs (wanted by and bound to it), so a
+            # changed secret never starts a stopped VM. A change while a
+            # push runs merges into that push's start job (it may have
+            # read the old file): the next change, or `systemctl start
+            # ${i.pushUnit}`, sends it.
+            "vmcred-push@${name}" = {
+              description = "vmcred: push VM ${name}'s credentials again when a source file changes";
+              documentation = [ "https://github.com/vmcred/vmcred" ];
+              wantedBy = [ "microvm@${name}.service" ];
+              bindsTo = [ "microvm@${name}.service" ];
+              pathConfig = {
+                PathChanged = map unitPath i.sourceFiles;
+                Unit = i.pushUnit;
+              };
+            };
+          })
+        cfg.vms);
 
       systemd.services = lib.mkMerge (lib.mapAttrsToList
         (name: vm:
           let
             i = vmInfo name vm;
           in
-          {
+          lib.optionalAttrs i.firmware {
+            # QEMU: pack (in the args script) reads the credentials and the
+            # signing key from the hypervisor's unit, for the firmware.
             "microvm@${name}" = {
               overrideStrategy = "asDropin";
               # As microvm.nix's own drop-in: no PATH= line (an imperative VM
@@ -662,6 +762,70 @@ in
               };
             };
           }
+          // lib.optionalAttrs (!i.firmware) {
+            # cloud-hypervisor, Firecracker: the hypervisor gets no secret;
+            # the folder holds the push's report only.
+            "microvm@${name}" = {
+              overrideStrategy = "asDropin";
+              path = lib.mkForce [ ];
+              serviceConfig = {
+                RuntimeDirectory = [ "vmcred-${name}" ];
+                RuntimeDirectoryMode = "0700";
+              };
+            };
+          }
+          // {
+            "vmcred-push@${name}" = {
+              description = "vmcred: push VM ${name}'s credentials to its guest agent";
+              documentation = [ "https://github.com/vmcred/vmcred" ];
+              # Started with the VM (and again by vmcred-push@${name}.path);
+              # stopped and restarted with it. No After=microvm@${name}: with
+              # microvm.host.useNotifySockets that unit is active only once
+              # the guest has booted, and the guest's boot waits for this
+              # push (its agent sends READY=1 when the credstore is
+              # complete). push retries with backoff while the VM boots.
+              # No Requires=/BindsTo=: a push never starts a stopped VM.
+              wantedBy = [ "microvm@${name}.service" ];
+              partOf = [ "microvm@${name}.service" ];
+              wants = vm.secretsUnits;
+              after = vm.secretsUnits;
+              # A running session is not cut by a switch.
+              restartIfChanged = false;
+              serviceConfig = {
+                Type = "oneshot";
+                # %d: this unit's $CREDENTIALS_DIRECTORY (a specifier, so
+                # not escaped like the other arguments).
+                ExecStart = "${vmcredHost} ${lib.concatMapStringsSep " " execArg i.pushHead} --sign-key %d/${signingKeyId} ${lib.concatMapStringsSep " " execArg i.pushArgs}";
+                TimeoutStartSec = "${toString (i.pushSeconds + 30)}s";
+                LoadCredential = i.loadCredentials;
+                LoadCredentialEncrypted = i.loadCredentialsEncrypted;
+                # The hypervisor's user: it owns the VM's hybrid-vsock socket
+                # and /run/vmcred-${name}, where the report goes (0600).
+                User = microvmUser;
+                Group = microvmGroup;
+                UMask = "0077";
+                CapabilityBoundingSet = "";
+                NoNewPrivileges = true;
+                RestrictAddressFamilies = [ "AF_UNIX" "AF_VSOCK" ];
+                # ProtectSystem=full, not strict: /run/vmcred-${name} may
+                # appear after this unit's namespace is set up (no ordering
+                # against microvm@${name}), and must be writable then; file
+                # permissions keep the rest of /run out of reach.
+                ProtectSystem = "full";
+                ProtectHome = true;
+                PrivateTmp = true;
+                PrivateDevices = true;
+                ProtectKernelTunables = true;
+                ProtectKernelModules = true;
+                ProtectControlGroups = true;
+                RestrictNamespaces = true;
+                LockPersonality = true;
+                MemoryDenyWriteExecute = true;
+                SystemCallArchitectures = "native";
+                SystemCallFilter = [ "@system-service" ];
+              };
+            };
+          }
           // lib.optionalAttrs (i.waitSeconds != null) {
             "vmcred-ready@${name}" = {
               description = "vmcred: wait until VM ${name} has verified its credentials";
@@ -674,10 +838,12 @@ in
                 RemainAfterExit = true;
                 ExecStart = "${vmcredHost} wait --vm ${name} --status-dir ${i.runtimeDir} --timeout ${toString i.waitSeconds}s";
                 TimeoutStartSec = "${toString (i.waitSeconds + 30)}s";
-                # Reads the status file in the VM's runtime folder (0700, owned
-                # by the hypervisor's user); needs nothing else.
-                User = "microvm";
-                Group = "kvm";
+                # Reads the report ${i.pushUnit} records in the VM's runtime
+                # folder (0700, owned by the hypervisor's user, removed when
+                # the VM stops: no report from an earlier boot); needs
+                # nothing else.
+                User = microvmUser;
+                Group = microvmGroup;
                 CapabilityBoundingSet = "";
                 NoNewPrivileges = true;
                 PrivateNetwork = true;

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,7 @@ type vmEval struct {
 	KernelModules       []string
 	InitrdKernelModules []string
 	Etc                 map[string]string
+	EtcModes            map[string]string
 	FailedAssertions    []string
 	Warnings            []string
 }
@@ -239,8 +241,96 @@ func guestOrdering(t *testing.T, name string, vm vmEval, consumers ...string) {
 	}
 }
 
+var storeVmcredHost = regexp.MustCompile(`/nix/store/[^/ ]+/bin/vmcred-host`)
+
+// pushUnit returns vmcred-push@NAME.service and its ExecStart with the
+// package's store path written as vmcred-host.
+func pushUnit(t *testing.T, r *hostEval, name string) (text, execStart string) {
+	t.Helper()
+	text = unit(t, r.Units, "vmcred-push@"+name+".service")
+	execStart = storeVmcredHost.ReplaceAllString(strings.TrimPrefix(lineWith(t, "push unit", text, "ExecStart="), "ExecStart="), "vmcred-host")
+	return text, execStart
+}
+
+// wantPush checks the push unit of VM NAME: its exact command line, the
+// LoadCredential= lines it reads its sources through, when it runs (with
+// the VM, never pulling a stopped VM up, no ordering after it) and as whom.
+func wantPush(t *testing.T, r *hostEval, name, wantExec string, loadCredentials ...string) {
+	t.Helper()
+	u, exec := pushUnit(t, r, name)
+	if exec != wantExec {
+		t.Errorf("vm %s: push ExecStart\n got %s\nwant %s", name, exec, wantExec)
+	}
+	what := "vmcred-push@" + name + ".service"
+	wantDirectives(t, what, u, "Service", "LoadCredential", loadCredentials...)
+	wantDirectives(t, what, u, "Service", "Type", "oneshot")
+	wantDirectives(t, what, u, "Service", "User", "microvm")
+	wantDirectives(t, what, u, "Service", "RestrictAddressFamilies", "AF_UNIX", "AF_VSOCK")
+	// Other host users: no capability, files it writes (the report) 0600,
+	// in the VM's 0700 runtime folder.
+	wantDirectives(t, what, u, "Service", "CapabilityBoundingSet", "")
+	wantDirectives(t, what, u, "Service", "UMask", "0077")
+	wantDirectives(t, what, unit(t, r.Units, "microvm@"+name+".service.d/overrides.conf"), "Service", "RuntimeDirectoryMode", "0700")
+	// Secrets reach push by LoadCredential= only, never by a path (or a
+	// value) on its command line.
+	if strings.Contains(exec, "/run/secrets") || strings.Contains(exec, "file:") {
+		t.Errorf("vm %s: a secret's file on push's command line: %s", name, exec)
+	}
+	wantDirectives(t, what, u, "Install", "WantedBy", "microvm@"+name+".service")
+	wantDirectives(t, what, u, "Unit", "PartOf", "microvm@"+name+".service")
+	for _, key := range []string{"After", "Requires", "BindsTo", "Requisite"} {
+		for _, v := range directives(u, "Unit", key) {
+			if strings.Contains(v, "microvm@") {
+				t.Errorf("vm %s: push unit has %s=%s: the guest's boot waits for the push (deadlock with a Type=notify microvm@), or a push would start a stopped VM", name, key, v)
+			}
+		}
+	}
+}
+
+// wantPushPath checks vmcred-push@NAME.path: it watches exactly FILES and
+// starts the push unit, while the VM runs.
+func wantPushPath(t *testing.T, r *hostEval, name string, files ...string) {
+	t.Helper()
+	u := unit(t, r.Units, "vmcred-push@"+name+".path")
+	what := "vmcred-push@" + name + ".path"
+	wantDirectives(t, what, u, "Path", "PathChanged", files...)
+	wantDirectives(t, what, u, "Path", "Unit", "vmcred-push@"+name+".service")
+	wantDirectives(t, what, u, "Install", "WantedBy", "microvm@"+name+".service")
+	wantDirectives(t, what, u, "Unit", "BindsTo", "microvm@"+name+".service")
+}
+
+// wantAgent checks the guest agent's unit in VM NAME: the long-lived
+// `vmcred-guest agent` on its privileged port, with the capability to bind
+// it, /run writable for the rotation's folder swap, and the VM-name file
+// (0444) that the host's --vm matches.
+func wantAgent(t *testing.T, name string, vm vmEval, port int) {
+	t.Helper()
+	g := unit(t, vm.Units, "vmcred-guest.service")
+	what := name + " vmcred-guest.service"
+	exec := storeVmcredGuest.ReplaceAllString(strings.TrimPrefix(lineWith(t, what, g, "ExecStart="), "ExecStart="), "vmcred-guest")
+	want := fmt.Sprintf("vmcred-guest agent --vm-file /etc/vmcred/vm-name --listen vsock::%d --credstore /run/credstore --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials", port)
+	if exec != want {
+		t.Errorf("%s: ExecStart\n got %s\nwant %s", what, exec, want)
+	}
+	wantDirectives(t, what, g, "Service", "CapabilityBoundingSet", "CAP_NET_BIND_SERVICE")
+	wantDirectives(t, what, g, "Service", "ReadWritePaths", "/run")
+	wantDirectives(t, what, g, "Service", "Restart", "on-failure")
+	wantDirectives(t, what, g, "Service", "Type", "notify")
+	for _, key := range []string{"RemainAfterExit", "RuntimeDirectory"} {
+		if v := directives(g, "Service", key); len(v) != 0 {
+			t.Errorf("%s: %s=%q (long-lived agent; the store must not be a mount point)", what, key, v)
+		}
+	}
+	if got := vm.Etc["vmcred/vm-name"]; got != name+"\n" {
+		t.Errorf("%s: /etc/vmcred/vm-name = %q, want %q (the host's push --vm)", what, got, name+"\n")
+	}
+	if m := vm.EtcModes["vmcred/vm-name"]; m != "0444" {
+		t.Errorf("%s: /etc/vmcred/vm-name mode %q, want 0444 (a root-owned regular file)", what, m)
+	}
+}
+
 // TestRealEvalQEMUMicrovm: a declarative QEMU VM on the `microvm` machine,
-// microvm.nix's default on x86_64.
+// microvm.nix's default on x86_64: firmware (fw_cfg) and the push by CID.
 func TestRealEvalQEMUMicrovm(t *testing.T) {
 	r := mustEvalCase(t, "qemu-microvm")
 	noFailures(t, r)
@@ -252,18 +342,31 @@ func TestRealEvalQEMUMicrovm(t *testing.T) {
 	wantDirectives(t, "drop-in", drop, "Service", "LoadCredential",
 		"API_KEY:/run/secrets/qvm/api-key", "vmcred.signing-key:/run/secrets/qvm/signing.key")
 	wantRunnerCallsScript(t, "qvm", vm)
+	wantPush(t, r, "qvm",
+		"vmcred-host push --vm qvm --connect vsock:5:730 --sign-key %d/vmcred.signing-key --from-credentials-directory=API_KEY --static ENVIRONMENT=test --status-dir /run/vmcred-qvm --timeout 120s",
+		"API_KEY:/run/secrets/qvm/api-key", "vmcred.signing-key:/run/secrets/qvm/signing.key")
+	wantPushPath(t, r, "qvm", "/run/secrets/qvm/api-key")
+	wantAgent(t, "qvm", vm, 730)
 	guestOrdering(t, "qvm", vm, "app")
+	ready := unit(t, r.Units, "vmcred-ready@qvm.service")
+	wantContains(t, "ready unit", ready, "bin/vmcred-host wait --vm qvm --status-dir /run/vmcred-qvm --timeout 120s")
 }
 
 // packLine and serveLine return the vmcred-host pack and serve lines of a
-// VM's generated extraArgsScript.
+// VM's generated extraArgsScript ("" when there is none).
 func scriptLines(t *testing.T, name string, vm vmEval) (pack, serve string) {
 	t.Helper()
 	if vm.ExtraArgsScriptText == nil {
 		t.Fatalf("vm %s: no extraArgsScript text", name)
 	}
 	s := *vm.ExtraArgsScriptText
-	return lineWith(t, name+" args script", s, "bin/vmcred-host pack "), lineWith(t, name+" args script", s, "bin/vmcred-host serve ")
+	pack = lineWith(t, name+" args script", s, "bin/vmcred-host pack ")
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, "bin/vmcred-host serve ") {
+			serve = l
+		}
+	}
+	return pack, serve
 }
 
 func wantContains(t *testing.T, what, s string, subs ...string) {
@@ -278,10 +381,17 @@ func wantContains(t *testing.T, what, s string, subs ...string) {
 func TestRealEvalQEMUMicrovmScript(t *testing.T) {
 	r := mustEvalCase(t, "qemu-microvm")
 	pack, serve := scriptLines(t, "qvm", r.Vms["qvm"])
-	wantContains(t, "pack", pack, "--hypervisor qemu-microvm", "'--from-credentials-directory=API_KEY'", "--static 'ENVIRONMENT=test'", "--channel vsock:2:8889", `--sign-key "$CREDENTIALS_DIRECTORY/vmcred.signing-key"`)
-	wantContains(t, "serve", serve, "--listen vsock:any:8889", "--expect-cid 5")
+	wantContains(t, "pack", pack, "--hypervisor qemu-microvm", "'--from-credentials-directory=API_KEY'", "--static 'ENVIRONMENT=test'", `--sign-key "$CREDENTIALS_DIRECTORY/vmcred.signing-key"`)
+	for _, gone := range []string{"--channel", "--manifest-by-channel", "--notify-socket"} {
+		if strings.Contains(pack, gone) {
+			t.Errorf("pack has %s:\n%s", gone, pack)
+		}
+	}
+	if serve != "" {
+		t.Errorf("serve runs without channel.notifyPort: %s", serve)
+	}
 	if !contains(r.KernelModules, "vhost_vsock") {
-		t.Errorf("host boot.kernelModules %v: want vhost_vsock for a QEMU VM with a channel", r.KernelModules)
+		t.Errorf("host boot.kernelModules %v: want vhost_vsock for a QEMU VM (push dials AF_VSOCK)", r.KernelModules)
 	}
 	// The drop-in sets no PATH (path = lib.mkForce [ ], as microvm.nix).
 	if d := unit(t, r.Units, "microvm@qvm.service.d/overrides.conf"); strings.Contains(d, "Environment=") {
@@ -291,6 +401,8 @@ func TestRealEvalQEMUMicrovmScript(t *testing.T) {
 	wantContains(t, "args script", *r.Vms["qvm"].ExtraArgsScriptText, `echo "${args[*]}"`)
 }
 
+// TestRealEvalQEMUQ35: SMBIOS files, another agent port, and serve for
+// the guest's own notify messages (channel.notifyPort).
 func TestRealEvalQEMUQ35(t *testing.T) {
 	r := mustEvalCase(t, "qemu-q35")
 	noFailures(t, r)
@@ -302,24 +414,37 @@ func TestRealEvalQEMUQ35(t *testing.T) {
 		"DB_PASSWORD:/run/secrets/q35vm/db-password", "vmcred.signing-key:/run/secrets/q35vm/signing.key")
 	wantRunnerCallsScript(t, "q35vm", vm)
 	pack, serve := scriptLines(t, "q35vm", vm)
-	wantContains(t, "pack", pack, "--hypervisor qemu ", "--channel vsock:2:8890")
-	wantContains(t, "serve", serve, "--listen vsock:any:8890", "--expect-cid 6")
+	wantContains(t, "pack", pack, "--hypervisor qemu ", "--notify-socket vsock-stream:2:8890")
+	wantContains(t, "serve", serve, "serve --vm q35vm --listen vsock:any:8890 --expect-cid 6")
+	wantPush(t, r, "q35vm",
+		"vmcred-host push --vm q35vm --connect vsock:6:731 --sign-key %d/vmcred.signing-key --from-credentials-directory=DB_PASSWORD --status-dir /run/vmcred-q35vm --timeout 120s",
+		"DB_PASSWORD:/run/secrets/q35vm/db-password", "vmcred.signing-key:/run/secrets/q35vm/signing.key")
+	wantAgent(t, "q35vm", vm, 731)
 	guestOrdering(t, "q35vm", vm)
 }
 
+// TestRealEvalCloudHypervisor: everything in the session, dialed through
+// the VM's hybrid-vsock socket; the hypervisor gets no secret and no args
+// script; a credential's policy reaches push.
 func TestRealEvalCloudHypervisor(t *testing.T) {
 	r := mustEvalCase(t, "cloud-hypervisor")
 	noFailures(t, r)
 	vm := r.Vms["chvm"]
-	wantDirectives(t, "drop-in", unit(t, r.Units, "microvm@chvm.service.d/overrides.conf"), "Service", "LoadCredential",
-		"API_KEY:/run/secrets/chvm/api-key", "vmcred.signing-key:/run/secrets/chvm/signing.key")
-	wantRunnerCallsScript(t, "chvm", vm)
-	pack, serve := scriptLines(t, "chvm", vm)
-	wantContains(t, "pack", pack, "--hypervisor cloud-hypervisor", "--channel vsock-stream:2:8889", "--manifest-by-channel")
-	wantContains(t, "serve", serve, "--listen unix:/var/lib/microvms/chvm/notify.vsock_8889")
-	// microvm.nix's own vsock socket, which ours sits next to.
+	drop := unit(t, r.Units, "microvm@chvm.service.d/overrides.conf")
+	if v := directives(drop, "Service", "LoadCredential"); len(v) != 0 {
+		t.Errorf("microvm@chvm gets LoadCredential=%q; nothing goes by firmware, the hypervisor needs no secret", v)
+	}
+	wantDirectives(t, "drop-in", drop, "Service", "RuntimeDirectory", "vmcred-chvm")
+	if vm.ExtraArgsScript != nil {
+		t.Errorf("cloud-hypervisor VM has extraArgsScript %q; nothing goes by firmware", *vm.ExtraArgsScript)
+	}
+	wantPush(t, r, "chvm",
+		"vmcred-host push --vm chvm --connect hybrid:/var/lib/microvms/chvm/notify.vsock:730 --sign-key %d/vmcred.signing-key --from-credentials-directory=API_KEY,TLS_KEY --policy TLS_KEY=reload --status-dir /run/vmcred-chvm --timeout 120s",
+		"API_KEY:/run/secrets/chvm/api-key", "TLS_KEY:/run/secrets/chvm/tls.key", "vmcred.signing-key:/run/secrets/chvm/signing.key")
+	wantPushPath(t, r, "chvm", "/run/secrets/chvm/api-key", "/run/secrets/chvm/tls.key")
+	// microvm.nix's own vsock socket, which push dials.
 	wantContains(t, "microvm-run", vm.MicrovmRun, "cid=7,socket=notify.vsock")
-	wantContains(t, "agent", unit(t, vm.Units, "vmcred-guest.service"), "--channel vsock-stream:2:8889")
+	wantAgent(t, "chvm", vm, 730)
 	guestOrdering(t, "chvm", vm, "app")
 }
 
@@ -327,17 +452,38 @@ func TestRealEvalFirecracker(t *testing.T) {
 	r := mustEvalCase(t, "firecracker")
 	noFailures(t, r)
 	vm := r.Vms["fcvm"]
-	wantDirectives(t, "drop-in", unit(t, r.Units, "microvm@fcvm.service.d/overrides.conf"), "Service", "LoadCredential",
+	if vm.ExtraArgsScript != nil {
+		t.Errorf("Firecracker VM has extraArgsScript %q", *vm.ExtraArgsScript)
+	}
+	wantPush(t, r, "fcvm",
+		"vmcred-host push --vm fcvm --connect hybrid:/var/lib/microvms/fcvm/notify.vsock:730 --sign-key %d/vmcred.signing-key --from-credentials-directory=API_KEY --status-dir /run/vmcred-fcvm --timeout 120s",
 		"API_KEY:/run/secrets/fcvm/api-key", "vmcred.signing-key:/run/secrets/fcvm/signing.key")
-	wantRunnerCallsScript(t, "fcvm", vm)
-	pack, serve := scriptLines(t, "fcvm", vm)
-	wantContains(t, "pack", pack, "--hypervisor firecracker", "--manifest-by-channel")
-	wantContains(t, "serve", serve, "--listen unix:/var/lib/microvms/fcvm/notify.vsock_8889")
+	wantPushPath(t, r, "fcvm", "/run/secrets/fcvm/api-key")
+	wantAgent(t, "fcvm", vm, 730)
 	guestOrdering(t, "fcvm", vm)
 }
 
+// TestRealEvalPushOptions: pushOnChange off, waitReady as the push's
+// timeout, a static string that needs quoting, specifiers escaped.
+func TestRealEvalPushOptions(t *testing.T) {
+	r := mustVariant(t, "cloud-hypervisor", `services.vmcred.vms.chvm = { pushOnChange = false; waitReady = 300; static.NOTE = "50% of \"all\" $HOME"; credentials.API_KEY.file = lib.mkForce "/run/secrets/chvm/api%key"; };`)
+	noFailures(t, r)
+	if _, ok := r.Units["vmcred-push@chvm.path"]; ok {
+		t.Errorf("pushOnChange = false still makes vmcred-push@chvm.path")
+	}
+	_, exec := pushUnit(t, r, "chvm")
+	wantContains(t, "push", exec, `--static "NOTE=50%% of \"all\" $$HOME"`, "--timeout 300s")
+	u, _ := pushUnit(t, r, "chvm")
+	wantDirectives(t, "push", u, "Service", "TimeoutStartSec", "330s")
+	wantDirectives(t, "push", u, "Service", "LoadCredential", "API_KEY:/run/secrets/chvm/api%%key", "TLS_KEY:/run/secrets/chvm/tls.key", "vmcred.signing-key:/run/secrets/chvm/signing.key")
+	wantContains(t, "ready", unit(t, r.Units, "vmcred-ready@chvm.service"), "--timeout 300s")
+
+	r = mustVariant(t, "cloud-hypervisor", `services.vmcred.vms.chvm.credentials.API_KEY.file = lib.mkForce "/run/secrets/chvm/api%key";`)
+	wantPushPath(t, r, "chvm", "/run/secrets/chvm/api%%key", "/run/secrets/chvm/tls.key")
+}
+
 // TestRealEvalImperative: a VM only services.vmcred.vms names gets the
-// drop-in and the installed script, and no microvm.vms entry.
+// drop-in, the installed script and the push, and no microvm.vms entry.
 func TestRealEvalImperative(t *testing.T) {
 	r := mustEvalCase(t, "imperative")
 	noFailures(t, r)
@@ -354,34 +500,36 @@ func TestRealEvalImperative(t *testing.T) {
 	if !ok {
 		t.Fatalf("no /etc/vmcred/vms/impvm/extra-args; etc: %v", r.Etc)
 	}
-	wantContains(t, "installed script", s, "--hypervisor qemu ", "--expect-cid 9", "--listen vsock:any:8891")
+	wantContains(t, "installed script", s, "--hypervisor qemu ")
+	wantPush(t, r, "impvm",
+		"vmcred-host push --vm impvm --connect vsock:9:732 --sign-key %d/vmcred.signing-key --from-credentials-directory=API_KEY --status-dir /run/vmcred-impvm --timeout 120s",
+		"API_KEY:/run/secrets/impvm/api-key", "vmcred.signing-key:/run/secrets/impvm/signing.key")
 }
 
+// TestRealEvalFlakeVM: a cloud-hypervisor VM from a flake wires itself
+// with hostVM (its agent's VM name); the host checks name and port.
 func TestRealEvalFlakeVM(t *testing.T) {
 	r := mustEvalCase(t, "flake-vm")
 	noFailures(t, r)
 	vm := r.Vms["flkvm"]
-	if vm.ExtraArgsScript == nil || *vm.ExtraArgsScript != "/etc/vmcred/vms/flkvm/extra-args" {
-		t.Fatalf("flake VM's extraArgsScript = %v, want the installed script", vm.ExtraArgsScript)
+	if vm.ExtraArgsScript != nil {
+		t.Errorf("cloud-hypervisor flake VM has extraArgsScript %q", *vm.ExtraArgsScript)
 	}
-	wantRunnerCallsScript(t, "flkvm", vm)
-	if _, ok := r.Etc["vmcred/vms/flkvm/extra-args"]; !ok {
-		t.Errorf("the host does not install /etc/vmcred/vms/flkvm/extra-args")
-	}
-	// hostVM also tells the agent where the channel is (cloud-hypervisor).
-	wantContains(t, "flake VM's agent", lineWith(t, "agent", unit(t, vm.Units, "vmcred-guest.service"), "ExecStart="), "--channel vsock-stream:2:8889")
+	wantAgent(t, "flkvm", vm, 730)
+	_, exec := pushUnit(t, r, "flkvm")
+	wantContains(t, "push", exec, "--vm flkvm --connect hybrid:/var/lib/microvms/flkvm/notify.vsock:730 ")
 
-	// The host serves the channel elsewhere: the flake's agent must follow.
-	r2, err := evalVariant(t, "flake-vm", `services.vmcred.vms.flkvm.channel.port = 8895;`)
+	// The host dials another port: the flake's agent must follow.
+	r2, err := evalVariant(t, "flake-vm", `services.vmcred.vms.flkvm.channel.port = 733;`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !anyContains(r2.FailedAssertions, `set services.vmcred-guest.channel = "vsock-stream:2:8895" there`) {
+	if !anyContains(r2.FailedAssertions, `set services.vmcred-guest.port = 733 there`) {
 		t.Errorf("a flake VM's agent on the wrong port: failed assertions %q", r2.FailedAssertions)
 	}
 
 	r = mustEvalCase(t, "flake-vm-unwired")
-	if !anyContains(r.FailedAssertions, `set services.vmcred-guest.hostVM = "flkvm"`) {
+	if !anyContains(r.FailedAssertions, `takes its VM name to be "flkvm-guest"`) || !anyContains(r.FailedAssertions, `set services.vmcred-guest.hostVM = "flkvm"`) {
 		t.Errorf("an unwired flake VM: want a failed assertion naming the fix, got %q", r.FailedAssertions)
 	}
 }
@@ -394,16 +542,25 @@ func TestRealEvalBadInputs(t *testing.T) {
 		{"secret in the Nix store", "qemu-microvm", `services.vmcred.vms.qvm.credentials.API_KEY.file = lib.mkForce "/nix/store/aaaa-api-key";`, "outside /nix/store"},
 		{"reserved name", "qemu-microvm", `services.vmcred.vms.qvm.static."vmcred.manifest" = "x";`, "not start with `vmcred.`"},
 		{"credential and static with one name", "qemu-microvm", `services.vmcred.vms.qvm.static.API_KEY = "x";`, "both a credential and a static string"},
-		{"shared signing key", "qemu-microvm", `services.vmcred.vms.other = { hypervisor = "qemu"; channel.cid = 20; channel.port = 8899; static.X = "1"; signingKeyFile = "/run/secrets/qvm/signing.key"; };`, "VMs share a signingKeyFile"},
-		{"cloud-hypervisor without a signing key", "cloud-hypervisor", `services.vmcred.vms.chvm.signingKeyFile = lib.mkForce null;`, "gets the manifest by channel"},
+		{"shared signing key", "qemu-microvm", `services.vmcred.vms.other = { hypervisor = "qemu"; channel.cid = 20; static.X = "1"; signingKeyFile = "/run/secrets/qvm/signing.key"; };`, "VMs share a signingKeyFile"},
+		{"cloud-hypervisor without a signing key", "cloud-hypervisor", `services.vmcred.vms.chvm.signingKeyFile = lib.mkForce null;`, "set services.vmcred.vms.chvm.signingKeyFile"},
+		{"QEMU without a signing key", "qemu-microvm", `services.vmcred.vms.qvm.signingKeyFile = lib.mkForce null;`, "set services.vmcred.vms.qvm.signingKeyFile"},
+		{"Firecracker without a signing key", "firecracker", `services.vmcred.vms.fcvm.signingKeyFile = lib.mkForce null;`, "set services.vmcred.vms.fcvm.signingKeyFile"},
+		{"agent port not privileged", "qemu-microvm", `services.vmcred.vms.qvm.channel.port = 1024;`, "channel.port = 1024: the guest agent's port must be privileged (1-1023"},
+		{"agent port not privileged on firecracker", "firecracker", `services.vmcred.vms.fcvm.channel.port = 8889;`, "channel.port = 8889: the guest agent's port must be privileged"},
+		{"agent port 0", "cloud-hypervisor", `services.vmcred.vms.chvm.channel.port = 0;`, "channel.port = 0: the guest agent's port must be privileged"},
+		{"guest agent port not privileged", "qemu-microvm", `microvm.vms.qvm.config.services.vmcred-guest.port = lib.mkForce 2000;`, "services.vmcred-guest.port = 2000: the agent listens only on a privileged vsock port"},
+		{"guest with another VM name", "qemu-microvm", `microvm.vms.qvm.config.services.vmcred-guest.vmName = "other";`, "vmName is \"other\", but the host signs its sessions for \"qvm\""},
+		{"guest without a trusted key", "cloud-hypervisor", `microvm.vms.chvm.config.services.vmcred-guest.trustedKeys = lib.mkForce [ ];`, "trustedKeys is empty: the agent accepts only a manifest signed by a trusted key"},
+		{"notify port on a hybrid VM", "cloud-hypervisor", `services.vmcred.vms.chvm.channel.notifyPort = 8889;`, "channel.notifyPort is for QEMU VMs"},
 		{"no vsock in the VM", "qemu-microvm", `microvm.vms.qvm.config.microvm.vsock.cid = lib.mkForce null;`, "set microvm.vsock.cid"},
 		{"consumer that does not exist", "qemu-microvm", `microvm.vms.qvm.config.services.vmcred-guest.consumers = [ "no-such-service" ];`, "no-such-service, which this configuration does not define"},
-		{"verified mode without the agent", "qemu-microvm", `microvm.vms.qvm.config.services.vmcred-guest.enable = lib.mkForce false;`, "needs the vmcred guest agent"},
+		{"no agent in the VM", "qemu-microvm", `microvm.vms.qvm.config.services.vmcred-guest.enable = lib.mkForce false;`, "the push needs the vmcred guest agent in the VM to answer"},
 		{"imperative VM without a hypervisor", "imperative", `services.vmcred.vms.impvm.hypervisor = lib.mkForce null;`, "cannot tell the hypervisor (the VM is not in microvm.vms)"},
-		{"imperative QEMU VM without a CID", "imperative", `services.vmcred.vms.impvm.channel.cid = lib.mkForce null;`, "the channel server accepts only that CID"},
-		{"two QEMU VMs on one vsock port", "qemu-microvm", `services.vmcred.vms.other = { hypervisor = "qemu"; channel.cid = 20; static.X = "1"; signingKeyFile = "/run/secrets/other/signing.key"; };`, "give each a different channel.port"},
+		{"imperative QEMU VM without a CID", "imperative", `services.vmcred.vms.impvm.channel.cid = lib.mkForce null;`, "push dials the guest agent at that CID"},
+		{"two QEMU VMs on one notify port", "qemu-q35", `services.vmcred.vms.other = { hypervisor = "qemu"; channel.cid = 20; channel.notifyPort = 8890; static.X = "1"; signingKeyFile = "/run/secrets/other/signing.key"; };`, "give each a different channel.notifyPort"},
 		{"hypervisor contradicts microvm.nix", "qemu-microvm", `services.vmcred.vms.qvm.hypervisor = "cloud-hypervisor";`, "but the VM's microvm.nix configuration says qemu-microvm"},
-		{"VM name with a space", "qemu-microvm", `services.vmcred.vms."a b" = { hypervisor = "qemu"; channel.cid = 21; channel.port = 8898; static.X = "1"; signingKeyFile = "/run/secrets/ab/signing.key"; };`, "the VM name must match"},
+		{"VM name with a space", "qemu-microvm", `services.vmcred.vms."a b" = { hypervisor = "qemu"; channel.cid = 21; static.X = "1"; signingKeyFile = "/run/secrets/ab/signing.key"; };`, "the VM name must match"},
 		{"credential name with a space", "qemu-microvm", `services.vmcred.vms.qvm.credentials."api key".file = "/run/k";`, "must match"},
 		{"hypervisor vmcred cannot serve", "qemu-microvm", `microvm.vms.qvm.config.microvm.hypervisor = lib.mkForce "crosvm";`, "unsupported hypervisor crosvm"},
 	} {
@@ -453,18 +610,18 @@ func TestRealEvalAarch64Virt(t *testing.T) {
 
 // TestRealEvalCloudHypervisorSocketOverride: a --vsock socket= in
 // microvm.cloud-hypervisor.extraArgs moves microvm.nix's vsock socket, and
-// vmcred's channel listener with it.
+// the address push dials with it.
 func TestRealEvalCloudHypervisorSocketOverride(t *testing.T) {
 	r := mustVariant(t, "cloud-hypervisor", `microvm.vms.chvm.config = { microvm.vsock.cid = lib.mkForce null; microvm.cloud-hypervisor.extraArgs = [ "--vsock" "cid=7,socket=/run/chvm/vsock.sock" ]; };`)
 	noFailures(t, r)
 	vm := r.Vms["chvm"]
 	wantContains(t, "microvm-run", vm.MicrovmRun, "cid=7,socket=/run/chvm/vsock.sock")
-	_, serve := scriptLines(t, "chvm", vm)
-	wantContains(t, "serve", serve, "--listen unix:/run/chvm/vsock.sock_8889")
+	_, exec := pushUnit(t, r, "chvm")
+	wantContains(t, "push", exec, "--connect hybrid:/run/chvm/vsock.sock:730 ")
 
 	r = mustVariant(t, "cloud-hypervisor", `microvm.vms.chvm.config.microvm.cloud-hypervisor.extraArgs = [ "--vsock=socket=relative.vsock" ];`)
-	_, serve = scriptLines(t, "chvm", r.Vms["chvm"])
-	wantContains(t, "serve", serve, "--listen unix:/var/lib/microvms/chvm/relative.vsock_8889")
+	_, exec = pushUnit(t, r, "chvm")
+	wantContains(t, "push", exec, "--connect hybrid:/var/lib/microvms/chvm/relative.vsock:730 ")
 }
 
 // TestRealEvalSecretsUnits: microvm@<name> waits for the units that deploy

@@ -141,19 +141,71 @@ func TestGuestModuleMatchesUnitFile(t *testing.T) {
 }
 
 func TestGuestModuleOptions(t *testing.T) {
+	key := fmt.Sprintf("trustedKeys = [ %q ];", testKey)
 	t.Run("defaults", func(t *testing.T) {
-		r := mustGuest(t, "", "")
-		if got, want := agentExecStart(t, r), "/usr/bin/vmcred-guest load --credstore /run/credstore --status-dir /run/vmcred --system-credentials /run/vmcred-system-credentials"; got != want {
-			t.Errorf("ExecStart = %q, want %q (no keys, no --trust-key)", got, want)
+		r := mustGuest(t, key, `networking.hostName = "test-vm";`)
+		if got, want := agentExecStart(t, r), "/usr/bin/vmcred-guest agent --vm-file /etc/vmcred/vm-name --listen vsock::730 --credstore /run/credstore --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials"; got != want {
+			t.Errorf("ExecStart = %q, want %q", got, want)
 		}
-		if !anyContains(r.Warnings, "trustedKeys is empty") {
-			t.Errorf("no warning about missing trusted keys: %q", r.Warnings)
-		}
-		if len(r.FailedAssertions) > 0 {
-			t.Errorf("assertions fail with defaults: %q", r.FailedAssertions)
+		if len(r.FailedAssertions) > 0 || len(r.Warnings) > 0 {
+			t.Errorf("with defaults: failed assertions %q, warnings %q", r.FailedAssertions, r.Warnings)
 		}
 		if len(r.InitrdKernelModules) != 0 {
 			t.Errorf("verified mode loads %q in the initrd; only systemd mode needs that", r.InitrdKernelModules)
+		}
+		// The VM's name: networking.hostName when nothing says otherwise.
+		if n := r.Etc["vmcred/vm-name"]; n.Text == nil || *n.Text != "test-vm\n" || n.Mode != "0444" {
+			t.Errorf("vmcred/vm-name = %+v, want text \"test-vm\\n\", mode 0444", n)
+		}
+		u := unit(t, r.Units, "vmcred-guest.service")
+		wantDirectives(t, "agent", u, "Service", "CapabilityBoundingSet", "CAP_NET_BIND_SERVICE")
+		wantDirectives(t, "agent", u, "Service", "Restart", "on-failure")
+		wantDirectives(t, "agent", u, "Service", "ReadWritePaths", "/run")
+	})
+
+	t.Run("vmName and hostVM", func(t *testing.T) {
+		r := mustGuest(t, key+` vmName = "web-1";`, `networking.hostName = "other";`)
+		if n := r.Etc["vmcred/vm-name"]; n.Text == nil || *n.Text != "web-1\n" {
+			t.Errorf("vmcred/vm-name = %+v, want web-1", n)
+		}
+		r = mustGuest(t, key+` hostVM = "flk";`, `networking.hostName = "other";`)
+		if n := r.Etc["vmcred/vm-name"]; n.Text == nil || *n.Text != "flk\n" {
+			t.Errorf("with hostVM: vmcred/vm-name = %+v, want flk", n)
+		}
+	})
+
+	t.Run("no trusted key", func(t *testing.T) {
+		r := mustGuest(t, "", "")
+		if !anyContains(r.FailedAssertions, "trustedKeys is empty: the agent accepts only a manifest signed by a trusted key") {
+			t.Errorf("no failing assertion without trusted keys: %q", r.FailedAssertions)
+		}
+	})
+
+	t.Run("no VM name", func(t *testing.T) {
+		r := mustGuest(t, key, `networking.hostName = "";`)
+		if !anyContains(r.FailedAssertions, "vmName is not set") {
+			t.Errorf("no failing assertion without a VM name: %q", r.FailedAssertions)
+		}
+	})
+
+	t.Run("port not privileged", func(t *testing.T) {
+		for _, port := range []string{"0", "1024", "8889"} {
+			r := mustGuest(t, key+" port = "+port+";", "")
+			if !anyContains(r.FailedAssertions, "port = "+port+": the agent listens only on a privileged vsock port (1-1023") {
+				t.Errorf("port %s: failed assertions %q", port, r.FailedAssertions)
+			}
+		}
+	})
+
+	t.Run("removed options name the new way", func(t *testing.T) {
+		for setting, want := range map[string]string{
+			`channel = "vsock:2:8889";`: "the host dials it (vmcred-host push)",
+			`allowUnverified = true;`:   "always requires a manifest signed",
+		} {
+			r := mustGuest(t, key+" "+setting, "")
+			if !anyContains(r.FailedAssertions, want) {
+				t.Errorf("%s: want a failed assertion with %q, got %q", setting, want, r.FailedAssertions)
+			}
 		}
 	})
 
@@ -187,19 +239,23 @@ func TestGuestModuleOptions(t *testing.T) {
 		}
 	})
 
-	t.Run("channel and extra flags", func(t *testing.T) {
-		r := mustGuest(t, `channel = "vsock:2:8889"; extraArgs = [ "--timeout" "60s" ]; credstore = "/run/vmcred-store";`, "")
-		want := "/usr/bin/vmcred-guest load --credstore /run/vmcred-store --status-dir /run/vmcred --system-credentials /run/vmcred-system-credentials --channel vsock:2:8889 --timeout 60s"
+	t.Run("port and credstore and extra flags", func(t *testing.T) {
+		r := mustGuest(t, key+` port = 731; extraArgs = [ "--peer-cid" "1" ]; credstore = "/run/vmcred-store";`, "")
+		want := "/usr/bin/vmcred-guest agent --vm-file /etc/vmcred/vm-name --listen vsock::731 --credstore /run/vmcred-store --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials --peer-cid 1"
 		if got := agentExecStart(t, r); got != want {
 			t.Errorf("ExecStart = %q, want %q", got, want)
 		}
 		u := unit(t, r.Units, "vmcred-guest.service")
-		wantDirectives(t, "agent", u, "Service", "RuntimeDirectory", "vmcred-store", "vmcred")
-		wantDirectives(t, "agent", u, "Service", "ReadWritePaths", "/run/vmcred-store", "/run/vmcred")
+		// /run as a whole, no RuntimeDirectory= (a bind mount of the
+		// store on itself): the rotation exchanges the store folder.
+		wantDirectives(t, "agent", u, "Service", "ReadWritePaths", "/run")
+		if v := directives(u, "Service", "RuntimeDirectory"); len(v) != 0 {
+			t.Errorf("RuntimeDirectory=%q", v)
+		}
 	})
 
 	t.Run("consumers", func(t *testing.T) {
-		r := mustGuest(t, `consumers = [ "demo-oem-credentials" "other.service" ];`,
+		r := mustGuest(t, key+` consumers = [ "demo-oem-credentials" "other.service" ];`,
 			`systemd.services.demo-oem-credentials.script = "true";
 			 systemd.services.other.serviceConfig.ExecStart = "/bin/true";`)
 		for _, name := range []string{"demo-oem-credentials", "other"} {
@@ -213,7 +269,7 @@ func TestGuestModuleOptions(t *testing.T) {
 	})
 
 	t.Run("a consumer that is not defined", func(t *testing.T) {
-		r := mustGuest(t, `consumers = [ "demo-oem-credentails" ];`, `systemd.services.demo-oem-credentials.script = "true";`)
+		r := mustGuest(t, key+` consumers = [ "demo-oem-credentails" ];`, `systemd.services.demo-oem-credentials.script = "true";`)
 		if !anyContains(r.FailedAssertions, "demo-oem-credentails, which this configuration does not define") {
 			t.Errorf("a misspelt consumer: failed assertions %q", r.FailedAssertions)
 		}
@@ -224,7 +280,7 @@ func TestGuestModuleOptions(t *testing.T) {
 			`extraArgs = [ "--x" "a b" ];`,
 			`extraArgs = [ "100%" ];`,
 			`credstore = "/var/lib/credstore";`,
-			`channel = "vsock:2:x";`,
+			`vmName = "a b";`,
 		} {
 			_, err := evalGuest(t, settings, "")
 			if err == nil || !strings.Contains(err.Error(), "is not of type") {

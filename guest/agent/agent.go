@@ -138,7 +138,10 @@ type Report struct {
 	// or ManifestFromSession (a host-dialed session).
 	ManifestSource string `json:"manifest_source,omitempty"`
 	KeyID          string `json:"key_id,omitempty"`
-	VM             string `json:"vm,omitempty"`
+	// SignedBy is the key ID of a signature that was present but not
+	// checked (no trust key given): the load relied on digests only.
+	SignedBy string `json:"signed_by,omitempty"`
+	VM       string `json:"vm,omitempty"`
 	// Generation is the manifest's generation (the credential set's).
 	Generation  uint64             `json:"generation,omitempty"`
 	NotAfter    *time.Time         `json:"not_after,omitempty"`
@@ -376,6 +379,9 @@ func summary(n int, rep *Report) string {
 	case PolicySignature:
 		return fmt.Sprintf("%d %s verified (ed25519 key %s)", n, noun, rep.KeyID)
 	case PolicyDigest:
+		if rep.SignedBy != "" {
+			return fmt.Sprintf("%d %s verified (digests only: the signature by ed25519 key %s was not checked, no trust key given)", n, noun, rep.SignedBy)
+		}
 		return fmt.Sprintf("%d %s verified (digests, unsigned manifest)", n, noun)
 	}
 	return fmt.Sprintf("%d %s loaded unverified", n, noun)

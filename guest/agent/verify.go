@@ -105,6 +105,8 @@ func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstrin
 	if ver.Trusted {
 		rep.Policy = PolicySignature
 		rep.KeyID = ver.KeyID
+	} else {
+		rep.SignedBy = ver.KeyID
 	}
 	rep.VM, rep.Generation = m.VM, m.Generation
 	if !m.NotAfter.IsZero() {

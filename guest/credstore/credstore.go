@@ -105,8 +105,11 @@ type Store struct {
 	maxSize   int // Options.MaxSize, defaulted
 	stateRoot *os.Root
 	stateName string
-	mu        sync.Mutex
-	closed    bool
+	// stateInMemory: the state directory is on tmpfs or ramfs, where
+	// fsync does nothing; writeState then spares those system calls.
+	stateInMemory bool
+	mu            sync.Mutex
+	closed        bool
 	// afterRename, set only by tests, runs after each rename in phase 2. If
 	// it returns an error, Replace returns that error at once and cleans up
 	// nothing, as a process killed at that point would.
@@ -213,8 +216,16 @@ func Open(dir string, opts Options) (_ *Store, err error) {
 		return nil, fmt.Errorf("open credstore %s: %w", dir, err)
 	}
 
-	if _, stateCreated, err = ensureDir("state directory", stateDir); err != nil {
+	sfi, stateCreated, err := ensureDir("state directory", stateDir)
+	if err != nil {
 		return nil, err
+	}
+	// Usually /run/vmcred beside /run/credstore: the same filesystem, whose
+	// kind is known already. Otherwise ask.
+	if sid, ok := idOf(sfi); ok && sid.dev == s.id.dev {
+		s.stateInMemory = s.kind.InMemory()
+	} else if kind, err := statfsKind(stateDir); err == nil {
+		s.stateInMemory = kind.InMemory()
 	}
 	if s.stateRoot, err = os.OpenRoot(stateDir); err != nil {
 		return nil, fmt.Errorf("open state directory: %w", err)

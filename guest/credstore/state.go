@@ -165,7 +165,8 @@ func (s *Store) readState() (*state, error) {
 
 // writeState replaces the state file atomically: temp file in the same
 // directory, mode 0600, written, fsynced, renamed over the target, then the
-// directory fsynced. A target that is not a regular file is refused.
+// directory fsynced (both fsyncs only off tmpfs and ramfs, where they do
+// nothing: as syncStore). A target that is not a regular file is refused.
 func (s *Store) writeState(st *state) (err error) {
 	data := st.marshal()
 	fi, err := s.stateRoot.Lstat(s.stateName)
@@ -193,14 +194,19 @@ func (s *Store) writeState(st *state) (err error) {
 	if _, err := f.Write(data); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		return err
+	if !s.stateInMemory {
+		if err := f.Sync(); err != nil {
+			return err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err
 	}
 	if err := s.stateRoot.Rename(tmp, s.stateName); err != nil {
 		return err
+	}
+	if s.stateInMemory {
+		return nil
 	}
 	return syncDir(s.stateRoot)
 }

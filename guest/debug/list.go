@@ -154,6 +154,18 @@ func ListFromFirmware(rep firmware.Report, verified map[string]string) List {
 	return l
 }
 
+// Unreadable is an error with exit code 3 when a source in l's findings
+// could not be read (a non-root user), else nil: the listing is then
+// incomplete, and saying so with exit 0 would hide it.
+func (l List) Unreadable() error {
+	for _, f := range l.Findings {
+		if f.Code == CodeSourceUnreadable || f.Code == CodeCredstoreUnreadable || f.Code == CodeStatusUnreadable {
+			return cli.WithCode(cli.ExitIO, fmt.Errorf("%s; %s", f.Message, fixRunAsRoot))
+		}
+	}
+	return nil
+}
+
 // ListStatus lists what this boot has: the last load's report from the
 // status file, with each credential's file as LoadCredential= finds it now
 // on the search path, plus credstore files the report does not name. The
@@ -496,6 +508,19 @@ func writeJSON(w io.Writer, v any) error {
 // WriteText writes l as an aligned table for an 80-column console, like
 // `systemd-creds list`, then the skipped strings and the problems found.
 func (l List) WriteText(w io.Writer) error {
+	if layoutOf(w).NoLegend {
+		// Only the rows: no headings, nothing before or after them.
+		tb := l.firmwareTable
+		switch l.Mode {
+		case ModeStatus:
+			tb = func() table { t, _ := l.statusTable(); return t }
+		case ModeCredstore:
+			tb = l.credstoreTable
+		}
+		t := tb()
+		t.write(w)
+		return nil
+	}
 	switch l.Mode {
 	case ModeStatus:
 		l.writeStatusText(w)
@@ -509,15 +534,23 @@ func (l List) WriteText(w io.Writer) error {
 }
 
 func (l List) writeFirmwareText(w io.Writer) {
-	tb := table{cols: []column{{head: "NAME", flex: true, min: 12}, {head: "SOURCE"}, {head: "SIZE", right: true}, {head: "SHA256"}, {head: "VERIFIED"}}}
-	for _, c := range l.Credentials {
-		tb.add(printable(c.Name, 32), c.Source, fmt.Sprint(c.Size), short(c.SHA256, 12)+"…", c.Verified)
-	}
+	tb := l.firmwareTable()
 	if tb.write(w) {
 		fmt.Fprintln(w)
 	}
 	fmt.Fprint(w, plural(len(l.Credentials), "credential"))
 	writeSkipped(w, l.Skipped, "string")
+	if slices.ContainsFunc(l.Credentials, func(c Credential) bool { return c.Verified == "no" }) {
+		wrap(w, "", "list reads, it does not verify: VERIFIED says \"no\" for what no load has verified; `vmcred-guest verify` checks them now.")
+	}
+}
+
+func (l List) firmwareTable() table {
+	tb := table{cols: []column{{head: "NAME", flex: true, min: 12}, {head: "SOURCE"}, {head: "SIZE", right: true}, {head: "SHA256"}, {head: "VERIFIED"}}}
+	for _, c := range l.Credentials {
+		tb.add(printable(c.Name, wholeName), c.Source, humanSize(c.Size), short(c.SHA256), c.Verified)
+	}
+	return tb
 }
 
 func writeSkipped(w io.Writer, skipped []Skipped, noun string) {
@@ -574,19 +607,7 @@ func (l List) writeStatusText(w io.Writer) {
 	kv(w, "Status file", l.StatusFile)
 	kv(w, "Credstore", l.Credstore)
 	fmt.Fprintln(w)
-	tb := table{cols: []column{{head: "NAME", flex: true, min: 12}, {head: "SOURCE"}, {head: "SIZE", right: true}, {head: "SHA256"}, {head: "VERIFIED"}, {head: "SERVED FROM", flex: true, min: 8}, {head: "SECURE"}}}
-	marked := false
-	for _, c := range l.Credentials {
-		from := "-"
-		if c.Served != "" {
-			from = l.in.displayDir(filepath.Dir(c.Served))
-			if c.ServedMatches != nil && !*c.ServedMatches {
-				from = "!" + from
-				marked = true
-			}
-		}
-		tb.add(printable(c.Name, 64), orDash(c.Source), fmt.Sprint(c.Size), short(c.SHA256, 8), verifiedLabel(c.Verified), from, orDash(c.Security))
-	}
+	tb, marked := l.statusTable()
 	if tb.write(w) {
 		fmt.Fprintln(w)
 	}
@@ -597,6 +618,33 @@ func (l List) writeStatusText(w io.Writer) {
 	}
 }
 
+// statusTable is the table of the status view, and whether a row is
+// marked "!".
+func (l List) statusTable() (table, bool) {
+	tb := table{cols: []column{{head: "NAME", flex: true, min: 12}, {head: "SOURCE"}, {head: "SIZE", right: true}, {head: "SHA256"}, {head: "VERIFIED"}, {head: "SERVED FROM"}, {head: "SECURE"}}}
+	marked := false
+	for _, c := range l.Credentials {
+		from := "-"
+		if c.Served != "" {
+			from = l.in.displayDir(filepath.Dir(c.Served))
+			if c.ServedMatches != nil && !*c.ServedMatches {
+				from = "!" + from
+				marked = true
+			}
+		}
+		tb.add(printable(c.Name, wholeName), orDash(c.Source), humanSize(c.Size), short(c.SHA256), verifiedLabel(c.Verified), from, orDash(c.Security))
+	}
+	return tb, marked
+}
+
+func (l List) credstoreTable() table {
+	tb := table{cols: []column{{head: "NAME", flex: true, min: 12}, {head: "SECURE"}, {head: "SIZE", right: true}, {head: "MODE"}, {head: "SHA256"}}}
+	for _, c := range l.Credentials {
+		tb.add(printable(c.Name, wholeName), c.Security, humanSize(c.Size), c.Mode, short(c.SHA256))
+	}
+	return tb
+}
+
 func (l List) writeCredstoreText(w io.Writer) {
 	fsName := "empty"
 	if len(l.Credentials) > 0 {
@@ -604,10 +652,7 @@ func (l List) writeCredstoreText(w io.Writer) {
 	}
 	kv(w, "Credstore", fmt.Sprintf("%s (%s)", l.Credstore, fsName))
 	fmt.Fprintln(w)
-	tb := table{cols: []column{{head: "NAME", flex: true, min: 12}, {head: "SECURE"}, {head: "SIZE", right: true}, {head: "MODE"}, {head: "SHA256"}}}
-	for _, c := range l.Credentials {
-		tb.add(printable(c.Name, 64), c.Security, fmt.Sprint(c.Size), c.Mode, short(c.SHA256, 16))
-	}
+	tb := l.credstoreTable()
 	if tb.write(w) {
 		fmt.Fprintln(w)
 	}

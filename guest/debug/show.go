@@ -2,6 +2,7 @@ package debug
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -276,6 +277,15 @@ func Show(in Inspector, name string, fw firmware.Report, fwErr error, pol Policy
 	}
 
 	sh.Known = sh.LastLoad != nil || sh.Manifest != nil || len(sh.Sources) > 0 || picked >= 0
+	unread := slices.ContainsFunc(fds, func(f Finding) bool {
+		return f.Code == CodeStatusUnreadable || f.Code == CodeSourceUnreadable || f.Code == CodeCredstoreUnreadable
+	}) || slices.ContainsFunc(folders, func(f folder) bool { return f.err != nil })
+	if !sh.Known && unread {
+		// Not knowing it means nothing when the places that would know
+		// could not be read.
+		sh.Findings = sortFindings(fds)
+		return sh, cli.WithCode(cli.ExitIO, fmt.Errorf("credential %q: some of the places that would know it could not be read; %s", name, fixRunAsRoot))
+	}
 	if !sh.Known {
 		f := Finding{Code: CodeCredentialUnknown, Severity: SeverityError, Credential: name,
 			Message: "no credential of that name in the last load, the manifest, the firmware or any folder LoadCredential= searches",
@@ -324,6 +334,13 @@ func Reveal(in Inspector, name string, w io.Writer) (string, error) {
 	folders := in.scan()
 	i := served(folders, name)
 	if i < 0 {
+		// A folder this user may not list may hold it: that is "cannot
+		// read" (exit 3), not "no such credential".
+		for _, f := range folders {
+			if f.err != nil {
+				return "", cli.WithCode(cli.ExitIO, fmt.Errorf("credential %q: cannot list %s: %w; %s", name, f.dir, f.err, fixRunAsRoot))
+			}
+		}
 		return "", cli.WithCode(cli.ExitFailure, fmt.Errorf("credential %q: no file on LoadCredential='s search path (%s) to reveal", name, strings.Join(in.searchPath(), ", ")))
 	}
 	path := filepath.Join(folders[i].dir, name)
@@ -336,6 +353,10 @@ func Reveal(in Inspector, name string, w io.Writer) (string, error) {
 	}
 	defer clear(b)
 	if _, err := w.Write(b); err != nil {
+		var ee *cli.ExitError
+		if errors.As(err, &ee) {
+			return path, err // the writer's own refusal, with its code
+		}
 		return path, cli.WithCode(cli.ExitIO, fmt.Errorf("reveal credential %q: write: %w", name, err))
 	}
 	return path, nil
@@ -376,7 +397,7 @@ func (sh Shown) WriteText(w io.Writer) error {
 		if m.Static {
 			kind = "static"
 		}
-		kv(w, "Manifest", fmt.Sprintf("%d bytes, sha256 %s…, %s, delivery %s", m.Size, short(m.SHA256, 16), kind, m.Delivery))
+		kv(w, "Manifest", fmt.Sprintf("%d bytes, sha256 %s…, %s, delivery %s", m.Size, short(m.SHA256), kind, m.Delivery))
 		sig := "unsigned"
 		switch m.Signature {
 		case "trusted":
@@ -394,7 +415,7 @@ func (sh Shown) WriteText(w io.Writer) error {
 		kv(w, "Manifest", "n/a (not in the live manifest, or no manifest)")
 	}
 	if l := sh.LastLoad; l != nil {
-		s := fmt.Sprintf("%s at %s; verification %s; %d bytes, sha256 %s…", l.Outcome, l.At.Format(time.RFC3339), l.Verification, l.Size, short(l.SHA256, 16))
+		s := fmt.Sprintf("%s at %s; verification %s; %d bytes, sha256 %s…", l.Outcome, l.At.Format(time.RFC3339), l.Verification, l.Size, short(l.SHA256))
 		if l.Exposed != "" {
 			s += "; exposed " + l.Exposed
 		} else {
@@ -420,7 +441,7 @@ func (sh Shown) WriteText(w io.Writer) error {
 			d += " " + s.Prefix
 		}
 		if s.Taken {
-			d += fmt.Sprintf(" %d bytes, sha256 %s… (taken)", *s.Size, short(s.SHA256, 16))
+			d += fmt.Sprintf(" %d bytes, sha256 %s… (taken)", *s.Size, short(s.SHA256))
 		} else {
 			d += " skipped: " + s.Reason
 		}
@@ -433,11 +454,11 @@ func (sh Shown) WriteText(w io.Writer) error {
 	}
 	kv(w, "Served", "LoadCredential="+printable(sh.Name, 40)+" picks "+picks)
 	fmt.Fprintln(w)
-	tb := table{cols: []column{{head: "#", right: true}, {head: "SEARCHED", flex: true, min: 14}, {head: "SIZE", right: true}, {head: "SHA256"}, {head: "SECURE"}, {head: "MATCH"}, {head: "PICKED"}}}
+	tb := table{cols: []column{{head: "#", right: true}, {head: "SEARCHED"}, {head: "SIZE", right: true}, {head: "SHA256"}, {head: "SECURE"}, {head: "MATCH"}, {head: "PICKED"}}}
 	for i, c := range sh.SearchPath {
 		size, sum, sec, match, picked := "-", "-", "-", "-", ""
 		if c.Exists {
-			size, sum, sec = fmt.Sprint(c.Size), short(c.SHA256, 12), c.Security
+			size, sum, sec = humanSize(c.Size), short(c.SHA256), c.Security
 			if c.Matches != nil {
 				match = "no"
 				if *c.Matches {

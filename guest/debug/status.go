@@ -389,13 +389,13 @@ func (st Status) WriteText(w io.Writer) error {
 	kv(w, "Status file", st.StatusFile)
 
 	fmt.Fprintln(w)
-	tb := table{cols: []column{{head: "NAME", flex: true, min: 12}, {head: "SOURCE"}, {head: "SIZE", right: true}, {head: "SHA256"}, {head: "VERIFIED"}, {head: "DELIVERY"}, {head: "SERVED AT LOAD", flex: true, min: 7}}}
+	tb := table{cols: []column{{head: "NAME", flex: true, min: 12}, {head: "SOURCE"}, {head: "SIZE", right: true}, {head: "SHA256"}, {head: "VERIFIED"}, {head: "DELIVERY"}, {head: "SERVED AT LOAD"}}}
 	for _, c := range rep.Credentials {
 		servedAt := "-"
 		if c.Served != "" {
 			servedAt = st.in.displayDir(filepath.Dir(c.Served))
 		}
-		tb.add(printable(c.Name, 64), orDash(c.Source), fmt.Sprint(c.Size), short(c.SHA256, 8), verifiedLabel(c.Verification), orDash(c.Delivery), servedAt)
+		tb.add(printable(c.Name, wholeName), orDash(c.Source), humanSize(int64(c.Size)), short(c.SHA256), verifiedLabel(c.Verification), orDash(c.Delivery), servedAt)
 	}
 	if tb.write(w) {
 		fmt.Fprintln(w)

@@ -240,7 +240,7 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 			default:
 				r.Credstore = "mismatch"
 				add(Finding{Code: CodeCredstoreMismatch, Severity: SeverityError, Credential: r.Name,
-					Message: fmt.Sprintf("%s (%d bytes) is not what the manifest lists (%d bytes, sha256 %s…)", filepath.Join(store.dir, r.Name), d.size, size, short(want, 16)),
+					Message: fmt.Sprintf("%s (%d bytes) is not what the manifest lists (%d bytes, sha256 %s…)", filepath.Join(store.dir, r.Name), d.size, size, short(want)),
 					Fix:     "`systemctl restart vmcred-guest` writes the verified copy again; find what else writes to the credstore"})
 			}
 			if r.Credstore == "missing" && r.Firmware != "missing" && store.exists {
@@ -425,7 +425,13 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 			failed = true
 		}
 	}
+	// What could not be read makes the result incomplete even when other
+	// checks failed: those failures are often its consequence (no
+	// manifest because the DMI table was unreadable), and only a reader
+	// who can read everything can tell.
 	switch {
+	case unread:
+		return v, cli.WithCode(cli.ExitIO, errors.New("verification incomplete: some sources or files could not be read; "+fixRunAsRoot))
 	case failed:
 		v.Result = "failed"
 		msg := plural(countErrors(v.Findings), "problem")
@@ -433,8 +439,6 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 			msg += "; the saved manifest " + v.ManifestFile + " was not accepted"
 		}
 		return v, cli.WithCode(cli.ExitFailure, fmt.Errorf("verification failed: %s", msg))
-	case unread:
-		return v, cli.WithCode(cli.ExitIO, errors.New("verification incomplete: some sources or files could not be read"))
 	}
 	v.OK, v.Result = true, "ok"
 	return v, nil
@@ -490,7 +494,7 @@ func (v Verification) WriteText(w io.Writer) error {
 	kv(w, "Credstore", v.Credstore)
 	if len(v.Credentials) > 0 {
 		fmt.Fprintln(w)
-		tb := table{cols: []column{{head: "NAME", flex: true, min: 12}, {head: "FIRMWARE"}, {head: "CREDSTORE"}, {head: "SYSTEMD"}, {head: "SERVED FROM", flex: true, min: 8}, {head: "OK"}}}
+		tb := table{cols: []column{{head: "NAME", flex: true, min: 12}, {head: "FIRMWARE"}, {head: "CREDSTORE"}, {head: "SYSTEMD"}, {head: "SERVED FROM"}, {head: "OK"}}}
 		for _, r := range v.Credentials {
 			from := "-"
 			if r.Served != "" {
@@ -510,7 +514,7 @@ func (v Verification) WriteText(w io.Writer) error {
 			if sys == "absent" {
 				sys = "-"
 			}
-			tb.add(printable(r.Name, 64), r.Firmware, r.Credstore, sys, from, ok)
+			tb.add(printable(r.Name, wholeName), r.Firmware, r.Credstore, sys, from, ok)
 		}
 		tb.write(w)
 	}

@@ -166,6 +166,17 @@ func Read(fsys fs.FS, opt Options) (Report, error) {
 
 func abs(p string) string { return "/" + strings.TrimPrefix(p, "/") }
 
+// fault is err's text with the absolute path: errors from an fs.FS name
+// paths relative to its root ("open sys/…"), which reads like a path
+// under the working directory.
+func fault(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return fmt.Sprintf("%s %s: %v", pe.Op, abs(pe.Path), pe.Err)
+	}
+	return err.Error()
+}
+
 func readTable(fsys fs.FS, name string, maxSize int64, p *oemstring.Parser) Status {
 	st := Status{Kind: SourceSMBIOS, Path: abs(name)}
 	data, err := readFileCapped(fsys, name, maxSize)
@@ -174,7 +185,7 @@ func readTable(fsys fs.FS, name string, maxSize int64, p *oemstring.Parser) Stat
 	}
 	st.Found = true
 	if err != nil {
-		st.Fault = err.Error()
+		st.Fault = fault(err)
 		return st
 	}
 	// ScanTable keeps no structure: memory stays bounded by the largest
@@ -218,13 +229,13 @@ func readEntries(fsys fs.FS, dir string, p *oemstring.Parser) Status {
 	st := Status{Kind: SourceSMBIOS, Path: abs(dir)}
 	sub, err := fs.Sub(fsys, dir)
 	if err != nil {
-		st.Fault = err.Error()
+		st.Fault = fault(err)
 		return st
 	}
 	if _, err := fs.Stat(fsys, dir); err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			st.Found = true
-			st.Fault = err.Error()
+			st.Fault = fault(err)
 		}
 		return st
 	}
@@ -251,7 +262,7 @@ func readFwCfg(fsys fs.FS, dir string, p *oemstring.Parser) Status {
 	}
 	st.Found = true
 	if err != nil {
-		st.Fault = fmt.Sprintf("%s: %v", st.Path, err)
+		st.Fault = fault(err)
 		return st
 	}
 	sort.Slice(ents, func(i, j int) bool { return ents[i].Name() < ents[j].Name() })
@@ -260,7 +271,7 @@ func readFwCfg(fsys fs.FS, dir string, p *oemstring.Parser) Status {
 		raw := path.Join(dir, e.Name(), "raw")
 		data, err := readFileCapped(fsys, raw, credential.MaxSize+1)
 		if err != nil {
-			st.Fault = fmt.Sprintf("fw_cfg credential %q: %v", e.Name(), err)
+			st.Fault = fmt.Sprintf("fw_cfg credential %q: %s", e.Name(), fault(err))
 			continue
 		}
 		st.Strings++

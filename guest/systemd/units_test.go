@@ -298,26 +298,37 @@ func TestModulesLoad(t *testing.T) {
 	}
 }
 
-// TestExecStart pins the agent's command line to DESIGN.md §7's
-// `vmcred-guest load` flags.
+// TestExecStart pins the agent's command line: the long-lived
+// `vmcred-guest agent` on its privileged port (DESIGN §8), the VM's name
+// from its file, the folders of DESIGN §7.
 func TestExecStart(t *testing.T) {
 	b, err := os.ReadFile("vmcred-guest.service")
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := directive(b, "Service", "ExecStart")
-	want := []string{"/usr/bin/vmcred-guest load --credstore /run/credstore --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials"}
+	want := []string{"/usr/bin/vmcred-guest agent --vm-file /etc/vmcred/vm-name --listen vsock::730 --credstore /run/credstore --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("ExecStart (-want +got):\n%s", diff)
 	}
-	// The credstore and status folders must be writable in the sandbox
-	// and exist before the agent runs.
-	for _, d := range []string{"/run/credstore", "/run/vmcred"} {
-		if rw := strings.Join(directive(b, "Service", "ReadWritePaths"), " "); !strings.Contains(" "+rw+" ", " "+d+" ") {
-			t.Errorf("ReadWritePaths=%s lacks %s", rw, d)
-		}
-		if rd := strings.Join(directive(b, "Service", "RuntimeDirectory"), " "); !strings.Contains(" "+rd+" ", " "+strings.TrimPrefix(d, "/run/")+" ") {
-			t.Errorf("RuntimeDirectory=%s lacks %s", rd, d)
-		}
+	// Binding port 730 needs CAP_NET_BIND_SERVICE; a long-lived agent
+	// comes back after a crash.
+	if diff := cmp.Diff([]string{"CAP_NET_BIND_SERVICE"}, directive(b, "Service", "CapabilityBoundingSet")); diff != "" {
+		t.Errorf("CapabilityBoundingSet (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"on-failure"}, directive(b, "Service", "Restart")); diff != "" {
+		t.Errorf("Restart (-want +got):\n%s", diff)
+	}
+	if got := directive(b, "Service", "RemainAfterExit"); len(got) != 0 {
+		t.Errorf("RemainAfterExit=%q: the agent is long-lived", got)
+	}
+	// /run as a whole, and no RuntimeDirectory= (systemd would bind it on
+	// itself under ProtectSystem=strict): the rotation's folder exchange
+	// cannot cross a mount point. The agent creates its folders.
+	if diff := cmp.Diff([]string{"/run"}, directive(b, "Service", "ReadWritePaths")); diff != "" {
+		t.Errorf("ReadWritePaths (-want +got):\n%s", diff)
+	}
+	if rd := directive(b, "Service", "RuntimeDirectory"); len(rd) != 0 {
+		t.Errorf("RuntimeDirectory=%q: /run/credstore would be a mount point in the unit", rd)
 	}
 }

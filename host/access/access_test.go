@@ -477,3 +477,25 @@ func TestNobodyRootFile(t *testing.T) {
 		}
 	}
 }
+
+// TestTextWithoutVMOrPlural: without --vm the report does not ask about
+// "VM ?", and one credential is not "1 credentials".
+func TestTextWithoutVMOrPlural(t *testing.T) {
+	tree := fakeTree()
+	r, err := Diagnose([]source.Item{fileItem("api-key", "/run/secrets/api-key")}, Config{Lookup: fakeLookup(), Stat: fakeStat(tree)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text bytes.Buffer
+	if err := r.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"of VM ?", "VM ?", "1 credentials", "(s)"} {
+		if strings.Contains(text.String(), bad) {
+			t.Errorf("report holds %q:\n%s", bad, text.String())
+		}
+	}
+	if !strings.Contains(text.String(), "read these credentials?") {
+		t.Errorf("report does not ask about these credentials:\n%s", text.String())
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/vmcred/vmcred/shared/cli"
 )
 
 // width is the column WriteText wraps prose at. Paths and commands are
@@ -34,7 +36,11 @@ func (r Report) WriteJSON(w io.Writer) error {
 func (r Report) WriteText(w io.Writer) error {
 	b := bufio.NewWriter(w)
 	p := printer{b: b}
-	p.line(fmt.Sprintf("vmcred-host check: can %s read the credentials of VM %s?", r.User, r.VM))
+	if r.VM != "VM" { // "VM" is the placeholder Diagnose puts for no --vm
+		p.line(fmt.Sprintf("vmcred-host check: can %s read the credentials of VM %s?", r.User, r.VM))
+	} else {
+		p.line(fmt.Sprintf("vmcred-host check: can %s read these credentials?", r.User))
+	}
 	p.field("", "user", fmt.Sprintf("%s (uid %s)", r.User, r.UID))
 	groups := make([]string, len(r.Groups))
 	for i, g := range r.Groups {
@@ -85,9 +91,13 @@ func (r Report) WriteText(w io.Writer) error {
 	case len(r.Results) == 0:
 		p.line("No credential files to check.")
 	case unreadable == 0:
-		p.line(fmt.Sprintf("%s can read all %d credentials.", r.User, len(r.Results)))
+		if len(r.Results) == 1 {
+			p.line(fmt.Sprintf("%s can read the one credential.", r.User))
+		} else {
+			p.line(fmt.Sprintf("%s can read all %d credentials.", r.User, len(r.Results)))
+		}
 	default:
-		p.line(fmt.Sprintf("%s cannot read %d of %d credentials.", r.User, unreadable, len(r.Results)))
+		p.line(fmt.Sprintf("%s cannot read %d of %s.", r.User, unreadable, cli.Count(len(r.Results), "credential")))
 	}
 
 	if f := r.Fix; f != nil {

@@ -92,11 +92,21 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("%s: the private folder's socket name %s would be over the %d-byte sun_path limit; use a shorter path", path, tmp, address.MaxUnixPathLen)
 	}
 	if err := os.Mkdir(priv, 0o700); err != nil {
-		return nil, err
+		// The error would name the private folder; the caller names path.
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("make a private folder beside it: %w", err)
 	}
 	defer os.Remove(priv)
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
+		// net's error names the temporary file; the caller names path.
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Err != nil {
+			err = oe.Err
+		}
 		return nil, err
 	}
 	l.SetUnlinkOnClose(false)

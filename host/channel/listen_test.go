@@ -126,3 +126,16 @@ func TestFinding3AbstractRefused(t *testing.T) {
 		t.Error("something listens on the abstract name")
 	}
 }
+
+// TestListenUnixErrorNamesThePath: a bind that fails names the path asked
+// for, never the temporary name it binds first.
+func TestListenUnixErrorNamesThePath(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "missing", "vm.vsock_1234")
+	_, err := Listen(address.Address{Kind: address.Unix, Path: path})
+	if err == nil {
+		t.Fatal("Listen in a missing folder succeeded")
+	}
+	if !strings.Contains(err.Error(), path) || strings.Contains(err.Error(), ".vmcred-") {
+		t.Errorf("error %q: want %s and no temporary name", err, path)
+	}
+}

@@ -204,3 +204,7 @@ func syncDir(root *os.Root) error {
 func WriteFile(path string, data []byte, perm fs.FileMode) error {
 	return atomicfile.WriteFile(path, data, perm)
 }
+
+// CreatedDir reports whether Write created the runtime directory (and
+// Remove would remove it).
+func (r *Result) CreatedDir() bool { return r.createdDir }

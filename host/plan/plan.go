@@ -78,10 +78,15 @@ func New(creds []Input, opts Options) (*Plan, error) {
 		if c.Size <= credential.MaxSize {
 			continue
 		}
-		if i >= len(creds) || o.Overflow != OverflowChannel || c.Size > o.MaxChannelSize {
+		// Firecracker sends everything by channel anyway: no --overflow
+		// channel to ask for.
+		byChannel := o.Overflow == OverflowChannel || o.Hypervisor == Firecracker
+		if i >= len(creds) || !byChannel || c.Size > o.MaxChannelSize {
 			le := &LimitError{Name: c.Name, Size: c.Size, Err: ErrTooLarge,
 				Detail: fmt.Sprintf("over systemd's %d-byte limit per credential (CREDENTIAL_SIZE_MAX)", credential.MaxSize)}
-			if i < len(creds) && c.Size <= o.MaxChannelSize {
+			switch {
+			case i >= len(creds):
+			case c.Size <= o.MaxChannelSize:
 				le.Hint = "add --overflow channel to send it by channel"
 			}
 			return nil, le
@@ -253,6 +258,14 @@ func (o Options) place(c Input, extra bool) (Item, *LimitError) {
 	}
 }
 
+// countCredentials is "1 credential goes" or "N credentials go".
+func countCredentials(n int) string {
+	if n == 1 {
+		return "1 credential goes"
+	}
+	return fmt.Sprintf("%d credentials go", n)
+}
+
 // chUnsafe says what in name cloud-hypervisor's option parser would split
 // or strip (option_parser split_commas and StringList::from_str), or "".
 // Base64 values and the prefixes are safe; only names can carry these.
@@ -281,7 +294,7 @@ type violation struct {
 	moved string
 }
 
-const overflowHint = "add --overflow channel with --channel ADDR to send what does not fit by channel, or pass fewer or smaller credentials"
+const overflowHint = "add --overflow channel to send what does not fit in the host's session (vmcred-host push or run), or pass fewer or smaller credentials"
 
 // violation checks the aggregate limits in order and returns the first
 // broken, naming the first item (in plan order) that crosses it.
@@ -442,7 +455,7 @@ func (o Options) warnings(items []Item, u Usage) []Warning {
 	}
 	if o.Mode == Verified && u.FwCfgFiles > 0 {
 		ws = append(ws, Warning{Code: WarnFwCfgImported,
-			Message: fmt.Sprintf("%d credential(s) go by fw_cfg, which has no vmcred namespace: stock systemd imports them too, so unverified copies land in /run/credentials/@system (use --hypervisor qemu with -machine q35, or the channel, to keep them verified-only)", u.FwCfgFiles)})
+			Message: fmt.Sprintf("%s by fw_cfg, which has no vmcred namespace: stock systemd imports them too, so unverified copies land in /run/credentials/@system (use --hypervisor qemu with -machine q35, or the channel, to keep them verified-only)", countCredentials(u.FwCfgFiles))})
 	}
 	if o.Mode == Systemd && u.SMBIOSStringData > SystemdWindow {
 		data := 0

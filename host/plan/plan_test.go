@@ -419,3 +419,21 @@ func TestOptionErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestFirecrackerNeedsNoOverflowFlag: on firecracker everything goes by
+// channel, so a credential over 1 MiB needs no --overflow channel.
+func TestFirecrackerNeedsNoOverflowFlag(t *testing.T) {
+	big := []Input{{Name: "big", Size: 3 << 20, Secret: true}}
+	p, err := New(big, Options{Hypervisor: Firecracker, MaxChannelSize: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Items) != 1 || p.Items[0].Delivery != DeliveryChannel {
+		t.Errorf("items %+v, want big by channel", p.Items)
+	}
+	// QEMU still asks for it, and says so.
+	_, err = New(big, Options{Hypervisor: QEMU, MaxChannelSize: 64 << 20})
+	if err == nil || !strings.Contains(err.Error(), "add --overflow channel") {
+		t.Errorf("qemu: err = %v, want a hint to add --overflow channel", err)
+	}
+}

@@ -34,6 +34,7 @@ import (
 
 	"github.com/vmcred/vmcred/host/atomicfile"
 	proto "github.com/vmcred/vmcred/shared/channel"
+	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/credential"
 	"github.com/vmcred/vmcred/shared/termtext"
 )
@@ -174,9 +175,9 @@ func FromReport(vm string, rep proto.Report, at time.Time) Status {
 	}
 	if rep.Outcome == proto.OutcomeReady {
 		st.State = Ready
-		st.Summary = fmt.Sprintf("guest %s: %d credentials verified (generation %d)", vm, verified, rep.Generation)
+		st.Summary = fmt.Sprintf("guest %s: %s verified (generation %d)", vm, cli.Count(verified, "credential"), rep.Generation)
 		if acted > 0 {
-			st.Summary += fmt.Sprintf("; %d consumer unit(s) restarted or reloaded", acted)
+			st.Summary += fmt.Sprintf("; %s restarted or reloaded", cli.Count(acted, "consumer unit"))
 		}
 		return st
 	}

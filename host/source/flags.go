@@ -39,7 +39,7 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	fs.Var(&flagValue{f: f, kind: Dir, typ: "stringArray"}, "cred-dir",
 		"read every regular file in `DIR` (a clan vars generator folder) as a credential named after it (repeatable)")
 	fl := fs.VarPF(&flagValue{f: f, kind: CredentialsDirectory}, "from-credentials-directory", "",
-		"read credentials from $CREDENTIALS_DIRECTORY (set by LoadCredential= on the VM's unit): all of them, or =NAME,... only those")
+		"read credentials from $CREDENTIALS_DIRECTORY (set by LoadCredential= on the VM's unit): all of them, or only the comma-separated `NAMES` given after '='")
 	fl.NoOptDefVal = AllCredentials
 	fs.Var(&flagValue{f: f, kind: Static, typ: "stringArray"}, "static",
 		"add the non-secret credential `NAME=VALUE` (repeatable; never use it for secrets)")
@@ -51,9 +51,9 @@ type flagValue struct {
 	f    *Flags
 	kind Kind
 	// typ is what Type returns: "stringArray" like pflag's own repeatable
-	// string flag, or "" for --from-credentials-directory so help shows
-	// "--from-credentials-directory[=:all]" rather than a misleading
-	// "--from-credentials-directory names" (a separate word is not its value).
+	// string flag, or "" for --from-credentials-directory, whose value is
+	// optional (help shows "--from-credentials-directory[=NAMES]": a
+	// separate word is not its value).
 	typ string
 }
 

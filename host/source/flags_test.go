@@ -7,6 +7,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/spf13/pflag"
+
+	"github.com/vmcred/vmcred/shared/cli"
 )
 
 func parse(t *testing.T, args ...string) ([]Spec, error) {
@@ -143,8 +145,8 @@ func TestHelpShowsNoDefaults(t *testing.T) {
 	if err := fs.Parse([]string{"--cred", "a=file:/secret-path", "--static", "b=c"}); err != nil {
 		t.Fatal(err)
 	}
-	usage := fs.FlagUsages()
-	for _, want := range []string{"--cred NAME=file:PATH", "--cred-dir DIR", "--from-credentials-directory[=:all]", "--static NAME=VALUE"} {
+	usage := cli.Help("test", fs)
+	for _, want := range []string{"--cred NAME=file:PATH", "--cred-dir DIR", "--from-credentials-directory[=NAMES]", "--static NAME=VALUE"} {
 		if !strings.Contains(usage, want) {
 			t.Errorf("usage does not contain %q:\n%s", want, usage)
 		}

@@ -2,9 +2,14 @@
 // firmware tables, and the real agent reads them.
 //
 // Tier 1 boots a busybox initramfs whose /init (init.sh) runs
-// `vmcred-guest load` and checks the credstore; tier 2 switches from that
-// initramfs into a debootstrapped Debian bookworm image with systemd 252 and
-// checks what services receive through LoadCredential=. QEMU gets exactly the
+// `vmcred-guest load` and checks the credstore, on x86_64 (q35, microvm)
+// and aarch64 (virt: through edk2 with SMBIOS, or directly with fw_cfg);
+// tier 2 switches from that initramfs into debootstrapped Debian images
+// (bookworm, trixie, sid: systemd 252, 257 and the newest Debian has) and
+// checks, per version, what systemd imports and what services receive
+// through LoadCredential=, what PID 1 sends to vmm.notify_socket, and the
+// agent's share of the boot (two timing boots under -icount, with and
+// without vmcred; integration/logs/boot-times.md). QEMU gets exactly the
 // arguments `vmcred-host pack --print0` printed. Verdicts come from
 // "VMCRED-CASE PASS" / "VMCRED-CASE FAIL reason" lines on the serial console;
 // each case's console is kept in integration/logs/CASE.log.

@@ -225,12 +225,15 @@ func TestTier2Rotate(t *testing.T) {
 
 	a := s.initramfs(false)
 	a.file("case/case.env", 0o444, caseEnv(map[string]string{
-		"CASE": "systemd-rotate", "MODE": "switchroot", "MODULES": "virtio_pci virtio_blk qemu_fw_cfg",
+		// vsock_loopback: the shipped unit's agent listens on vsock port 730.
+		"CASE": "systemd-rotate", "MODE": "switchroot", "MODULES": "virtio_pci virtio_blk qemu_fw_cfg vsock_loopback",
 	}))
 	root := "case/root/"
 	a.file(root+"usr/bin/vmcred-guest", 0o755, s.guestBin)
 	a.file(root+"usr/bin/rotatecheck", 0o755, mustRead(t, rotatecheck))
 	a.file(root+"etc/vmcred/trusted.d/host.pub", 0o444, mustRead(t, s.pubKey))
+	// The VM's name, which the shipped unit's agent reads (--vm-file).
+	a.file(root+"etc/vmcred/vm-name", 0o444, []byte("rotate\n"))
 	enable(a, "vmcred-guest.service", agent)
 	enable(a, "rotate-consumer.service", rotUnit("consumer", "LoadCredential=API_KEY", "%d/API_KEY", ""))
 	enable(a, "rotate-path.service", rotUnit("path", "LoadCredential=api:/run/credstore/API_KEY", "%d/api", ""))

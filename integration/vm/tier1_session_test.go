@@ -3,11 +3,12 @@
 package vm
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vmcred/vmcred/integration/testenv"
 )
 
 // TestTier1Session is DESIGN §8 on a real kernel (issue 14, item 6): in a
@@ -21,30 +22,45 @@ import (
 // credstore unchanged. The firmware carries half the credentials (q35
 // SMBIOS, a firmware manifest listing the rest for the session): the agent
 // waits at boot and the session completes it.
+//
+// It runs on x86_64 (q35) and on aarch64 (virt through edk2, which
+// carries SMBIOS as q35 does).
 func TestTier1Session(t *testing.T) {
 	s := getSuite(t)
 	s.requireCommands(t, []string{"vmcred-host pack", "vmcred-host push", "vmcred-host wait", "vmcred-guest agent"})
 	t.Parallel()
+	for _, arch := range []string{archX86, archArm64} {
+		t.Run(arch, func(t *testing.T) {
+			if arch == archArm64 && s.arm == nil {
+				testenv.SkipOrFail(t, "%s", s.armSkip)
+			}
+			t.Parallel()
+			s.runSession(t, arch)
+		})
+	}
+}
+
+func (s *suite) runSession(t *testing.T, arch string) {
 	dir := t.TempDir()
-	const vm = "session-q35"
+	vm, machine, goarch := "session-q35", "q35", "amd64"
+	if arch == archArm64 {
+		vm, machine, goarch = "session-aarch64-uefi", "virt", "arm64"
+	}
 	creds := append(seedCreds(), randomCred("BIG_100K", 100*1024))
 	qemuArgs := s.pack(t, append([]string{"--vm", vm, "--hypervisor", "qemu", "--runtime-dir", filepath.Join(dir, "run"), "--sign-key", s.signKey, "--overflow", "channel"},
 		packArgs(t, dir, creds)...)...)
 	checkPayloadFiles(t, qemuArgs, creds)
 
 	probe := filepath.Join(dir, "vsockprobe")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", probe, "./integration/vm/vsockprobe")
-	build.Dir = repoRoot
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build vsockprobe: %v\n%s", err, out)
+	if err := goBuild(probe, "./integration/vm/vsockprobe", goarch); err != nil {
+		t.Fatal(err)
 	}
 	other := filepath.Join(dir, "other")
 	if out, err := exec.Command(s.host, "keygen", "--out", other).CombinedOutput(); err != nil {
 		t.Fatalf("keygen: %v\n%s", err, out)
 	}
 
-	a := s.initramfs(true)
+	a := s.initramfsFor(arch, true)
 	if err := a.copyFile("bin/vsockprobe", 0o755, probe); err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +87,7 @@ func TestTier1Session(t *testing.T) {
 		"PUSH_SOURCES":     strings.Join(sources, " "),
 		"PUSH_SOURCES_NEW": strings.Join(fresh, " "),
 	}))
-	o := s.boot(t, boot{name: "tier1-" + vm, machine: "q35", initrd: a, args: qemuArgs, timeout: 120e9})
+	o := s.boot(t, boot{name: "tier1-" + vm, machine: machine, arch: arch, efi: arch == archArm64, initrd: a, args: qemuArgs, timeout: 120e9})
 	if !o.pass {
 		t.Fatalf("%s: %s (console: %s)", vm, o.reason, o.log)
 	}

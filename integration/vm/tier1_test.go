@@ -4,6 +4,7 @@ package vm
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/base64"
 	"fmt"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vmcred/vmcred/integration/testenv"
 )
 
 // tier1Case is one boot of the busybox initramfs: the host packs creds,
@@ -36,6 +39,40 @@ type tier1Case struct {
 	// verdict the guest must print: the case gives the guest a wrong
 	// digest for badDigest.
 	wantFail, badDigest string
+	// arch is the guest's architecture ("" is x86_64); efi boots an
+	// aarch64 guest through edk2, which installs SMBIOS tables.
+	arch string
+	efi  bool
+}
+
+// arm64Cases are x86_64 cases run again on an aarch64 guest (QEMU virt,
+// TCG), derived by name so that they follow the x86_64 ones as those
+// change: with edk2 (UEFI), SMBIOS type 11 carries the credentials as on
+// q35; with direct kernel boot, as microvm.nix boots aarch64 guests, there
+// is no SMBIOS at all and fw_cfg carries them. The vsock session (the
+// readiness path) runs on aarch64 in TestTier1Session.
+func arm64Cases(x86 []tier1Case) []tier1Case {
+	variants := map[string]struct {
+		name string
+		efi  bool
+	}{
+		"seed-q35":      {"aarch64-uefi-smbios", true},
+		"big-10k-q35":   {"aarch64-uefi-smbios-10k", true},
+		"microvm-fwcfg": {"aarch64-virt-fwcfg", false},
+	}
+	var out []tier1Case
+	for _, tc := range x86 {
+		v, ok := variants[tc.name]
+		if !ok {
+			continue
+		}
+		tc.name, tc.arch, tc.efi = v.name, archArm64, v.efi
+		out = append(out, tc)
+	}
+	if len(out) != len(variants) {
+		panic(fmt.Sprintf("arm64Cases: %d of %d x86_64 cases found; a case was renamed", len(out), len(variants)))
+	}
+	return out
 }
 
 // tier1Cases are the initramfs boots. Each takes about 4 s of TCG time.
@@ -76,9 +113,14 @@ func TestTier1(t *testing.T) {
 	s := getSuite(t)
 	s.requireCommands(t, []string{"vmcred-host pack", "vmcred-host keygen", "vmcred-guest load"})
 	t.Parallel() // alongside tier 2
-	for _, tc := range tier1Cases() {
+	tierTime(t, "tier 1")
+	cases := tier1Cases()
+	for _, tc := range append(cases, arm64Cases(cases)...) {
 		t.Run(tc.name, func(t *testing.T) {
 			s.requireCommands(t, tc.needs)
+			if tc.arch == archArm64 && s.arm == nil {
+				testenv.SkipOrFail(t, "%s", s.armSkip)
+			}
 			t.Parallel() // -parallel (default GOMAXPROCS) bounds the QEMUs at once
 			s.runTier1(t, tc)
 		})
@@ -103,7 +145,7 @@ func (s *suite) runTier1(t *testing.T, tc tier1Case) {
 	}
 	firmware = append(firmware, qemuArgs...)
 
-	a := s.initramfs(false)
+	a := s.initramfsFor(cmp.Or(tc.arch, archX86), false)
 	a.file("case/trust.pub", 0o444, mustRead(t, s.pubKey))
 	expect := expectFile(want)
 	if tc.badDigest != "" {
@@ -133,15 +175,23 @@ func (s *suite) runTier1(t *testing.T, tc tier1Case) {
 	a.file("case/case.env", 0o444, caseEnv(vars))
 
 	machine := "q35"
-	if tc.hypervisor == "qemu-microvm" {
+	switch {
+	case tc.arch == archArm64:
+		machine = "virt"
+	case tc.hypervisor == "qemu-microvm":
 		machine = "microvm"
 	}
-	o := s.boot(t, boot{name: tc.name, machine: machine, initrd: a, args: firmware})
+	o := s.boot(t, boot{name: tc.name, machine: machine, arch: tc.arch, efi: tc.efi, initrd: a, args: firmware})
 	switch {
 	case tc.wantFail != "" && (o.pass || !strings.Contains(o.reason, tc.wantFail)):
 		t.Fatalf("%s: pass=%v reason %q, want a FAIL verdict containing %q (console: %s)", tc.name, o.pass, o.reason, tc.wantFail, o.log)
 	case tc.wantFail == "" && !o.pass:
 		t.Fatalf("%s: %s (console: %s)", tc.name, o.reason, o.log)
+	}
+	// edk2 installed QEMU's SMBIOS tables and the agent read type 11
+	// there (vmcred-guest status's Sources line).
+	if tc.efi && !o.has("smbios: 1 structure") {
+		t.Errorf("%s: the agent found no SMBIOS type 11 under UEFI (console: %s)", tc.name, o.log)
 	}
 }
 

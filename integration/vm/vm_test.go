@@ -5,6 +5,7 @@ package vm
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -36,9 +37,33 @@ const (
 	logDir   = "../logs"
 )
 
-// vmEnv is what setup.sh wrote to integration/.cache/vm/env.
+// vmEnv is what setup.sh wrote to integration/.cache/vm/env (x86_64) or
+// env.aarch64. EFI is the aarch64 UEFI firmware (edk2's QEMU_EFI.fd).
 type vmEnv struct {
-	QEMU, Busybox, Kernel, KernelConfig, Modules, Rootfs, KernelPackage string
+	QEMU, Busybox, Kernel, KernelConfig, Modules, Rootfs, KernelPackage, EFI string
+}
+
+// Guest architectures. Tier 1 boots both; tier 2 is x86_64 only.
+const (
+	archX86   = "x86_64"
+	archArm64 = "aarch64"
+)
+
+// guestArch is what an aarch64 guest needs besides the x86_64 defaults in
+// suite: its own QEMU, kernel, modules, busybox and binaries built with
+// GOARCH=arm64.
+type guestArch struct {
+	env               vmEnv
+	hostBin, guestBin []byte
+	busybox           []byte
+	modules           map[string][]byte
+}
+
+// sysImage is one tier-2 image from env.tier2: a Debian suite, the
+// systemd version it carries and the ext4 image file.
+type sysImage struct {
+	suite, version, path string
+	major                int // systemd's major version: 252, 257, ...
 }
 
 // suite is what every case shares: the environment, the binaries built for
@@ -55,6 +80,12 @@ type suite struct {
 	modules           map[string][]byte // file name in the modules folder → contents
 	hostBin, guestBin []byte
 	busybox           []byte
+	// arm is the aarch64 guest's files, nil (armSkip says why) when
+	// setup.sh prepared none.
+	arm     *guestArch
+	armSkip string
+	// images are the tier-2 images, one per systemd version (env.tier2).
+	images []sysImage
 }
 
 var (
@@ -118,7 +149,98 @@ func readEnv(file string) (vmEnv, error) {
 			return e, fmt.Errorf("%s: %s: %w", file, name, err)
 		}
 	}
+	e.EFI = kv["VMCRED_VM_EFI"]
 	return e, nil
+}
+
+// readImages parses env.tier2: "SUITE SYSTEMD-VERSION IMAGE" per line.
+func readImages(file string) ([]sysImage, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	var out []sysImage
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 {
+			continue
+		}
+		if len(f) != 3 {
+			return nil, fmt.Errorf("%s: bad line %q", file, l)
+		}
+		v := f[1]
+		if _, after, ok := strings.Cut(v, ":"); ok { // an epoch
+			v = after
+		}
+		major, err := strconv.Atoi(v[:len(v)-len(strings.TrimLeft(v, "0123456789"))])
+		if err != nil {
+			return nil, fmt.Errorf("%s: systemd version %q: %w", file, f[1], err)
+		}
+		if _, err := os.Stat(f[2]); err != nil {
+			return nil, fmt.Errorf("%s: %s image: %w", file, f[0], err)
+		}
+		out = append(out, sysImage{suite: f[0], version: f[1], path: f[2], major: major})
+	}
+	return out, nil
+}
+
+// goBuild builds pkg statically for goarch into out.
+func goBuild(out, pkg, goarch string) error {
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+goarch)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s (%s): %v\n%s", pkg, goarch, err, b)
+	}
+	return nil
+}
+
+// readModules reads every file of a modules folder setup.sh filled.
+func readModules(dir string) (map[string][]byte, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]byte{}
+	for _, e := range ents {
+		if out[e.Name()], err = os.ReadFile(filepath.Join(dir, e.Name())); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// newArm64 loads env.aarch64 and builds the arm64 binaries; a missing env
+// is a reason to skip the aarch64 cases (returned), a broken one an error.
+func newArm64(tmp string) (*guestArch, string, error) {
+	env, err := readEnv(filepath.Join(cacheDir(), "env.aarch64"))
+	if err != nil {
+		return nil, fmt.Sprintf("no aarch64 guest environment (%v): %s", err, setupHint), nil
+	}
+	if env.EFI == "" {
+		return nil, "", fmt.Errorf("env.aarch64: no VMCRED_VM_EFI")
+	}
+	a := &guestArch{env: env}
+	host, guest := filepath.Join(tmp, "vmcred-host.arm64"), filepath.Join(tmp, "vmcred-guest.arm64")
+	if err := goBuild(host, "./host/cmd/vmcred-host", "arm64"); err != nil {
+		return nil, "", err
+	}
+	if err := goBuild(guest, "./guest/cmd/vmcred-guest", "arm64"); err != nil {
+		return nil, "", err
+	}
+	if a.hostBin, err = os.ReadFile(host); err != nil {
+		return nil, "", err
+	}
+	if a.guestBin, err = os.ReadFile(guest); err != nil {
+		return nil, "", err
+	}
+	if a.busybox, err = os.ReadFile(env.Busybox); err != nil {
+		return nil, "", err
+	}
+	if a.modules, err = readModules(env.Modules); err != nil {
+		return nil, "", err
+	}
+	return a, "", nil
 }
 
 const setupHint = "run integration/vm/setup.sh (or setup.sh --tier1 for tier 1 only; needs root and apt)"
@@ -134,11 +256,8 @@ func newSuite() (*suite, string, error) {
 	}
 	s.host, s.guest = filepath.Join(s.tmp, "vmcred-host"), filepath.Join(s.tmp, "vmcred-guest")
 	for out, pkg := range map[string]string{s.host: "./host/cmd/vmcred-host", s.guest: "./guest/cmd/vmcred-guest"} {
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
-		cmd.Dir = repoRoot
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return nil, "", fmt.Errorf("build %s: %v\n%s", pkg, err, b)
+		if err := goBuild(out, pkg, "amd64"); err != nil {
+			return nil, "", err
 		}
 	}
 	if s.hostCmds, err = commands(s.host); err != nil {
@@ -159,15 +278,14 @@ func newSuite() (*suite, string, error) {
 	if s.busybox, err = os.ReadFile(env.Busybox); err != nil {
 		return nil, "", err
 	}
-	s.modules = map[string][]byte{}
-	ents, err := os.ReadDir(env.Modules)
-	if err != nil {
+	if s.modules, err = readModules(env.Modules); err != nil {
 		return nil, "", err
 	}
-	for _, e := range ents {
-		if s.modules[e.Name()], err = os.ReadFile(filepath.Join(env.Modules, e.Name())); err != nil {
-			return nil, "", err
-		}
+	if s.arm, s.armSkip, err = newArm64(s.tmp); err != nil {
+		return nil, "", err
+	}
+	if s.images, err = readImages(filepath.Join(cacheDir(), "env.tier2")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, "", err
 	}
 	if s.hostCmds["keygen"] {
 		prefix := filepath.Join(s.tmp, "host")
@@ -329,18 +447,27 @@ func (s *suite) pack(t *testing.T, args ...string) []string {
 // agent (and, if withHost, vmcred-host for in-guest channel tests) and the
 // case's own files, which the caller adds to the returned archive.
 func (s *suite) initramfs(withHost bool) archive {
+	return s.initramfsFor(archX86, withHost)
+}
+
+// initramfsFor is initramfs for a guest of architecture arch.
+func (s *suite) initramfsFor(arch string, withHost bool) archive {
+	busybox, guestBin, hostBin, modules := s.busybox, s.guestBin, s.hostBin, s.modules
+	if arch == archArm64 {
+		busybox, guestBin, hostBin, modules = s.arm.busybox, s.arm.guestBin, s.arm.hostBin, s.arm.modules
+	}
 	a := archive{}
 	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "newroot", "case"} {
 		a.dir(d)
 	}
 	a.node("dev/console", 0o600, 5, 1)
 	a.file("init", 0o755, s.initScript)
-	a.file("bin/busybox", 0o755, s.busybox)
-	a.file("bin/vmcred-guest", 0o755, s.guestBin)
+	a.file("bin/busybox", 0o755, busybox)
+	a.file("bin/vmcred-guest", 0o755, guestBin)
 	if withHost {
-		a.file("bin/vmcred-host", 0o755, s.hostBin)
+		a.file("bin/vmcred-host", 0o755, hostBin)
 	}
-	for name, b := range s.modules {
+	for name, b := range modules {
 		a.file("lib/vmcred-modules/"+name, 0o644, b)
 	}
 	return a
@@ -363,7 +490,10 @@ func caseEnv(vars map[string]string) []byte {
 // boot is one QEMU run.
 type boot struct {
 	name    string   // case name; the console goes to integration/logs/NAME.log
-	machine string   // "q35" or "microvm"
+	machine string   // "q35" or "microvm" (x86_64), "virt" (aarch64)
+	arch    string   // archX86 (""), archArm64
+	efi     bool     // aarch64: boot through edk2 (SMBIOS tables), not directly
+	rootfs  string   // tier 2: the image, for the log's header
 	initrd  archive  // written to a file for -initrd
 	args    []string // firmware arguments (pack's), disks
 	cmdline string   // added to the kernel command line
@@ -407,11 +537,25 @@ func (s *suite) boot(t *testing.T, b boot) outcome {
 	if err := os.WriteFile(initrd, buf.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	machine := "q35,accel=tcg"
+	machine, cpu := "q35,accel=tcg", "max"
 	cmdline := "console=ttyS0 panic=-1 quiet"
+	env := s.env
 	if b.machine == "microvm" {
 		machine = "microvm,accel=tcg"
 		cmdline += " tsc_early_khz=" + s.tscKHz + " tsc=reliable"
+	}
+	var firmware []string
+	if b.arch == archArm64 {
+		// virt, as microvm.nix runs aarch64 guests. -cpu max spends most
+		// of a TCG boot emulating pointer authentication; pauth-impdef
+		// keeps the feature at a third of the time (vm-testing.md step 6).
+		env, machine, cpu = s.arm.env, "virt,accel=tcg", "max,pauth-impdef=on"
+		cmdline = "console=ttyAMA0 panic=-1 quiet"
+		if b.efi {
+			// edk2 loads -kernel (an EFI stub) from fw_cfg and installs
+			// the SMBIOS tables QEMU built; direct boot has none.
+			firmware = []string{"-bios", env.EFI}
+		}
 	}
 	if os.Getenv("VMCRED_VM_VERBOSE") != "" {
 		cmdline = strings.Replace(cmdline, " quiet", "", 1)
@@ -424,11 +568,11 @@ func (s *suite) boot(t *testing.T, b boot) outcome {
 		mem = 512
 	}
 	args := []string{
-		"-machine", machine, "-cpu", "max", "-smp", "1", "-m", strconv.Itoa(mem),
+		"-machine", machine, "-cpu", cpu, "-smp", "1", "-m", strconv.Itoa(mem),
 		"-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
-		"-kernel", s.env.Kernel, "-initrd", initrd, "-append", cmdline,
+		"-kernel", env.Kernel, "-initrd", initrd, "-append", cmdline,
 	}
-	args = append(args, b.args...)
+	args = append(append(args, firmware...), b.args...)
 	timeout := b.timeout
 	if timeout == 0 {
 		timeout = 60 * time.Second
@@ -443,11 +587,15 @@ func (s *suite) boot(t *testing.T, b boot) outcome {
 		t.Fatal(err)
 	}
 	defer lf.Close()
-	fmt.Fprintf(lf, "# vmcred VM test %s, %s, kernel %s\n# %s %s\n", b.name, time.Now().Format(time.RFC3339), s.env.KernelPackage, s.env.QEMU, strings.Join(args, " "))
+	fmt.Fprintf(lf, "# vmcred VM test %s, %s, kernel %s\n", b.name, time.Now().Format(time.RFC3339), env.KernelPackage)
+	if b.rootfs != "" {
+		fmt.Fprintf(lf, "# image %s\n", b.rootfs)
+	}
+	fmt.Fprintf(lf, "# %s %s\n", env.QEMU, strings.Join(args, " "))
 
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, s.env.QEMU, args...) // on cancel: Kill of this PID only
+	cmd := exec.CommandContext(ctx, env.QEMU, args...) // on cancel: Kill of this PID only
 	cmd.WaitDelay = 5 * time.Second
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -505,6 +653,6 @@ func (s *suite) boot(t *testing.T, b boot) outcome {
 	case !verdict:
 		o.reason = fmt.Sprintf("QEMU ended (%v) without a verdict: %s", werr, strings.TrimSpace(stderr.String()))
 	}
-	t.Logf("boot %s (%s): %.1f s wall, pass=%v; console in %s", b.name, b.machine, o.wall.Seconds(), o.pass, logFile)
+	t.Logf("boot %s (%s %s): %.1f s wall, pass=%v; console in %s", b.name, cmp.Or(b.arch, archX86), b.machine, o.wall.Seconds(), o.pass, logFile)
 	return o
 }

@@ -154,7 +154,8 @@ let
         description = ''
           Increase to have `clan vars generate` make new values for every
           generated or prompted credential of the VM. Nothing else rotates
-          them unless rotateOnChange is on.
+          them unless rotateOnChange is on. pushOnChange then delivers the
+          new values to the running VM.
         '';
       };
       rotateOnChange = mkOption {
@@ -166,13 +167,26 @@ let
           never rotate anything.
         '';
       };
-      restartOnChange = mkOption {
+      pushOnChange = mkOption {
         type = types.bool;
         default = true;
         description = ''
-          Restart microvm@<vm>.service when a deployment changes one of its
-          secret files (restartUnits; sops only), so that the VM gets the new
-          values (credentials are read at boot).
+          Rotation without reboot: when a deployment changes one of the VM's
+          secret files (a new value from `clan vars generate --regenerate`,
+          or from rotation / rotateOnChange), push the new set to the
+          running VM (services.vmcred.vms.<vm>.pushOnChange: a path unit on
+          the clan vars files starts vmcred-push@<vm>); its agent swaps the
+          credentials all or nothing and restarts the services that use a
+          changed one.
+        '';
+      };
+      restartOnChange = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Also restart microvm@<vm>.service when a deployment changes one of
+          its secret files (restartUnits; sops only). Not needed with
+          pushOnChange, which delivers new values without a reboot.
         '';
       };
       signingKey.rotation = mkOption {
@@ -203,8 +217,8 @@ let
       vmcred = mkOption {
         type = types.attrsOf types.anything;
         default = { };
-        example = { channel.port = 8890; waitReady = 300; };
-        description = "More services.vmcred.vms.<vm> options (mode, channel, waitReady, setExtraArgsScript).";
+        example = { channel.port = 731; waitReady = 300; };
+        description = "More services.vmcred.vms.<vm> options (mode, channel, waitReady, setExtraArgsScript, credential policies).";
       };
     };
   };

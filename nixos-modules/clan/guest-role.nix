@@ -17,10 +17,9 @@ let
   at = "vmcred instance ${instanceName} (VM ${vm}), guest role";
 
   # What host.nix derives on the host for the same VM (defaults from there).
-  hypervisor = hostSettings.hypervisor;
-  hybrid = builtins.elem hypervisor [ "cloud-hypervisor" "firecracker" ];
   channel = hostSettings.vmcred.channel or { };
-  port = channel.port or 8889;
+  # The agent's port, as the host's push dials it (host.nix's default).
+  port = channel.port or 730;
   mode = hostSettings.vmcred.mode or "verified";
 in
 {
@@ -50,10 +49,12 @@ in
         })
       ];
       mode = lib.mkDefault mode;
-      # Hybrid-vsock VMs get no manifest by firmware: the agent must know
-      # where the channel is (host.nix sets this only for VMs declared on
-      # the host).
-      channel = lib.mkIf (hybrid && (channel.enable or true)) (lib.mkDefault "vsock-stream:2:${toString port}");
+      # The VM's name on the host: the agent's vmName (what the host's push
+      # signs its sessions for) and, for QEMU under microvm.nix, the
+      # host's installed args script (host.nix wires both only for VMs
+      # declared on the host); and the port the push dials.
+      hostVM = lib.mkDefault vm;
+      port = lib.mkDefault port;
       inherit (settings) consumers;
     };
   };

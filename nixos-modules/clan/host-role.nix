@@ -137,7 +137,7 @@ in
             message = ''
               ${at}: ${x.what} is readable by the hypervisor's user (owner ${x.file.owner}, group ${x.file.group}, mode ${x.file.mode}).
               microvm.nix runs every VM as user microvm, group kvm: such a file is open to every VM on this host (and to every member of its group), whether or not this VM runs.
-              Remove owner/group/mode from it (clan's default is root:root 0400); vmcred gives the file to microvm@${vm}.service with LoadCredential=, which needs no access rights at all.'';
+              Remove owner/group/mode from it (clan's default is root:root 0400); vmcred gives the file to vmcred-push@${vm}.service (and, for QEMU, microvm@${vm}.service) with LoadCredential=, which needs no access rights at all.'';
           })
           loadedFiles;
 
@@ -184,6 +184,7 @@ in
           inherit static;
           signingKeyFile = gens.${signingGen}.files.${vlib.signingKeyFile}.path;
           channel.cid = lib.mkIf (settings.vsock.cid != null) settings.vsock.cid;
+          pushOnChange = settings.pushOnChange;
         }
         settings.vmcred
       ];

@@ -12,23 +12,30 @@
 #  1. Secrets keep clan's defaults (root:root 0400). The seed's "fix"
 #     (owner root, group kvm, mode 0440) let every VM on the host, and every member
 #     of group kvm, read every VM's secrets, even while test-vm is off.
-#     Instead microvm@test-vm.service loads them with LoadCredential=
-#     (services.vmcred.vms.test-vm.credentials): systemd copies them into that
-#     one unit's private $CREDENTIALS_DIRECTORY, only while it runs.
+#     Instead vmcred-push@test-vm.service loads them with LoadCredential=
+#     (services.vmcred.vms.test-vm.credentials): systemd copies them into
+#     that one unit's private $CREDENTIALS_DIRECTORY, only while it runs.
+#     cloud-hypervisor itself gets none of them.
 #  2. No secret on a command line. The seed's OEM strings went on
 #     cloud-hypervisor's argv (--platform oem_strings=[…]), readable by every
-#     local user in /proc/PID/cmdline. vmcred-host packs them into a 0700
-#     runtime folder; for cloud-hypervisor the guest agent fetches them over
-#     the VM's own vsock channel.
-#  3. Verified, not trusted blindly. The host signs a manifest (name, size,
-#     SHA-256 of each credential) with a clan-generated Ed25519 key; the guest
-#     agent checks the signature and every credential before writing
-#     /run/credstore, and fails (so the services that need the secrets do not
-#     start) if anything is missing, truncated or altered.
+#     local user in /proc/PID/cmdline. Now the host dials the guest agent
+#     through the VM's own vsock socket (`vmcred-host push`, `CONNECT 730`)
+#     and hands everything over in one signed session.
+#  3. Verified, not trusted blindly. The agent listens on vsock port 730,
+#     which only guest root can bind, so the host knows who answers. The host
+#     signs each session's manifest (name, size, SHA-256 of each credential,
+#     this VM, the agent's fresh challenge) with a clan-generated Ed25519
+#     key; the agent checks the signature and every credential before
+#     writing /run/credstore, and fails (so the services that need the
+#     secrets do not start) if anything is missing, truncated or altered.
 #  4. Readiness. vmcred-ready@test-vm.service on the host becomes active
-#     when the guest reported every credential verified; host services that
-#     talk to the VM can order after it.
-#  5. Names stay: the guest still sees API_KEY, DB_PASSWORD, JWT_SECRET,
+#     when the guest reported every credential verified in that session;
+#     host services that talk to the VM can order after it.
+#  5. Rotation without reboot. `clan vars generate --regenerate` and a
+#     deploy change a secret file; vmcred-push@test-vm.path starts the push
+#     again, the agent swaps /run/credstore all or nothing and restarts the
+#     services that load a changed credential (demo-oem-credentials).
+#  6. Names stay: the guest still sees API_KEY, DB_PASSWORD, JWT_SECRET,
 #     ENVIRONMENT and CLUSTER, so demo-oem-credentials keeps its
 #     LoadCredential= lines (they now resolve in /run/credstore).
 { config, lib, pkgs, ... }:
@@ -90,11 +97,12 @@ in
       CLUSTER = "britton-desktop";
     };
     signingKeyFile = signing."signing.key".path;
-    # Defaults, spelled out: channel on vsock port 8889 (microvm.nix's
-    # cloud-hypervisor runner keeps 8888 for its notify bridge), readiness
-    # unit waiting up to 120 s.
+    # Defaults, spelled out: the agent's privileged vsock port 730, a push
+    # again whenever a source file changes, readiness unit (and push)
+    # waiting up to 120 s.
     mode = "verified";
-    channel.enable = true;
+    channel.port = 730;
+    pushOnChange = true;
     waitReady = true;
   };
 
@@ -123,12 +131,11 @@ in
         mountPoint = "/nix/.ro-store";
         proto = "virtiofs";
       }];
-      # The vsock device carries systemd's notify socket (microvm.nix, port
-      # 8888) and vmcred's channel (port 8889).
+      # The vsock device carries systemd's notify socket (microvm.nix, host
+      # port 8888) and the host's push to the agent (guest port 730).
       vsock.cid = 3;
       # No microvm.cloud-hypervisor.platformOEMStrings: nothing of ours goes
-      # on cloud-hypervisor's command line. services.vmcred sets
-      # microvm.extraArgsScript.
+      # on cloud-hypervisor's command line.
     };
 
     services.vmcred-guest = {
@@ -137,7 +144,8 @@ in
       # requires + after vmcred-guest.service: demo-oem-credentials does not
       # start unless every credential was verified.
       consumers = [ "demo-oem-credentials" ];
-      # mode and channel come from services.vmcred.vms.test-vm on the host.
+      # mode, port and vmName ("test-vm") come from
+      # services.vmcred.vms.test-vm on the host.
     };
 
     # From here on, the seed's machines/test-vm/configuration.nix.

@@ -34,7 +34,8 @@
 #   vms.<name>        for each VM in microvm.vms:
 #     hypervisor, extraArgsScript (its text, or null), microvmRun (the text
 #     of the runner's bin/microvm-run), units (the guest's unit files that
-#     mention vmcred or are consumers), kernelModules, failedAssertions,
+#     mention vmcred or are consumers), kernelModules, etc and etcModes
+#     (the guest's /etc/vmcred… files: text, mode), failedAssertions,
 #     warnings
 #   extra             what the `extra` argument returns for the evaluated
 #                     host (null by default; tests/clan-extra.nix for the
@@ -120,6 +121,7 @@ let
       kernelModules = g.boot.kernelModules;
       initrdKernelModules = g.boot.initrd.kernelModules;
       etc = lib.mapAttrs (_: e: e.text or null) (lib.filterAttrs (n: _: lib.hasPrefix "vmcred" n) g.environment.etc);
+      etcModes = lib.mapAttrs (_: e: e.mode or null) (lib.filterAttrs (n: _: lib.hasPrefix "vmcred" n) g.environment.etc);
       failedAssertions = failed g.assertions;
       warnings = g.warnings;
     };

@@ -15,6 +15,7 @@ package logging
 import (
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap/zapcore"
@@ -38,6 +39,9 @@ type Config struct {
 type Logger struct {
 	core zapcore.Core
 	name string
+	// min is the lowest level written, on top of the core's own; shared
+	// with every logger With derives, so SetLevel applies to all of them.
+	min *atomic.Int32
 }
 
 // New returns a logger writing to w. It never samples (a boot service that
@@ -65,7 +69,35 @@ func New(w io.Writer, cfg Config) *Logger {
 
 // NewCore returns a logger writing through core: for tests, and for sinks
 // New does not build.
-func NewCore(core zapcore.Core) *Logger { return &Logger{core: core} }
+func NewCore(core zapcore.Core) *Logger {
+	min := new(atomic.Int32)
+	min.Store(int32(zapcore.DebugLevel))
+	return &Logger{core: core, min: min}
+}
+
+// SetLevel makes the logger, and every logger With derived from it, drop
+// lines below level (the core's own level still applies): what a
+// command's --quiet or --log-level asks for.
+func (l *Logger) SetLevel(level zapcore.Level) {
+	if l != nil {
+		l.min.Store(int32(level))
+	}
+}
+
+// ParseLevel reads a level name: debug, info, warn (or warning) or error.
+func ParseLevel(s string) (zapcore.Level, error) {
+	switch s {
+	case "debug":
+		return zapcore.DebugLevel, nil
+	case "info":
+		return zapcore.InfoLevel, nil
+	case "warn", "warning":
+		return zapcore.WarnLevel, nil
+	case "error":
+		return zapcore.ErrorLevel, nil
+	}
+	return zapcore.InfoLevel, fmt.Errorf("unknown log level %q (debug, info, warn or error)", s)
+}
 
 // Debug logs msg at debug level.
 func (l *Logger) Debug(msg string, fields ...zapcore.Field) {
@@ -88,7 +120,7 @@ func (l *Logger) With(fields ...zapcore.Field) *Logger {
 	if l == nil {
 		return nil
 	}
-	return &Logger{core: l.core.With(fields), name: l.name}
+	return &Logger{core: l.core.With(fields), name: l.name, min: l.min}
 }
 
 // Sync flushes buffered lines. On a pipe or a terminal it may return
@@ -101,7 +133,7 @@ func (l *Logger) Sync() error {
 }
 
 func (l *Logger) log(level zapcore.Level, msg string, fields []zapcore.Field) {
-	if l == nil {
+	if l == nil || level < zapcore.Level(l.min.Load()) {
 		return
 	}
 	ent := zapcore.Entry{Level: level, Time: time.Now(), LoggerName: l.name, Message: msg}

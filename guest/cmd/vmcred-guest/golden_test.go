@@ -103,7 +103,11 @@ func checkGolden(t *testing.T, tr *tree, gc goldenCase) {
 		if format == "json" {
 			args = append(args, "--json")
 		}
-		r := run(tr.defaults(), args...)
+		// Laid out for the 80-column serial console; piped output has
+		// no width limit (TestPipedOutputIsWhole).
+		d := tr.defaults()
+		d.terminal = fakeTerminal(80)
+		r := run(d, args...)
 		if r.code != gc.code {
 			t.Errorf("%s: exit %d, want %d; stderr:\n%s", format, r.code, gc.code, tr.normalize(r.stderr))
 		}

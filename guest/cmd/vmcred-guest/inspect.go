@@ -8,10 +8,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+
 	"github.com/vmcred/vmcred/guest/agent"
 	"github.com/vmcred/vmcred/guest/credstore"
 	"github.com/vmcred/vmcred/guest/debug"
@@ -38,6 +41,9 @@ type defaults struct {
 	listDir func(dir string) ([]credstore.FileInfo, error)
 	// now is the clock for not-after checks (time.Now when nil).
 	now func() time.Time
+	// terminal reports whether w is a terminal and how wide (nil: never
+	// a terminal, as in tests).
+	terminal func(w io.Writer) (cols int, ok bool)
 }
 
 func productionDefaults() defaults {
@@ -47,7 +53,52 @@ func productionDefaults() defaults {
 		systemCredentials: DefaultSystemCredentials,
 		trustDir:          debug.DefaultTrustDir,
 		searchPath:        debug.DefaultSearchPath,
+		terminal:          osTerminal,
 	}
+}
+
+// osTerminal asks the kernel for w's window size: it answers only for a
+// terminal.
+func osTerminal(w io.Writer) (int, bool) {
+	f, ok := w.(*os.File)
+	if !ok {
+		return 0, false
+	}
+	ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ)
+	if err != nil {
+		return 0, false
+	}
+	if ws.Col == 0 {
+		return debug.Width, true
+	}
+	return int(ws.Col), true
+}
+
+// isTerminal reports whether env's stdout is a terminal.
+func (d defaults) isTerminal(env *cli.Env) bool {
+	if d.terminal == nil {
+		return false
+	}
+	_, ok := d.terminal(env.Stdout)
+	return ok
+}
+
+// layout is how text output fits env's stdout: a terminal's width
+// ($COLUMNS, as systemd honours it, else the kernel's), or no limit for
+// a pipe or a file.
+func (d defaults) layout(env *cli.Env, noLegend bool) debug.Layout {
+	lay := debug.Layout{NoLegend: noLegend}
+	if d.terminal != nil {
+		if cols, ok := d.terminal(env.Stdout); ok {
+			lay.Width = cols
+		}
+	}
+	if env.Getenv != nil {
+		if n, err := strconv.Atoi(env.Getenv("COLUMNS")); err == nil && n > 0 {
+			lay.Width = n
+		}
+	}
+	return lay
 }
 
 // where are the location flags the debug commands share.
@@ -62,18 +113,18 @@ type where struct {
 func (w *where) register(fs *pflag.FlagSet, d defaults, statusDir, system bool) {
 	w.registerRoot(fs, d)
 	if statusDir {
-		fs.StringVar(&w.statusDir, "status-dir", d.statusDir, "read the last load's report (status.json) from this folder")
+		fs.StringVar(&w.statusDir, "status-dir", d.statusDir, "read the last load's report (status.json) from `DIR`")
 	}
-	fs.StringVar(&w.credstore, "credstore", d.credstore, "the credstore folder the agent exposes credentials in")
+	fs.StringVar(&w.credstore, "credstore", d.credstore, "the credstore `DIR` the agent exposes credentials in")
 	if system {
-		fs.StringVar(&w.system, "system-credentials", d.systemCredentials, "where systemd imported credentials itself (\"\" to skip)")
+		fs.StringVar(&w.system, "system-credentials", d.systemCredentials, "the `DIR` where systemd imported credentials itself (\"\" to skip)")
 	}
-	fs.StringSliceVar(&w.searchPath, "search-path", nil, "folders LoadCredential=NAME searches, in order, comma-separated (default: the --system-credentials folder, /etc/credstore, the --credstore folder, /usr/local/lib/credstore, /usr/lib/credstore)")
+	fs.StringSliceVar(&w.searchPath, "search-path", nil, "the `DIRS` LoadCredential=NAME searches, in order, comma-separated (default: the --system-credentials folder, /etc/credstore, the --credstore folder, /usr/local/lib/credstore, /usr/lib/credstore)")
 }
 
 // registerRoot adds --root.
 func (w *where) registerRoot(fs *pflag.FlagSet, d defaults) {
-	fs.StringVar(&w.root, "root", d.root, "inspect a guest tree mounted at this folder (a disk image, a container): every default path and the firmware under /sys are read inside it")
+	fs.StringVar(&w.root, "root", d.root, "inspect a guest tree mounted at `DIR` (a disk image, a container): every default path and the firmware under /sys are read inside it")
 }
 
 // rootFS is what firmware's default sources (sys/firmware/…) are read
@@ -124,16 +175,18 @@ type printer interface {
 	WriteText(io.Writer) error
 }
 
-// emit prints v as JSON or text, then returns err, the command's outcome:
-// a view is worth printing even when the command fails.
-// Output is buffered: a table of 1000 credentials is one write, not 1000.
-func emit(env *cli.Env, asJSON bool, v printer, err error) error {
+// emit prints v as JSON or text laid out by lay, then returns err, the
+// command's outcome: a view is worth printing even when the command
+// fails. Output is buffered: a table of 1000 credentials is one write,
+// not 1000.
+func emit(env *cli.Env, lay debug.Layout, asJSON bool, v printer, err error) error {
 	bw := bufio.NewWriterSize(env.Stdout, 64<<10)
-	write := v.WriteText
+	var werr error
 	if asJSON {
-		write = v.WriteJSON
+		werr = v.WriteJSON(bw)
+	} else {
+		werr = v.WriteText(&debug.LayoutWriter{Writer: bw, Layout: lay})
 	}
-	werr := write(bw)
 	if ferr := bw.Flush(); werr == nil {
 		werr = ferr
 	}

@@ -18,9 +18,9 @@ type sourceFlags struct {
 func (s *sourceFlags) register(fs interface {
 	StringVar(p *string, name, value, usage string)
 }) {
-	fs.StringVar(&s.dmiTable, "dmi-table", "", "read SMBIOS from this table file (format of /sys/firmware/dmi/tables/DMI) instead of the live one")
-	fs.StringVar(&s.dmiEntries, "dmi-entries", "", "read SMBIOS type 11 from this folder of entries (format of /sys/firmware/dmi/entries)")
-	fs.StringVar(&s.fwCfg, "fw-cfg", "", "read fw_cfg credentials from this folder (format of /sys/firmware/qemu_fw_cfg/by_name/opt/io.systemd.credentials)")
+	fs.StringVar(&s.dmiTable, "dmi-table", "", "read SMBIOS from the table in `FILE` (format of /sys/firmware/dmi/tables/DMI) instead of the live one")
+	fs.StringVar(&s.dmiEntries, "dmi-entries", "", "read SMBIOS type 11 from the entries in `DIR` (format of /sys/firmware/dmi/entries)")
+	fs.StringVar(&s.fwCfg, "fw-cfg", "", "read fw_cfg credentials from `DIR` (format of opt/io.systemd.credentials in /sys/firmware/qemu_fw_cfg/by_name)")
 }
 
 // explicit reports whether any source flag was given.
@@ -66,13 +66,15 @@ func (d defaults) runList(ctx context.Context, env *cli.Env, args []string) erro
 	// Only --trust-key of the policy flags: list checks the signature of
 	// the manifest the agent saved from the host's last session, nothing more.
 	var pol policyFlags
-	fs.StringArrayVar(&pol.trustKeys, "trust-key", nil, "check the signature of the manifest the agent saved from the host's last session with this public key or folder of *.pub files; repeatable (default: "+d.trustDir+" when it holds any)")
+	fs.StringArrayVar(&pol.trustKeys, "trust-key", nil, "check the signature of the manifest the agent saved from the host's last session with the public key in `FILE`, or any *.pub key in a folder; repeatable (default: "+d.trustDir+" when it holds any)")
 	asJSON := registerJSON(fs)
-	usage := "vmcred-guest list [--json] [--status-dir DIR] [--credstore DIR] [--trust-key FILE|DIR]\n" +
-		"                         [--dmi-table FILE | --dmi-entries DIR] [--fw-cfg DIR]\n\n" +
+	noLegend := fs.Bool("no-legend", false, "print only the table's rows: no headings, counts or findings (for scripts)")
+	usage := "vmcred-guest list [--json] [--status-dir DIR] [--credstore DIR] [--trust-key FILE|DIR] " +
+		"[--dmi-table FILE | --dmi-entries DIR] [--fw-cfg DIR]\n\n" +
 		"With no flags: the last load's report (--status-dir) and what LoadCredential= finds now.\n" +
 		"With --credstore DIR alone: that folder, as systemd-creds list shows it, with digests.\n" +
-		"With --dmi-table, --dmi-entries or --fw-cfg: what those firmware sources carry now."
+		"With --dmi-table, --dmi-entries or --fw-cfg: what those firmware sources carry now.\n" +
+		"list does not verify: its VERIFIED column is what the last load found; run vmcred-guest verify to check again now."
 	if err := cli.Parse(env, fs, usage, args); err != nil {
 		return err
 	}
@@ -90,10 +92,11 @@ func (d defaults) runList(ctx context.Context, env *cli.Env, args []string) erro
 		if err != nil {
 			return cli.WithCode(cli.ExitIO, err)
 		}
-		return emit(env, *asJSON, debug.ListFromFirmware(rep, nil), nil)
+		l := debug.ListFromFirmware(rep, nil)
+		return emit(env, d.layout(env, *noLegend), *asJSON, l, l.Unreadable())
 	case fs.Changed("credstore") && !fs.Changed("status-dir"):
 		l, err := debug.ListCredstore(in, loc.credstore)
-		return emit(env, *asJSON, l, err)
+		return emit(env, d.layout(env, *noLegend), *asJSON, l, err)
 	default:
 		keys, from, err := d.trust(fs, &pol, loc.root)
 		if err != nil {
@@ -103,6 +106,6 @@ func (d defaults) runList(ctx context.Context, env *cli.Env, args []string) erro
 			from = d.trustDir
 		}
 		l, err := debug.ListStatus(in, debug.Policy{TrustKeys: keys, TrustFrom: from})
-		return emit(env, *asJSON, l, err)
+		return emit(env, d.layout(env, *noLegend), *asJSON, l, err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/vmcred/vmcred/guest/agent"
+	"github.com/vmcred/vmcred/guest/debug"
 	"github.com/vmcred/vmcred/guest/trustkey"
 	"github.com/vmcred/vmcred/guest/vsocknotify"
 	"github.com/vmcred/vmcred/shared/cli"
@@ -32,10 +33,10 @@ func (p *policyFlags) register(fs interface {
 	StringVar(p *string, name, value, usage string)
 	BoolVar(p *bool, name string, value bool, usage string)
 }) {
-	fs.StringArrayVar(&p.trustKeys, "trust-key", nil, "require a manifest signed by this public key (a PREFIX.pub file from vmcred-host keygen, or a folder of them); repeatable")
-	fs.StringVar(&p.vm, "vm", "", "require the manifest to be issued for this VM name")
+	fs.StringArrayVar(&p.trustKeys, "trust-key", nil, "require a manifest signed by the public key in `FILE` (a PREFIX.pub from vmcred-host keygen), or by any *.pub key in a folder; repeatable")
+	fs.StringVar(&p.vm, "vm", "", "require the manifest to be issued for the VM `NAME`")
 	fs.BoolVar(&p.allowUnverified, "allow-unverified", false, "accept credentials without a manifest to verify them against")
-	fs.StringVar(&p.systemCredentials, "system-credentials", DefaultSystemCredentials, "compare with what systemd imported here (\"\" to skip)")
+	fs.StringVar(&p.systemCredentials, "system-credentials", DefaultSystemCredentials, "compare with what systemd imported in `DIR` (\"\" to skip)")
 }
 
 // keys reads the trusted public keys: each flag names a key file or a
@@ -69,8 +70,8 @@ func (s *storeFlags) register(fs interface {
 	StringVar(p *string, name, value, usage string)
 	BoolVar(p *bool, name string, value bool, usage string)
 }) {
-	fs.StringVar(&s.credstore, "credstore", agent.DefaultCredstore, "expose credentials in this folder (must be on tmpfs or ramfs)")
-	fs.StringVar(&s.statusDir, "status-dir", agent.DefaultStatusDir, "write the report (no values) to this folder")
+	fs.StringVar(&s.credstore, "credstore", agent.DefaultCredstore, "expose credentials in `DIR` (must be on tmpfs or ramfs)")
+	fs.StringVar(&s.statusDir, "status-dir", agent.DefaultStatusDir, "write the report (no values) to `DIR`")
 	fs.BoolVar(&s.allowPersistent, "allow-persistent", false, "accept a credstore that is not on tmpfs or ramfs")
 }
 
@@ -151,6 +152,10 @@ func runLoad(ctx context.Context, env *cli.Env, args []string) error {
 		notifySelf(ctx, env, "STATUS="+oneLine("failed: "+err.Error()))
 		return err
 	}
+	if rep.SignedBy != "" {
+		env.Log.Warn(fmt.Sprintf("the manifest is signed by ed25519 key %s, but no --trust-key was given, so the signature was not checked, only the digests; "+
+			"to require it, pass --trust-key with the host's PREFIX.pub (or a folder of them, e.g. %s)", rep.SignedBy, debug.DefaultTrustDir))
+	}
 	env.Log.Info(rep.Summary, logging.String("credstore", rep.Credstore))
 	notifySelf(ctx, env, daemon.SdNotifyReady+"\nSTATUS="+oneLine(rep.Summary))
 	return nil
@@ -189,7 +194,7 @@ func logSession(log *logging.Logger, rep agent.Report) {
 	case ch.Error != "":
 		log.Warn("session: "+ch.Error, logging.String("peer", ch.Address))
 	default:
-		log.Info(fmt.Sprintf("session: received %d credential(s)", len(ch.Received)), logging.String("peer", ch.Address), logging.Strings("credentials", ch.Received))
+		log.Info("session: received "+cli.Count(len(ch.Received), "credential"), logging.String("peer", ch.Address), logging.Strings("credentials", ch.Received))
 	}
 	switch {
 	case ch.Acknowledged:

@@ -4,13 +4,16 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vmcred/vmcred/guest/agent"
 	"github.com/vmcred/vmcred/guest/debug"
+	"github.com/vmcred/vmcred/shared/credential"
 	"github.com/vmcred/vmcred/shared/manifest"
+	"github.com/vmcred/vmcred/shared/oemstring"
 )
 
 // savedView is what the saved-manifest tests read from verify, list and
@@ -195,4 +198,44 @@ func TestSavedManifest(t *testing.T) {
 			t.Errorf("list: exit %d, from %q, policy %q; want 0 and no saved copy used", r.code, v.ManifestFrom, v.Policy)
 		}
 	})
+}
+
+// TestLoadWarnsOfUncheckedSignature: a signed manifest loaded without
+// --trust-key succeeds on digests, and says once that the signature was
+// present but not checked, and how to require it.
+func TestLoadWarnsOfUncheckedSignature(t *testing.T) {
+	tr := newTree(t, randomValue)
+	k := key(1)
+	v := tr.value("api-key", 32)
+	mb := manifest.NewBuilder("demo", time.Now())
+	if err := mb.Add("api-key", credential.NewSecret(v), manifest.DeliverySMBIOS, false); err != nil {
+		t.Fatal(err)
+	}
+	env, err := mb.Envelope(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.boot([]string{tr.oem(oemstring.PrefixBinary, agent.ManifestName, env), tr.oem(oemstring.PrefixVmcred, "api-key", v)})
+	tr.trust(k.Public().(ed25519.PublicKey))
+	dmi := tr.path("sys/firmware/dmi/tables/DMI")
+	r := run(tr.defaults(), "load", "--dmi-table", dmi, "--credstore", filepath.Join(tr.root, "store"), "--status-dir", filepath.Join(tr.root, "st"),
+		"--allow-persistent", "--system-credentials", "", "--vm", "demo")
+	if r.code != 0 {
+		t.Fatalf("exit %d: %s", r.code, r.stderr)
+	}
+	log := string(r.stderr)
+	if n := strings.Count(log, "no --trust-key was given, so the signature was not checked"); n != 1 {
+		t.Errorf("warning said %d times, want once:\n%s", n, log)
+	}
+	for _, w := range []string{"warn", "--trust-key", "the signature by ed25519 key"} {
+		if !strings.Contains(log, w) {
+			t.Errorf("log lacks %q:\n%s", w, log)
+		}
+	}
+	// With the key, no warning.
+	r = run(tr.defaults(), "load", "--dmi-table", dmi, "--credstore", filepath.Join(tr.root, "store2"), "--status-dir", filepath.Join(tr.root, "st2"),
+		"--allow-persistent", "--system-credentials", "", "--vm", "demo", "--trust-key", tr.path("etc/vmcred/trusted.d"))
+	if r.code != 0 || strings.Contains(string(r.stderr), "not checked") {
+		t.Errorf("with --trust-key: exit %d, log %s", r.code, r.stderr)
+	}
 }

@@ -13,7 +13,7 @@ func (d defaults) runStatus(ctx context.Context, env *cli.Env, args []string) er
 	fs := cli.NewFlagSet("status")
 	var loc where
 	loc.registerRoot(fs, d)
-	fs.StringVar(&loc.statusDir, "status-dir", d.statusDir, "read the last load's report (status.json) from this folder")
+	fs.StringVar(&loc.statusDir, "status-dir", d.statusDir, "read the last load's report (status.json) from `DIR`")
 	asJSON := registerJSON(fs)
 	if err := cli.Parse(env, fs, "vmcred-guest status [--status-dir DIR] [--json]\n\nExit codes: 0 the last load was ready, 1 it failed, 3 no readable status file.", args); err != nil {
 		return err
@@ -23,5 +23,5 @@ func (d defaults) runStatus(ctx context.Context, env *cli.Env, args []string) er
 	}
 	loc.credstore, loc.system = d.credstore, d.systemCredentials
 	st, err := debug.ReadStatus(loc.inspector(d), d.trustDir)
-	return emit(env, *asJSON, st, err)
+	return emit(env, d.layout(env, false), *asJSON, st, err)
 }

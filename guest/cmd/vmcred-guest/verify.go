@@ -20,7 +20,7 @@ func (d defaults) runVerify(ctx context.Context, env *cli.Env, args []string) er
 	pol.register(fs)
 	var loc where
 	loc.register(fs, d, false, false)
-	fs.StringVar(&loc.statusDir, "status-dir", d.statusDir, "read the manifest the agent saved from the host's last session from this folder, used when firmware holds none")
+	fs.StringVar(&loc.statusDir, "status-dir", d.statusDir, "read the manifest the agent saved from the host's last session from `DIR`, used when firmware holds none")
 	asJSON := registerJSON(fs)
 	if err := cli.Parse(env, fs, "vmcred-guest verify [--json] [source and policy flags as for load]\n\nExit codes: 0 verified, 1 verification failure, 3 unreadable.", args); err != nil {
 		return err
@@ -42,5 +42,5 @@ func (d defaults) runVerify(ctx context.Context, env *cli.Env, args []string) er
 	}
 	rep, rerr := src.readFrom(loc.rootFS(), opt)
 	v, err := debug.Verify(loc.inspector(d), rep, rerr, debug.Policy{TrustKeys: keys, TrustFrom: from, VM: pol.vm, AllowUnverified: pol.allowUnverified})
-	return emit(env, *asJSON, v, err)
+	return emit(env, d.layout(env, false), *asJSON, v, err)
 }

@@ -6,7 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -140,6 +142,13 @@ func TestCanaryPack(t *testing.T) {
 				}
 			}
 			channel := strings.Contains(tc.name, "firecracker") || tc.name == "cloud-hypervisor" || tc.name == "overflow"
+			if strings.HasPrefix(tc.name, "json") {
+				// The JSON plan describes the payload files; it writes none.
+				if _, err := os.Stat(rt); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("--hypervisor json made the runtime directory %s (stat: %v)", rt, err)
+				}
+				return
+			}
 			if holders == 0 && !channel {
 				t.Errorf("no payload file holds the secret: the test checks nothing")
 			}

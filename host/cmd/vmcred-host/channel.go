@@ -103,5 +103,5 @@ func (pk *packed) sessionCount() int {
 // describeSession says what a session sent, for the log: names, never
 // values.
 func describeSession(res push.Result) string {
-	return fmt.Sprintf("sent %d credential(s), %d bytes, generation %d", len(res.Sent), res.Bytes, res.Generation)
+	return fmt.Sprintf("sent %s, %d bytes, generation %d", cli.Count(len(res.Sent), "credential"), res.Bytes, res.Generation)
 }

@@ -27,14 +27,14 @@ func (d deps) runCheck(_ context.Context, env *cli.Env, args []string) error {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return cli.Usagef("check: unexpected argument %d of %d bytes (flags only; see --help)", 1, len(fs.Arg(0)))
+		return cli.Usagef("unexpected argument %d of %d bytes (flags only; see --help)", 1, len(fs.Arg(0)))
 	}
 	specs, err := src.Specs()
 	if err != nil {
 		return withCode(err)
 	}
 	if len(specs) == 0 {
-		return cli.Usagef("check: give the credential sources to check (--cred, --cred-dir, --from-credentials-directory)")
+		return cli.Usagef("give the credential sources to check (--cred, --cred-dir, --from-credentials-directory)")
 	}
 	items, warnings, err := source.Check(specs, d.source)
 	if err != nil {
@@ -62,7 +62,7 @@ func (d deps) runCheck(_ context.Context, env *cli.Env, args []string) error {
 				n++
 			}
 		}
-		return cli.WithCode(cli.ExitIO, fmt.Errorf("%s cannot read %d of %d credentials (see the report for the fix)", rep.User, n, len(rep.Results)))
+		return cli.WithCode(cli.ExitIO, fmt.Errorf("%s cannot read %d of %s (see the report for the fix)", rep.User, n, cli.Count(len(rep.Results), "credential")))
 	}
 	return nil
 }

@@ -34,6 +34,15 @@ func TestBadInputs(t *testing.T) {
 		{"channel is gone", []string{"--hypervisor", "firecracker", "--channel", "unix:/run/x.vsock_9", "--static", "a=b"}, 2, []string{"unknown flag: --channel"}},
 		{"ch-api on qemu", []string{"--hypervisor", "qemu", "--ch-api", "/x"}, 2, []string{"cloud-hypervisor only"}},
 		{"reserved name", []string{"--hypervisor", "qemu", "--static", "vmcred.manifest=x"}, 2, []string{"reserved"}},
+		{"'=' in a --cred name", []string{"--hypervisor", "qemu", "--cred", "x=y=file:@SMALL@"},
+			2, []string{`credential "x=y"`, "may not contain '='", "split at the first '='"}},
+		{"'=' in a --cred-dir file name", []string{"--hypervisor", "qemu", "--cred-dir", "@TMP@/eqdir"},
+			2, []string{`credential "a=b"`, "@TMP@/eqdir/a=b", "may not contain '='"}},
+		{"VM name with a space", []string{"--vm", "we b", "--hypervisor", "qemu", "--static", "a=b"}, 2, []string{`--vm "we b": byte 3 is a space`}},
+		{"VM name starting with '-'", []string{"--vm=-x", "--hypervisor", "qemu", "--static", "a=b"}, 2, []string{`--vm "-x": byte 1`}},
+		{"over 1 MiB without a channel says what to add", []string{"--hypervisor", "qemu", "--cred", "huge=file:@BIG@"},
+			1, []string{"add --overflow channel to send it by channel"}},
+		{"unknown hypervisor names every choice", []string{"--hypervisor", "xen"}, 2, []string{"firecracker, json or dmi"}},
 		{"unsafe runtime dir", []string{"--hypervisor", "qemu", "--cred", "k=file:@SMALL@", "--runtime-dir", "@TMP@/open"},
 			3, []string{"@TMP@/open is mode 0777", "writable by group or others"}},
 	}
@@ -44,6 +53,10 @@ func TestBadInputs(t *testing.T) {
 				t.Fatal(err)
 			}
 			os.Chmod(filepath.Join(tmp, "open"), 0o777)
+			if err := os.Mkdir(filepath.Join(tmp, "eqdir"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			secretFile(t, filepath.Join(tmp, "eqdir"), "a=b", []byte("x"))
 			repl := strings.NewReplacer(
 				"@TMP@", tmp,
 				"@BIG@", secretFile(t, tmp, "big", make([]byte, 1<<20+1)),

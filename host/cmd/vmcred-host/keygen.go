@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"syscall"
 
 	"github.com/vmcred/vmcred/shared/cli"
@@ -20,7 +21,7 @@ const keygenUsage = "vmcred-host keygen --out PREFIX"
 func (d deps) runKeygen(_ context.Context, env *cli.Env, args []string) error {
 	var prefix string
 	fl := cli.NewFlagSet("keygen")
-	fl.StringVar(&prefix, "out", "", "write `PREFIX`.key (private, mode 0400) and PREFIX.pub (public, 0444)")
+	fl.StringVar(&prefix, "out", "", "write `PREFIX`.key (private, mode 0400) and PREFIX.pub (public, 0444); a missing folder in PREFIX is made 0700")
 	if err := cli.Parse(env, fl, keygenUsage, args); err != nil {
 		return err
 	}
@@ -30,14 +31,14 @@ func (d deps) runKeygen(_ context.Context, env *cli.Env, args []string) error {
 	keyPath, pubPath := prefix+".key", prefix+".pub"
 	for _, p := range []string{keyPath, pubPath} {
 		if _, err := os.Lstat(p); err == nil {
-			return cli.WithCode(cli.ExitFailure, fmt.Errorf("keygen: %s already exists; refusing to overwrite a key (remove it first, or choose another --out)", p))
+			return cli.WithCode(cli.ExitFailure, fmt.Errorf("%s already exists; refusing to overwrite a key (remove it first, or choose another --out)", p))
 		} else if !errors.Is(err, fs.ErrNotExist) {
-			return cli.WithCode(cli.ExitIO, fmt.Errorf("keygen: %w", err))
+			return cli.WithCode(cli.ExitIO, err)
 		}
 	}
 	pub, priv, err := ed25519.GenerateKey(d.rand)
 	if err != nil {
-		return fmt.Errorf("keygen: %w", err)
+		return fmt.Errorf("generate a key: %w", err)
 	}
 	defer clear(priv)
 	privFile, err := manifest.MarshalPrivateKey(priv)
@@ -49,12 +50,18 @@ func (d deps) runKeygen(_ context.Context, env *cli.Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	// keys/host makes keys/ (0700: it holds a private key) if missing.
+	if dir := filepath.Dir(keyPath); dir != "." {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return cli.WithCode(cli.ExitIO, fmt.Errorf("create the folder for --out: %w", err))
+		}
+	}
 	if err := createExclusive(keyPath, privFile, 0o400); err != nil {
-		return cli.WithCode(cli.ExitIO, fmt.Errorf("keygen: %w", err))
+		return cli.WithCode(cli.ExitIO, err)
 	}
 	if err := createExclusive(pubPath, pubFile, 0o444); err != nil {
 		os.Remove(keyPath)
-		return cli.WithCode(cli.ExitIO, fmt.Errorf("keygen: %w", err))
+		return cli.WithCode(cli.ExitIO, err)
 	}
 	fmt.Fprintf(env.Stdout, "ed25519 key %s: private key %s, public key %s\n", manifest.KeyID(pub), keyPath, pubPath)
 	return nil

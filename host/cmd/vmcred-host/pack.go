@@ -12,13 +12,13 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"github.com/vmcred/vmcred/host/access"
 	"github.com/vmcred/vmcred/host/emit"
 	"github.com/vmcred/vmcred/host/plan"
 	"github.com/vmcred/vmcred/host/push"
 	"github.com/vmcred/vmcred/host/source"
 	"github.com/vmcred/vmcred/shared/address"
 	"github.com/vmcred/vmcred/shared/cli"
-	"github.com/vmcred/vmcred/shared/credential"
 	"github.com/vmcred/vmcred/shared/logging"
 	"github.com/vmcred/vmcred/shared/manifest"
 )
@@ -48,6 +48,10 @@ type packFlags struct {
 	// none.
 	lifetime time.Duration
 	src      source.Flags
+	// forRun is set for run's flags, which leave out pack's outputs.
+	forRun bool
+	// owner is --owner: the user the payload files are for.
+	owner string
 }
 
 // DefaultLifetime is pack's --lifetime: how long a manifest stays valid
@@ -60,27 +64,42 @@ type packFlags struct {
 // somewhere. --lifetime 0 sets no not-after.
 const DefaultLifetime = 30 * 24 * time.Hour
 
-func (f *packFlags) register(fs *pflag.FlagSet) {
+// register adds pack's flags to fs; forRun leaves out what only pack
+// does (json and dmi output, --out, --target, --print0, --owner), since
+// run starts a hypervisor and prints nothing.
+func (f *packFlags) register(fs *pflag.FlagSet, forRun bool) {
+	f.forRun = forRun
 	fs.StringVar(&f.vm, "vm", "", "the VM's `NAME` (required)")
-	fs.StringVar(&f.hypervisor, "hypervisor", "", "`TARGET`: qemu (q35/pc), qemu-microvm, cloud-hypervisor, firecracker, json (the plan as JSON) or dmi (a DMI table file) (required)")
+	if forRun {
+		fs.StringVar(&f.hypervisor, "hypervisor", "", "the `HYPERVISOR` COMMAND is: qemu (q35/pc), qemu-microvm, cloud-hypervisor or firecracker (required)")
+	} else {
+		fs.StringVar(&f.hypervisor, "hypervisor", "", "`TARGET`: qemu (q35/pc), qemu-microvm, cloud-hypervisor, firecracker, json (the plan as JSON) or dmi (a DMI table file) (required)")
+	}
 	f.src.Register(fs)
-	fs.StringVar(&f.mode, "mode", string(plan.Verified), "OEM string namespace: verified (only the vmcred agent imports credentials) or systemd (stock systemd imports them too)")
+	fs.StringVar(&f.mode, "mode", string(plan.Verified), "the OEM string namespace, `MODE`: verified (only the vmcred agent imports credentials) or systemd (stock systemd imports them too)")
 	fs.StringVar(&f.signKey, "sign-key", "", "sign the manifest with the Ed25519 key in `FILE` (from vmcred-host keygen); without it the manifest has digests only")
 	fs.StringVar(&f.runtimeDir, "runtime-dir", "", "write payload files (mode 0400) in `DIR`, created 0700 if missing; default $RUNTIME_DIRECTORY, else a new private directory under $TMPDIR")
-	fs.StringVar(&f.out, "out", "", "dmi: write the DMI table to `FILE`; json: write the plan to FILE instead of stdout")
+	if !forRun {
+		fs.StringVar(&f.out, "out", "", "dmi: write the DMI table to `FILE`; json: write the plan to FILE instead of stdout (json writes no payload file: the plan names where pack would write them)")
+	}
 	fs.StringVar(&f.notifySocket, "notify-socket", "", "add vmm.notify_socket=`ADDR` (vsock-stream:2:PORT) so guest PID 1 reports its boot to vmcred-host serve; not for firecracker, which has no firmware to carry it")
-	fs.StringVar(&f.overflow, "overflow", string(plan.OverflowFail), "what does not fit the firmware limits: fail, or channel (moves the largest first to the host's session: vmcred-host push or run)")
+	fs.StringVar(&f.overflow, "overflow", string(plan.OverflowFail), "`POLICY` for what does not fit the firmware limits: fail, or channel (moves the largest first to the host's session: vmcred-host push or run)")
 	fs.BoolVar(&f.inline, "inline", false, "qemu: put non-secret OEM strings on the command line (value=) instead of in files")
 	fs.BoolVar(&f.inlineSecrets, "inline-secrets", false, "qemu: put secret OEM strings on the command line too, where every local user can read them in /proc/PID/cmdline (not recommended)")
-	fs.BoolVar(&f.print0, "print0", false, "end each printed argument with a NUL instead of a newline (for mapfile -d '')")
+	if !forRun {
+		fs.StringVar(&f.owner, "owner", "", "give the payload files (and a runtime directory pack creates) to `USER`, the user the hypervisor runs as; pack must run as root for it. Without it pack warns when "+access.DefaultUser+" could not read them")
+		fs.BoolVar(&f.print0, "print0", false, "end each printed argument with a NUL instead of a newline (for mapfile -d '')")
+	}
 	fs.StringVar(&f.chAPI, "ch-api", "", "cloud-hypervisor: pass every OEM string, secrets included, through its REST API on `SOCKET` (vm.create) instead of the command line and the channel")
 	fs.StringVar(&f.chConfig, "ch-config", "", "cloud-hypervisor with --ch-api: the VmConfig JSON `FILE` (kernel, memory, disks) to add the OEM strings to")
-	fs.StringVar(&f.target, "target", string(plan.QEMU), "with --hypervisor json: the `HYPERVISOR` the plan is for")
+	if !forRun {
+		fs.StringVar(&f.target, "target", string(plan.QEMU), "with --hypervisor json: the `HYPERVISOR` the plan is for")
+	}
 	fs.DurationVar(&f.lifetime, "lifetime", DefaultLifetime, "the firmware manifest is valid for this `DURATION` after it is issued (its not-after; a guest that reboots with the same firmware after it fails its load), 0 for no limit")
 	fs.IntVar(&f.smbiosReserve, "smbios-reserve", -1, fmt.Sprintf("`BYTES` of the 65535-byte SMBIOS table left for the hypervisor's own structures (default %d; 0 for dmi)", plan.DefaultSMBIOSReserve))
 }
 
-const packUsage = "vmcred-host pack --vm NAME --hypervisor qemu|qemu-microvm|cloud-hypervisor|firecracker|json|dmi [source flags] [flags]"
+const packUsage = "vmcred-host pack --vm NAME --hypervisor TARGET [source flags] [flags]"
 
 // packed is what pack produced.
 type packed struct {
@@ -99,12 +118,12 @@ type packed struct {
 func (d deps) runPack(_ context.Context, env *cli.Env, args []string) error {
 	var f packFlags
 	fs := cli.NewFlagSet("pack")
-	f.register(fs)
+	f.register(fs, false)
 	if err := cli.Parse(env, fs, packUsage, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return cli.Usagef("pack: unexpected argument %d of %d bytes (flags only; see --help)", 1, len(fs.Arg(0)))
+		return cli.Usagef("unexpected argument %d of %d bytes (flags only; see --help)", 1, len(fs.Arg(0)))
 	}
 	pk, err := d.pack(env, &f)
 	if err != nil {
@@ -112,8 +131,18 @@ func (d deps) runPack(_ context.Context, env *cli.Env, args []string) error {
 	}
 	defer pk.result.Wipe()
 	defer pk.wipeSession()
+	if pk.output != hvJSON {
+		if f.owner != "" {
+			if err := d.handOver(f.owner, pk.result, pk.tempDir != "" || pk.result.CreatedDir()); err != nil {
+				pk.result.Remove()
+				pk.removeTemp()
+				return err
+			}
+		}
+		d.warnUnreadable(env, f.owner, pk.result)
+	}
 	if n := pk.sessionCount(); n > 0 {
-		env.Log.Info(fmt.Sprintf("vm %s: %d credential(s) go in the host's session, not in firmware: run vmcred-host push --vm %s --connect ADDR --sign-key FILE with the same sources once the VM runs", f.vm, n, f.vm))
+		env.Log.Info(fmt.Sprintf("vm %s: %s in the host's session, not in firmware: run vmcred-host push --vm %s --connect ADDR --sign-key FILE with the same sources once the VM runs", f.vm, countGo(n), f.vm))
 	}
 	if err := pk.print(env, &f); err != nil {
 		pk.result.Remove()
@@ -181,6 +210,9 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 	}()
 	for _, w := range warnings {
 		env.Log.Warn(w.String())
+	}
+	if err := checkCollected(env, creds, len(specs) == 0); err != nil {
+		return nil, err
 	}
 
 	if f.lifetime < 0 || (f.lifetime > 0 && f.lifetime < time.Second) {
@@ -257,8 +289,13 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 			return nil, cli.WithCode(cli.ExitUsage, fmt.Errorf("--ch-api: %w", err))
 		}
 	}
+	if f.chAPI != "" && f.chConfig == "" {
+		env.Log.Warn("--ch-api without --ch-config: the vm.create body holds only the platform's OEM strings, and cloud-hypervisor needs a kernel, memory and disks too; give the VmConfig with --ch-config FILE")
+	}
 	if needsDir(p) {
-		if eo.RuntimeDir, pk.tempDir, err = runtimeDir(env, f); err != nil {
+		if pk.output == hvJSON {
+			eo.RuntimeDir = planRuntimeDir(env, f)
+		} else if eo.RuntimeDir, pk.tempDir, err = runtimeDir(env, f); err != nil {
 			return nil, err
 		}
 	}
@@ -266,6 +303,11 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 	if err != nil {
 		pk.removeTemp()
 		return nil, withCode(err)
+	}
+	if pk.output == hvJSON {
+		// The JSON plan describes; it writes nothing.
+		pk.result = res
+		return pk, nil
 	}
 	if err := res.Write(); err != nil {
 		res.Wipe()
@@ -290,15 +332,15 @@ func (pk *packed) removeTemp() {
 func (f *packFlags) planOptions(pk *packed) (plan.Options, error) {
 	var o plan.Options
 	if f.vm == "" {
-		return o, cli.Usagef("pack: --vm NAME is required")
+		return o, cli.Usagef("--vm NAME is required")
 	}
-	if err := credential.ValidateName(f.vm); err != nil {
-		return o, cli.Usagef("--vm: %v", err)
+	if err := checkVMName(f.vm); err != nil {
+		return o, err
 	}
 	target := f.hypervisor
 	switch f.hypervisor {
 	case "":
-		return o, cli.Usagef("pack: --hypervisor is required (qemu, qemu-microvm, cloud-hypervisor, firecracker, json or dmi)")
+		return o, cli.Usagef("--hypervisor is required (%s)", f.hypervisorChoices())
 	case hvJSON:
 		pk.output, target = hvJSON, f.target
 		if target == hvJSON || target == hvDMI {
@@ -309,7 +351,10 @@ func (f *packFlags) planOptions(pk *packed) (plan.Options, error) {
 	}
 	hv, err := plan.ParseHypervisor(target)
 	if err != nil {
-		return o, cli.WithCode(cli.ExitUsage, err)
+		if target == f.hypervisor {
+			return o, cli.Usagef("--hypervisor: unknown hypervisor %q (want %s)", clipArg(target), f.hypervisorChoices())
+		}
+		return o, cli.WithCode(cli.ExitUsage, fmt.Errorf("--target: %w", err))
 	}
 	mode, err := plan.ParseMode(f.mode)
 	if err != nil {
@@ -342,6 +387,22 @@ func (f *packFlags) planOptions(pk *packed) (plan.Options, error) {
 	}, nil
 }
 
+// hypervisorChoices lists what --hypervisor takes.
+func (f *packFlags) hypervisorChoices() string {
+	if f.forRun {
+		return "qemu, qemu-microvm, cloud-hypervisor or firecracker"
+	}
+	return "qemu, qemu-microvm, cloud-hypervisor, firecracker, json or dmi"
+}
+
+// clipArg shortens a mistyped value for an error message.
+func clipArg(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
+}
+
 func needsDir(p *plan.Plan) bool {
 	for _, it := range p.Items {
 		if it.Carrier == plan.CarrierFile || it.Carrier == plan.CarrierAPI {
@@ -349,6 +410,53 @@ func needsDir(p *plan.Plan) bool {
 		}
 	}
 	return false
+}
+
+// checkCollected refuses what the guest could not read back and warns
+// about what is probably a mistake: a name with '=' (an OEM string is
+// NAME=VALUE split at the first '=', systemd's rule, so the guest would
+// read another name and skip the value), and an empty secret file.
+func checkCollected(env *cli.Env, creds []source.Credential, noSources bool) error {
+	for _, c := range creds {
+		if strings.Contains(c.Name, "=") {
+			from := c.Origin.Path
+			if from == "" {
+				from = "--static"
+			}
+			return cli.Usagef("credential %q (from %s): a name may not contain '=': credentials travel as NAME=VALUE split at the first '=', so the guest could not read it back; rename it", c.Name, from)
+		}
+		if c.Secret && c.Value.Len() == 0 {
+			env.Log.Warn(fmt.Sprintf("credential %q: %s is empty (0 bytes); the guest gets an empty credential", c.Name, c.Origin.Path))
+		}
+	}
+	switch {
+	case len(creds) > 0:
+	case noSources:
+		// The NixOS module packs a VM with a signing key and no
+		// credentials yet: not an error, but never silent.
+		env.Log.Warn("no credentials to pack (no --cred, --cred-dir, --from-credentials-directory or --static): the VM gets only the manifest")
+	default:
+		env.Log.Warn("the sources hold no credentials: the VM gets only the manifest")
+	}
+	return nil
+}
+
+// planRuntimeDir is the directory the JSON plan names for payload files,
+// which it does not write: --runtime-dir or $RUNTIME_DIRECTORY as pack
+// would use them, else where a packing service's RuntimeDirectory=vmcred/NAME
+// would be.
+func planRuntimeDir(env *cli.Env, f *packFlags) string {
+	dir := f.runtimeDir
+	if dir == "" && env.Getenv != nil {
+		dir, _, _ = strings.Cut(env.Getenv("RUNTIME_DIRECTORY"), ":")
+	}
+	if dir == "" {
+		return filepath.Join("/run/vmcred", sanitize(f.vm))
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		return abs
+	}
+	return dir
 }
 
 // runtimeDir picks the directory for payload files: --runtime-dir, else
@@ -462,7 +570,7 @@ func logPlan(log *logging.Logger, p *plan.Plan, r *emit.Result) {
 			parts = append(parts, fmt.Sprintf("%d %s", counts[d], d))
 		}
 	}
-	msg := fmt.Sprintf("vm %s: %d credentials (manifest included) for %s: %s", p.VM, len(p.Items), p.Hypervisor, strings.Join(parts, ", "))
+	msg := fmt.Sprintf("vm %s: %s (manifest included) for %s: %s", p.VM, cli.Count(len(p.Items), "credential"), p.Hypervisor, strings.Join(parts, ", "))
 	if p.Usage.SMBIOSStrings > 0 {
 		msg += fmt.Sprintf("; SMBIOS table %d of %d bytes", p.Usage.SMBIOSTable, p.Usage.SMBIOSTableLimit)
 	}

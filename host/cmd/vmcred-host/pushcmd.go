@@ -239,6 +239,9 @@ func hasCredential(list []push.Credential, name string) bool {
 	return false
 }
 
+// errNoReport marks a session that ended without the guest's report.
+var errNoReport = errors.New("no report")
+
 // session dials the agent, runs one session, records the report in the
 // status folder and tells the host's own service manager: exit 0 when the
 // guest reported ready, 1 when it refused or failed, 4 on timeout, 3 when
@@ -262,7 +265,7 @@ func (d deps) session(ctx context.Context, env *cli.Env, vm string, a address.Ad
 		if errors.Is(err, context.DeadlineExceeded) {
 			code = cli.ExitTimeout
 		}
-		return cli.WithCode(code, fmt.Errorf("vm %s: no report from the agent at %s: %w", vm, a, err))
+		return cli.WithCode(code, fmt.Errorf("vm %s: %w from the agent at %s: %w", vm, errNoReport, a, err))
 	}
 	st := readiness.FromReport(vm, out.Report, d.now())
 	st.Connect, st.PID = a.String(), os.Getpid()

@@ -5,9 +5,12 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"os/exec"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 
 	"github.com/vmcred/vmcred/host/launch"
 	"github.com/vmcred/vmcred/host/push"
@@ -30,7 +33,7 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 	var f packFlags
 	var sf sessionFlags
 	fs := cli.NewFlagSet("run")
-	f.register(fs)
+	f.register(fs, true)
 	sf.register(fs)
 	fs.BoolVar(&sf.exitOnFailure, "exit-on-failure", false, "stop the hypervisor (exit 1) when the guest reports a failed load or no report comes within --timeout")
 	if err := cli.Parse(env, fs, runUsage, args); err != nil {
@@ -39,15 +42,17 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 	dash, rest := fs.ArgsLenAtDash(), fs.Args()
 	switch {
 	case dash < 0 || len(rest) == dash:
-		return cli.Usagef("run: give the hypervisor command after --: %s", runUsage)
-	case dash > 0:
-		return cli.Usagef("run: %d unexpected argument(s) before --", dash)
+		return cli.Usagef("give the hypervisor command after --: %s", runUsage)
+	case dash == 1:
+		return cli.Usagef("an unexpected argument before --")
+	case dash > 1:
+		return cli.Usagef("%d unexpected arguments before --", dash)
 	case f.hypervisor == hvJSON || f.hypervisor == hvDMI:
-		return cli.Usagef("run: --hypervisor %s writes a file, it starts nothing; use pack", f.hypervisor)
+		return cli.Usagef("--hypervisor %s writes a file, it starts nothing; use pack", f.hypervisor)
 	}
 	command := rest
 	if f.chAPI != "" && !hasAPISocket(command[1:], f.chAPI) {
-		return cli.Usagef("run: --ch-api %s: the cloud-hypervisor command must listen there: add --api-socket path=%s", f.chAPI, f.chAPI)
+		return cli.Usagef("--ch-api %s: the cloud-hypervisor command must listen there: add --api-socket path=%s", f.chAPI, f.chAPI)
 	}
 	if f.chAPI != "" {
 		// vm.create carries every secret: refuse a path someone else could
@@ -93,7 +98,7 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 		pk.result.Wipe()
 		pk.result.Remove()
 		pk.removeTemp()
-		return cli.Usagef("run: %d credential(s) go in the host's session (not in firmware); give --connect ADDR and --sign-key FILE", pk.sessionCount())
+		return cli.Usagef("%s in the host's session (not in firmware); give --connect ADDR and --sign-key FILE", countGo(pk.sessionCount()))
 	}
 	if !withSession {
 		// No session: run keeps no copy of the values for it.
@@ -145,24 +150,62 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 	boot := cfg.AfterStart
 	req := push.Request{VM: f.vm, Key: key, IssuedAt: d.now(), Credentials: pk.session}
 	cfg.AfterStart = boot
+	var reported atomic.Bool
 	if withSession {
-		cfg.AfterStart = d.afterStartSession(env, &f, &sf, a, boot, req, pk)
+		cfg.AfterStart = d.afterStartSession(env, &f, &sf, a, boot, req, pk, &reported)
 	}
 	err = launch.Run(ctx, cfg)
+	if err == nil && withSession && !reported.Load() {
+		env.Log.Warn(fmt.Sprintf("vm %s: the hypervisor exited 0 but the guest never reported; run exits 0, the hypervisor's status", f.vm))
+	}
 	var ee *launch.ExitError
 	if errors.As(err, &ee) {
 		return cli.WithCode(ee.Code, err)
 	}
+	if code, ok := startFailure(err); ok {
+		return cli.WithCode(code, err)
+	}
 	if err != nil && !isTagged(err) {
-		return cli.WithCode(cli.ExitFailure, fmt.Errorf("run: %w", err))
+		return cli.WithCode(cli.ExitFailure, err)
 	}
 	return err
+}
+
+// Exit codes of a hypervisor command that could not be started, as a
+// shell (and env, nohup, timeout) gives them.
+const (
+	exitNotExecutable = 126
+	exitNotFound      = 127
+)
+
+// startFailure gives the exit code for a hypervisor command that did not
+// start: 127 when it does not exist, 126 when it cannot be executed.
+func startFailure(err error) (int, bool) {
+	var pe *fs.PathError
+	switch {
+	case errors.Is(err, exec.ErrNotFound):
+		return exitNotFound, true
+	case !errors.As(err, &pe) || pe.Op != "fork/exec":
+		return 0, false
+	case errors.Is(err, fs.ErrNotExist):
+		return exitNotFound, true
+	}
+	return exitNotExecutable, true
+}
+
+// countGo is "1 credential goes" or "N credentials go".
+func countGo(n int) string {
+	if n == 1 {
+		return "1 credential goes"
+	}
+	return cli.Count(n, "credential") + " go"
 }
 
 // afterStartSession is run's AfterStart with a session: the API boot (if
 // any), then the session, bounded by --timeout and by the hypervisor's
 // life.
-func (d deps) afterStartSession(env *cli.Env, f *packFlags, sf *sessionFlags, a address.Address, boot func(context.Context, <-chan struct{}) error, req push.Request, pk *packed) func(context.Context, <-chan struct{}) error {
+// reported is set when the session ended with the guest's report.
+func (d deps) afterStartSession(env *cli.Env, f *packFlags, sf *sessionFlags, a address.Address, boot func(context.Context, <-chan struct{}) error, req push.Request, pk *packed, reported *atomic.Bool) func(context.Context, <-chan struct{}) error {
 	return func(ctx context.Context, exited <-chan struct{}) error {
 		if boot != nil {
 			if err := boot(ctx, exited); err != nil {
@@ -180,6 +223,7 @@ func (d deps) afterStartSession(env *cli.Env, f *packFlags, sf *sessionFlags, a 
 			}
 		}()
 		err := d.session(sctx, env, f.vm, a, sf, req)
+		reported.Store(!errors.Is(err, errNoReport))
 		pk.wipeSession()
 		debug.FreeOSMemory()
 		if err != nil {

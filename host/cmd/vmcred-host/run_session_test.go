@@ -266,3 +266,24 @@ func must(b []byte, err error) []byte {
 	}
 	return b
 }
+
+// TestRunSaysWhenTheGuestNeverReported: a hypervisor that exits 0 while
+// the channel never heard from the guest makes run warn, once, saying
+// which exit it uses; after a report, no warning.
+func TestRunSaysWhenTheGuestNeverReported(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := shortTemp(t)
+	h := newHarness(t)
+	keyFile, _ := goldenKey(t, tmp)
+	// No agent ever listens at the address: the hypervisor exits first.
+	code := h.run("run", "--vm", "v", "--hypervisor", "qemu", "--runtime-dir", filepath.Join(tmp, "run"), "--sign-key", keyFile,
+		"--cred", "k=file:"+secretFile(t, tmp, "k", []byte("value")), "--connect", "unix:"+filepath.Join(tmp, "no-agent.sock"),
+		"--status-dir", filepath.Join(tmp, "status"), "--timeout", "20s", "--", self, helperMarker, "dump", "0")
+	want := "the hypervisor exited 0 but the guest never reported"
+	if code != 0 || strings.Count(h.log.String(), want) != 1 || !strings.Contains(h.log.String(), "run exits 0") {
+		t.Errorf("exit %d, want 0 with one warning %q; log %s", code, want, h.log.String())
+	}
+}

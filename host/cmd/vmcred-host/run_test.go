@@ -26,7 +26,10 @@ func TestRunExitStatus(t *testing.T) {
 		{"exit 0", []string{self, helperMarker, "dump", "0"}, 0, ""},
 		{"exit 5", []string{self, helperMarker, "dump", "5"}, 5, "exited with status 5"},
 		{"killed", []string{self, helperMarker, "kill-self"}, 128 + 9, "killed by signal 9"},
-		{"not found", []string{filepath.Join(t.TempDir(), "no-such-hypervisor")}, 1, "start "},
+		// As a shell says it: 127 not found, 126 not executable.
+		{"not found", []string{filepath.Join(t.TempDir(), "no-such-hypervisor")}, 127, "no such file"},
+		{"not in PATH", []string{"vmcred-no-such-hypervisor"}, 127, "executable file not found"},
+		{"not executable", []string{notExecutable(t)}, 126, "permission denied"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -175,4 +178,13 @@ func TestRunCloudHypervisorAPI(t *testing.T) {
 	if files := listFiles(t, rt); len(files) != 0 {
 		t.Errorf("files left: %v", files)
 	}
+}
+
+// notExecutable is a file the test's user may not execute.
+func notExecutable(t *testing.T) string {
+	p := filepath.Join(t.TempDir(), "qemu-not-executable")
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -9,13 +9,18 @@ import (
 
 	"github.com/vmcred/vmcred/host/readiness"
 	"github.com/vmcred/vmcred/shared/cli"
-	"github.com/vmcred/vmcred/shared/credential"
 )
 
 const waitUsage = "vmcred-host wait --vm NAME [--status-dir DIR] [--timeout DURATION]"
 
+// exitInterrupted is wait's exit code when SIGINT or SIGTERM stops it: not
+// a timeout (4), as a shell reports a command killed by SIGINT.
+const exitInterrupted = 130
+
 // runWait blocks until push (or run) has recorded the guest's report:
-// exit 0 when it said ready, 1 when it said failed, 4 on timeout.
+// exit 0 when it said ready, 1 when it said failed, 4 on timeout, 130 when
+// interrupted. A missing status file or folder is waited for: push and
+// run write it only once the guest has reported.
 func (d deps) runWait(ctx context.Context, env *cli.Env, args []string) error {
 	var vm, statusDir string
 	var timeout, poll time.Duration
@@ -33,14 +38,11 @@ func (d deps) runWait(ctx context.Context, env *cli.Env, args []string) error {
 	case fs.NArg() > 0:
 		return cli.Usagef("wait takes no arguments besides the VM name")
 	}
-	if vm == "" {
-		return cli.Usagef("wait: --vm NAME is required")
-	}
-	if err := credential.ValidateName(vm); err != nil {
-		return cli.Usagef("--vm: %v", err)
+	if err := checkVMName(vm); err != nil {
+		return err
 	}
 	if timeout < 0 || poll <= 0 {
-		return cli.Usagef("wait: --timeout must be 0 or more and --poll more than 0")
+		return cli.Usagef("--timeout must be 0 or more and --poll more than 0")
 	}
 	if timeout > 0 {
 		var cancel context.CancelFunc
@@ -49,6 +51,9 @@ func (d deps) runWait(ctx context.Context, env *cli.Env, args []string) error {
 	}
 	st, err := readiness.Wait(ctx, statusDir, vm, poll)
 	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return cli.WithCode(exitInterrupted, fmt.Errorf("vm %s: interrupted before the guest reported (status in %s)", vm, readiness.Path(statusDir, vm)))
+		}
 		if errors.Is(err, context.DeadlineExceeded) {
 			return cli.WithCode(cli.ExitTimeout, fmt.Errorf("vm %s: no report within %v (status in %s)", vm, timeout, readiness.Path(statusDir, vm)))
 		}

@@ -4,6 +4,7 @@
 {
   services.vmcred.vms.chvm = {
     credentials.API_KEY.file = "/run/secrets/chvm/api-key";
+    credentials.TLS_KEY = { file = "/run/secrets/chvm/tls.key"; policy = "reload"; };
     signingKeyFile = "/run/secrets/chvm/signing.key";
   };
   microvm.vms.chvm.config = {

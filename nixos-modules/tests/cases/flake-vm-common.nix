@@ -1,7 +1,8 @@
 # A VM built from a flake (microvm.vms.<name>.flake): the host module cannot
 # extend its configuration; the flake wires itself with
-# services.vmcred-guest.hostVM. A function of `wired` (false: a flake that
-# forgot to), used by flake-vm.nix and flake-vm-unwired.nix.
+# services.vmcred-guest.hostVM (the agent's VM name). A function of `wired`
+# (false: a flake that forgot to), used by flake-vm.nix and
+# flake-vm-unwired.nix.
 wired: { pkgs, lib, vmcred, microvm, ... }:
 let
   vmFlake = {
@@ -12,7 +13,9 @@ let
         (microvm + "/nixos-modules/microvm")
         vmcred.nixosModules.guest
         {
-          networking.hostName = "flkvm";
+          # Not the VM's name on the host: hostVM makes the agent's vmName
+          # right; without it the agent would refuse the host's sessions.
+          networking.hostName = "flkvm-guest";
           microvm = { hypervisor = "cloud-hypervisor"; vsock.cid = 10; };
           services.vmcred-guest = {
             enable = true;

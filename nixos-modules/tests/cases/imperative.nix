@@ -6,7 +6,7 @@
   services.vmcred.vms.impvm = {
     hypervisor = "qemu";
     channel.cid = 9;
-    channel.port = 8891;
+    channel.port = 732;
     credentials.API_KEY.file = "/run/secrets/impvm/api-key";
     signingKeyFile = "/run/secrets/impvm/signing.key";
   };

@@ -4,7 +4,8 @@
   services.vmcred.vms.q35vm = {
     credentials.DB_PASSWORD.file = "/run/secrets/q35vm/db-password";
     signingKeyFile = "/run/secrets/q35vm/signing.key";
-    channel.port = 8890;
+    channel.port = 731;
+    channel.notifyPort = 8890;
   };
   microvm.vms.q35vm.config = {
     microvm = { hypervisor = "qemu"; qemu.machine = "q35"; vsock.cid = 6; };

@@ -1,5 +1,5 @@
 # STAND-IN for NixOS's systemd units: the `systemd.services` and
-# `systemd.targets` options of nixpkgs' nixos/lib/systemd-unit-options.nix
+# `systemd.targets` and `systemd.paths` options of nixpkgs' nixos/lib/systemd-unit-options.nix
 # (commonUnitOptions, serviceOptions, with the same names, types, defaults and
 # merging: list-valued unit options concatenate, unit names are checked with
 # systemd-lib's unitNameType) and how nixpkgs' nixos/lib/systemd-lib.nix
@@ -11,7 +11,7 @@
 # The result is `systemd.unitFiles."<file>" = "<text>"`, the files that would
 # land in /etc/systemd/system. A script (`script`, `preStart`) renders as
 # ExecStart=/ExecStartPre= of a made-up store path, as makeJobScript would.
-# Left out: sockets, timers, paths, mounts, user units, initrd units.
+# Left out: sockets, timers, mounts, user units, initrd units.
 { config, lib, pkgs, ... }:
 let
   inherit (lib) mkOption types concatStrings concatLists mapAttrsToList
@@ -135,6 +135,13 @@ let
 
   targetText = def: "[Unit]\n${attrsToSection def.unitConfig}\n";
 
+  # pathOptions (systemd-unit-options.nix), pathToUnit (systemd-lib.nix).
+  pathOptions = { ... }: {
+    imports = [ commonUnitOptions ];
+    options.pathConfig = mkOption { default = { }; type = types.attrsOf unitOption; };
+  };
+  pathText = def: commonUnitText def "[Path]\n${attrsToSection def.pathConfig}\n";
+
   # generateUnits: where each unit's text lands.
   fileName = unit: def:
     if !def.enable then "${unit} -> /dev/null"
@@ -149,6 +156,7 @@ in
   options.systemd = {
     services = mkOption { default = { }; type = types.attrsOf (types.submodule serviceOptions); };
     targets = mkOption { default = { }; type = types.attrsOf (types.submodule commonUnitOptions); };
+    paths = mkOption { default = { }; type = types.attrsOf (types.submodule pathOptions); };
     unitFiles = mkOption {
       type = types.attrsOf types.str;
       readOnly = true;
@@ -165,5 +173,6 @@ in
 
   config.systemd.unitFiles =
     files "service" serviceText config.systemd.services
-    // files "target" targetText config.systemd.targets;
+    // files "target" targetText config.systemd.targets
+    // files "path" pathText config.systemd.paths;
 }
