@@ -3,12 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
-	"github.com/coreos/go-systemd/v22/util"
 	"github.com/vmcred/vmcred/guest/agent"
 	"github.com/vmcred/vmcred/guest/consumers"
 	"github.com/vmcred/vmcred/shared/address"
@@ -88,7 +88,7 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 			notifySelf(ctx, env, "STATUS="+oneLine(rep.Summary))
 		}
 	}
-	booted := util.IsRunningSystemd
+	booted := bootedWithSystemd
 	if *restarts == "none" {
 		booted = func() bool { return false }
 	}
@@ -138,6 +138,13 @@ func (r consumersRotator) Rotated(ctx context.Context, changes []agent.Change) (
 		return nil, nil
 	}
 	return r.Rotator.Rotated(ctx, changes)
+}
+
+// bootedWithSystemd is sd_booted(3): systemd creates /run/systemd/system
+// early at boot, and nothing else does.
+func bootedWithSystemd() bool {
+	fi, err := os.Lstat("/run/systemd/system")
+	return err == nil && fi.IsDir()
 }
 
 // refusalLog lets through at most refusalBurst refused-session lines a
