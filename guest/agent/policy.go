@@ -25,6 +25,10 @@ const (
 	VerdictRefused         = "refused"
 )
 
+// NotExposed is the problem of a credential the manifest does not list
+// that does not fail the set: it is reported and not exposed.
+const NotExposed = "not in the manifest: not exposed in the credstore"
+
 // Reasons a manifest is not accepted or a check of it failed, besides the
 // errors of manifest.Open and manifest.Check. Check's Manifest problems
 // wrap them; the debug views match them with errors.Is.
@@ -314,7 +318,7 @@ func match(m *manifest.Manifest, policy string, in Input, r *Result) []Verdict {
 			out = append(out, fail(seen(&in.Firmware[i], VerdictNotInManifest, fmt.Sprintf("credential %q arrived under vmcred's prefix but is not in the manifest", e.Name), "")))
 			continue
 		}
-		out = append(out, seen(&in.Firmware[i], VerdictNotInManifest, "not in the manifest: not exposed in the credstore", ""))
+		out = append(out, seen(&in.Firmware[i], VerdictNotInManifest, NotExposed, ""))
 	}
 	return out
 }

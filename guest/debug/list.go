@@ -194,16 +194,18 @@ func ListStatus(in Inspector, pol Policy) (List, error) {
 		errs = append(errs, cli.WithCode(cli.ExitIO, lm.err))
 	}
 	if lm.entry != nil {
-		o := lm.open(pol.TrustKeys)
-		l.ManifestFrom, l.ManifestFile, l.KeyID = lm.from, lm.file, o.keyID
+		res := lm.check(pol, in.now(), nil)
+		l.ManifestFrom, l.ManifestFile, l.KeyID = lm.from, lm.file, res.KeyID
 		switch {
-		case o.refused != nil:
+		case res.Refused != nil:
 			l.Policy = "refused"
-			l.Findings = append(l.Findings, lm.finding(o.refused, trustFrom))
-		case o.trusted:
+		case res.Trusted:
 			l.Policy = agent.PolicySignature
 		default:
 			l.Policy = agent.PolicyDigest
+		}
+		for _, p := range res.ManifestProblems {
+			l.Findings = append(l.Findings, lm.finding(p, trustFrom))
 		}
 	}
 	folders := in.scan()
