@@ -168,10 +168,12 @@ func (l List) Unreadable() error {
 // when the status file, the saved manifest or the credstore cannot be
 // read.
 //
-// When the agent took the manifest from a host session and saved it, its
-// signature is checked against pol.TrustKeys (required, as the agent
-// requires them for sessions) and the List says by which key; list checks
-// no more than that (`verify` does). It reads no firmware: the agent saves
+// When the agent took the manifest from a host session and saved it, the
+// agent's own verification (agent.Check) judges it as the session
+// manifest it was: pol.TrustKeys and pol.VM are required, as the agent
+// requires them for sessions, and the List says by which key and lists
+// its manifest problems; list checks no credential against it (`verify`
+// does). It reads no firmware: the agent saves
 // a copy only when firmware held no manifest, and firmware does not change
 // within a boot; when the status file says the manifest came from
 // firmware, firmware wins and a copy is ignored. pol.TrustFrom names the
