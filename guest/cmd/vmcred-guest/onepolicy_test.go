@@ -257,7 +257,7 @@ func TestOnePolicySaved(t *testing.T) {
 			res := agent.Check(tc.pol, at, agent.Input{Manifest: env, Session: true, Binding: b})
 			agentOK := len(res.ManifestProblems) == 0
 			if tc.older {
-				if agentOK || !errorsIs(res.Refused, agent.ErrOlderGeneration) {
+				if agentOK || !errors.Is(res.Refused, agent.ErrOlderGeneration) {
 					t.Fatalf("agent accepted an older generation: %v", res.ManifestProblems)
 				}
 				agentOK = true // the rest of the policy: not the views' to ask
@@ -287,5 +287,3 @@ func TestOnePolicySaved(t *testing.T) {
 		})
 	}
 }
-
-func errorsIs(err, target error) bool { return errors.Is(err, target) }
