@@ -62,6 +62,8 @@ const (
 	CodeManifestUnsigned     = "manifest-unsigned"
 	CodeManifestExpired      = "manifest-expired"
 	CodeManifestWrongVM      = "manifest-wrong-vm"
+	CodeManifestNoVM         = "manifest-no-vm"
+	CodeManifestReplayed     = "manifest-replayed"
 	CodeManifestInvalid      = "manifest-invalid"
 	CodeNoTrustKeys          = "no-trust-keys"
 	CodeCredentialMissing    = "credential-missing"
@@ -194,6 +196,12 @@ func manifestFinding(msg, trustFrom string) Finding {
 	case strings.Contains(msg, manifest.ErrWrongVM.Error()):
 		f.Code = CodeManifestWrongVM
 		f.Fix = "pack with `vmcred-host pack --vm NAME` for this VM, or correct the guest's --vm"
+	case strings.Contains(msg, "was not told its VM name") || strings.Contains(msg, agent.ErrSessionNoVM.Error()):
+		f.Code = CodeManifestNoVM
+		f.Fix = "pass --vm NAME (the name `vmcred-host pack --vm` used) or write it to /etc/vmcred/vm-name, as the agent is given it; --allow-any-vm accepts a manifest for any VM where the agent does too"
+	case strings.Contains(msg, agent.ErrSessionInFirmware.Error()):
+		f.Code = CodeManifestReplayed
+		f.Fix = "a manifest signed for a host session was copied into firmware: find what adds it; the host sends session manifests only by `vmcred-host push` or `run`"
 	case strings.Contains(msg, "no "+agent.ManifestName+" credential"):
 		f.Code = CodeManifestMissing
 		f.Message = "no " + agent.ManifestName + " credential arrived: nothing to verify the others against"
@@ -224,9 +232,10 @@ func mismatchFinding(name, detail string) Finding {
 }
 
 // unlistedFinding is a credential that arrived without being in the
-// manifest; under vmcred's own prefix it fails the load.
-func unlistedFinding(name, prefix string) Finding {
-	if prefix == "io.vmcred.credential.binary:" {
+// manifest; fails says the policy fails the set for it (vmcred's own
+// prefix, outside a session).
+func unlistedFinding(name string, fails bool) Finding {
+	if fails {
 		return Finding{Code: CodeCredentialUnlisted, Severity: SeverityError, Credential: name,
 			Message: "arrived under vmcred's prefix but is not in the manifest",
 			Fix:     "something other than `vmcred-host pack` adds OEM strings in vmcred's namespace: find and remove it, or add the credential to the pack"}
