@@ -538,6 +538,12 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 			rep.Rotation.From = from
 			rep.Rotation.BudgetMS = budget.Milliseconds()
 			err = a.restartConsumers(ctx, deadline, changes, &rep)
+			if a.cfg.StatusDir != "" {
+				// Before the REPORT: once push has it, `status` must show
+				// the rotation whole (generations, units), not run's
+				// earlier write.
+				_ = WriteStatus(a.cfg.StatusDir, rep)
+			}
 		}
 	}
 	a.reply(conn, c, rep, held, step, true)
@@ -642,9 +648,6 @@ func (a *Agent) restartConsumers(ctx context.Context, deadline time.Time, change
 	rep.Outcome = OutcomeFailed
 	rep.Problems = append(rep.Problems, problem)
 	rep.Summary = "rotation failed: " + problem
-	if a.cfg.StatusDir != "" {
-		_ = WriteStatus(a.cfg.StatusDir, *rep)
-	}
 	return cli.WithCode(cli.ExitFailure, &Failure{Problems: []string{problem}})
 }
 
