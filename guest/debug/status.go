@@ -148,10 +148,22 @@ func checkWriters(f *os.File, path string) error {
 // with its fix. trustFrom names the trust folder for the advice.
 func reportFindings(rep agent.Report, trustFrom string) []Finding {
 	var out []Finding
-	if rep.Outcome != agent.OutcomeReady {
+	fixLoad := fixRestartLoad
+	if rep.Fetch != nil {
+		// A session failed: the agent still listens; the host pushes again.
+		fixLoad = fixPushAgain
+	}
+	switch rep.Outcome {
+	case agent.OutcomeReady:
+	case agent.OutcomeWaiting:
+		// Firmware brought nothing complete (Firecracker has none): the
+		// agent waits for the host's session. Not a failure.
+		out = append(out, Finding{Code: CodeLoadWaiting, Severity: SeverityInfo,
+			Message: "the agent is waiting for the host's session (firmware brought no complete set)", Fix: fixChannel})
+	default:
 		out = append(out, Finding{Code: CodeLoadFailed, Severity: SeverityError,
 			Message: fmt.Sprintf("the last load (%s) failed, so the credstore was left as it was and services that Require= vmcred-guest.service did not start", rep.StartedAt.UTC().Format(time.RFC3339)),
-			Fix:     fixRestartLoad})
+			Fix:     fixLoad})
 	}
 	// Problems tied to one credential are described from the credential's
 	// own record below; the rest are the load's.
@@ -181,7 +193,7 @@ func reportFindings(rep agent.Report, trustFrom string) []Finding {
 				Fix: "mount a tmpfs on the credstore folder (systemd's RuntimeDirectory= under /run does), or pass --allow-persistent if a disk is acceptable"})
 		default:
 			out = append(out, Finding{Code: CodeLoadProblem, Severity: SeverityError, Message: p,
-				Fix: "see `journalctl -b -u vmcred-guest` for the full story, then " + fixRestartLoad})
+				Fix: "see `journalctl -b -u vmcred-guest` for the full story, then " + fixLoad})
 		}
 	}
 	for _, c := range rep.Credentials {
@@ -206,7 +218,7 @@ func reportFindings(rep agent.Report, trustFrom string) []Finding {
 		if !f.Acknowledged && f.ReportError != "" {
 			out = append(out, Finding{Code: CodeChannelReport, Severity: SeverityWarning,
 				Message: "the host did not acknowledge the report: " + f.ReportError,
-				Fix:     "the host's `vmcred-host wait` will time out; check that `vmcred-host serve` for this VM is still running and see its log"})
+				Fix:     "the host's push may have ended before it read the report: its log and `vmcred-host wait --vm NAME` on the host say what it saw; push again if it failed"})
 		}
 	}
 	for _, n := range rep.SystemCheck {
@@ -218,14 +230,7 @@ func reportFindings(rep agent.Report, trustFrom string) []Finding {
 			out = append(out, f)
 		}
 	}
-	for _, f := range sourceFindings(rep.Sources) {
-		if f.Code == CodeDMIMissing && rep.ManifestSource == agent.ManifestFromSession {
-			// The manifest came in the host's session because no
-			// firmware carried it (Firecracker has none at all).
-			f.Severity = SeverityWarning
-		}
-		out = append(out, f)
-	}
+	out = append(out, sourceFindings(rep.Sources)...)
 	out = append(out, skippedFindings(fromAgentSkipped(rep.Skipped))...)
 	return out
 }

@@ -153,16 +153,14 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 	add(lm.findings...)
 	if fwErr != nil && lm.from == ManifestFromSaved {
 		// No firmware source at all, and the last load took its manifest
-		// by channel: no firmware is expected (Firecracker has none).
+		// by channel: no firmware is expected (Firecracker has none), so
+		// nothing is said about it.
 		fwErr = nil
-		for i := range fds {
-			if fds[i].Code == CodeDMIMissing {
-				fds[i].Severity = SeverityWarning
-			}
-		}
 	}
 	if fwErr != nil {
-		if !slices.ContainsFunc(fds, func(f Finding) bool { return f.Code == CodeDMIMissing }) {
+		if errors.Is(fwErr, firmware.ErrNoSource) {
+			add(Finding{Code: CodeDMIMissing, Severity: SeverityError, Message: "no firmware credential source and no manifest from a host session: nothing to verify", Fix: fixDMISysfs})
+		} else {
 			add(Finding{Code: CodeSourceUnreadable, Severity: SeverityError, Message: fwErr.Error(), Fix: fixDMISysfs})
 		}
 		v.Findings = sortFindings(fds)

@@ -38,6 +38,7 @@ import (
 	proto "github.com/vmcred/vmcred/shared/channel"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/credential"
+	"github.com/vmcred/vmcred/shared/manifest"
 	"github.com/vmcred/vmcred/shared/termtext"
 )
 
@@ -160,7 +161,27 @@ func FromReport(vm string, rep proto.Report, at time.Time) Status {
 		why = "load failed"
 	}
 	st.Summary = fmt.Sprintf("guest %s: %s", vm, why)
+	if fix := refusalFix(why); fix != "" {
+		st.Summary += "; fix: " + fix
+	}
 	return st
+}
+
+// refusalFix is the host's fix for a session the agent refused, matched
+// on the manifest package's sentinel texts and the agent's refusal
+// phrases (integration tests hold both ends together), or "".
+func refusalFix(why string) string {
+	switch {
+	case strings.Contains(why, manifest.ErrWrongVM.Error()):
+		return "give push --vm the name the guest agent was started with (its --vm or /etc/vmcred/vm-name)"
+	case strings.Contains(why, manifest.ErrUnknownKey.Error()), strings.Contains(why, manifest.ErrUnsigned.Error()):
+		return "the guest does not trust push's --sign-key: install that key's .pub in the guest (agent --trust-key), or sign with the key it trusts"
+	case strings.Contains(why, manifest.ErrExpired.Error()):
+		return "check the guest's clock, then push again"
+	case strings.Contains(why, "not signed for this session"), strings.Contains(why, "is older than the"), strings.Contains(why, manifest.ErrBadSignature.Error()):
+		return "push again: each push signs the agent's fresh challenge and the generation after the one it holds"
+	}
+	return ""
 }
 
 func isVerified(v proto.Verification) bool {
