@@ -287,7 +287,8 @@ type Status struct {
 }
 
 // ReadStatus reads the last load's report. The error carries exit code 3
-// when the status file cannot be read and 1 when the last load failed; the
+// when the status file cannot be read and 1 when the last load failed or
+// the agent still waits for the host's session; the
 // Status is worth printing either way.
 func ReadStatus(in Inspector, trustFrom string) (Status, error) {
 	st := Status{StatusFile: in.statusPath(), Report: json.RawMessage("null"), Findings: []Finding{}, in: in}
@@ -298,7 +299,11 @@ func ReadStatus(in Inspector, trustFrom string) (Status, error) {
 	}
 	st.Report, st.HostAck, st.rep = compactJSON(sf.raw), hostAck(sf.rep), &sf.rep
 	st.Findings = sortFindings(append(st.Findings, reportFindings(sf.rep, trustFrom)...))
-	if sf.rep.Outcome != agent.OutcomeReady {
+	switch sf.rep.Outcome {
+	case agent.OutcomeReady:
+	case agent.OutcomeWaiting:
+		return st, cli.WithCode(cli.ExitFailure, fmt.Errorf("not ready yet: the agent is waiting for the host's session (%s)", st.StatusFile))
+	default:
 		return st, cli.WithCode(cli.ExitFailure, fmt.Errorf("the last load failed (%s)", st.StatusFile))
 	}
 	return st, nil
