@@ -94,6 +94,7 @@ const (
 const (
 	fixRestartLoad  = "fix the cause, then run `systemctl restart vmcred-guest`; services that Require= it start once it succeeds"
 	fixPushAgain    = "fix the cause, then push again from the host (`vmcred-host push`; on NixOS `systemctl start vmcred-push@NAME`): the agent keeps listening, no restart needed"
+	fixRewrite      = "`vmcred-host push` from the host writes it again (a QEMU guest whose firmware carries it: `systemctl restart vmcred-guest`)"
 	fixRunAsRoot    = "run the command as root (sudo): the DMI table, fw_cfg files, the status file and the credstore are root's alone"
 	fixVerifiedMode = "pack with `vmcred-host pack --mode verified` (the default) so systemd does not import it and LoadCredential= gets the agent's verified copy from the credstore"
 	fixChannel      = "the host's session brings it: run `vmcred-host push` for this VM (or `run --connect`; on NixOS, `systemctl start vmcred-push@NAME`) and read what it says; `journalctl -b -u vmcred-guest` here shows each session"

@@ -101,7 +101,7 @@ func readStatusFile(in Inspector) (*statusFile, []Finding, error) {
 		fd = Finding{Code: CodeStatusUnreadable, Severity: SeverityError, Message: fmt.Sprintf("cannot read %s: permission denied", path), Fix: fixRunAsRoot}
 	default:
 		fd = Finding{Code: CodeStatusUnreadable, Severity: SeverityError, Message: err.Error(),
-			Fix: "run `systemctl restart vmcred-guest` to write a fresh report; if it stays unreadable, check the folder is not shared with another tool"}
+			Fix: "the next load or session writes a fresh report (`vmcred-host push` from the host, or `systemctl restart vmcred-guest`); if it stays unreadable, check the folder is not shared with another tool"}
 	}
 	return nil, []Finding{fd}, cli.WithCode(cli.ExitIO, fmt.Errorf("status: %w", err))
 }
