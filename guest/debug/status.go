@@ -57,7 +57,7 @@ func hostAck(rep agent.Report) *HostAck {
 	}
 	a := &HostAck{Reported: f.Reported, Acknowledged: f.Acknowledged, Ack: f.Ack, Error: f.ReportError}
 	if a.Error == "" && !a.Reported && f.Error != "" {
-		a.Error = "the fetch failed, so no report went out"
+		a.Error = "the session failed before its report went out"
 	}
 	return a
 }
@@ -213,7 +213,7 @@ func reportFindings(rep agent.Report, trustFrom string) []Finding {
 	}
 	if f := rep.Fetch; f != nil {
 		if f.Error != "" && !slices.ContainsFunc(rep.Credentials, func(c agent.CredentialResult) bool { return c.Verification == "fetch-failed" }) {
-			out = append(out, Finding{Code: CodeChannelFetch, Severity: SeverityWarning, Message: fmt.Sprintf("the channel fetch from %s failed: %s (no credential depended on it)", f.Address, f.Error), Fix: fixChannel})
+			out = append(out, Finding{Code: CodeChannelFetch, Severity: SeverityWarning, Message: fmt.Sprintf("the host's session from %s failed: %s (no credential depended on it)", f.Address, f.Error), Fix: fixChannel})
 		}
 		if !f.Acknowledged && f.ReportError != "" {
 			out = append(out, Finding{Code: CodeChannelReport, Severity: SeverityWarning,
