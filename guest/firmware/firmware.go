@@ -71,8 +71,8 @@ type Status struct {
 	// have no firmware carrier at all (Firecracker, cloud-hypervisor as
 	// microvm.nix runs it), and the host's session brings everything. Only
 	// a load from firmware alone that found nothing says it (ErrNoSource).
-	Hint string `json:"hint,omitempty"`
-	Fault      string   `json:"fault,omitempty"` // a fault; what was read before it is still used
+	Hint  string `json:"hint,omitempty"`
+	Fault string `json:"fault,omitempty"` // a fault; what was read before it is still used
 }
 
 // Report is everything read, parsed with systemd's rules.
