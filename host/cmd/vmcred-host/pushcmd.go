@@ -184,7 +184,12 @@ func (d deps) session(ctx context.Context, env *cli.Env, vm string, a address.Ad
 	// Recorded before the first dial: wait then knows a session is under
 	// way, and, from the PID and its start time, when this process has
 	// ended without a report.
-	if err := readiness.Write(sf.statusDir, readiness.Started(vm, a.String(), d.now(), os.Getpid(), d.procRoot())); err != nil {
+	started := readiness.Started(vm, a.String(), d.now(), os.Getpid(), d.procRoot())
+	if prev, err := readiness.Read(sf.statusDir, vm); err == nil {
+		// The generation the guest last reported holding stays known.
+		started.Generation = prev.Generation
+	}
+	if err := readiness.Write(sf.statusDir, started); err != nil {
 		return cli.WithCode(cli.ExitIO, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, sf.timeout)
