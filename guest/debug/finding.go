@@ -59,6 +59,8 @@ const (
 	CodeManifestUnsigned     = "manifest-unsigned"
 	CodeManifestExpired      = "manifest-expired"
 	CodeManifestWrongVM      = "manifest-wrong-vm"
+	CodeManifestNoVM         = "manifest-no-vm"
+	CodeManifestReplayed     = "manifest-replayed"
 	CodeManifestInvalid      = "manifest-invalid"
 	CodeNoTrustKeys          = "no-trust-keys"
 	CodeCredentialMissing    = "credential-missing"
@@ -194,7 +196,13 @@ func manifestFinding(msg, trustFrom string) Finding {
 	case strings.Contains(msg, manifest.ErrWrongVM.Error()):
 		f.Code = CodeManifestWrongVM
 		f.Fix = "give the host this VM's name (`vmcred-host push --vm NAME`, `pack --vm NAME`), or correct the guest's --vm (/etc/vmcred/vm-name)"
-	case strings.Contains(msg, "not signed for this session"), strings.Contains(msg, "is older than the"):
+	case strings.Contains(msg, "was not told its VM name") || strings.Contains(msg, agent.ErrSessionNoVM.Error()):
+		f.Code = CodeManifestNoVM
+		f.Fix = "pass --vm NAME (the name `vmcred-host pack --vm` used) or write it to /etc/vmcred/vm-name, as the agent is given it; --allow-any-vm accepts a manifest for any VM where the agent does too"
+	case strings.Contains(msg, agent.ErrSessionInFirmware.Error()):
+		f.Code = CodeManifestReplayed
+		f.Fix = "a manifest signed for a host session was copied into firmware: find what adds it; the host sends session manifests only by `vmcred-host push` or `run`"
+	case strings.Contains(msg, agent.ErrNotThisSession.Error()), strings.Contains(msg, "is older than the"), strings.Contains(msg, agent.ErrOlderGeneration.Error()):
 		f.Fix = "nothing to do if the host's last push succeeded (a replayed or stale session was refused); otherwise push again: each push signs this agent's fresh challenge and the next generation"
 	case strings.Contains(msg, "no "+agent.ManifestName+" credential"):
 		f.Code = CodeManifestMissing
@@ -226,9 +234,10 @@ func mismatchFinding(name, detail string) Finding {
 }
 
 // unlistedFinding is a credential that arrived without being in the
-// manifest; under vmcred's own prefix it fails the load.
-func unlistedFinding(name, prefix string) Finding {
-	if prefix == "io.vmcred.credential.binary:" {
+// manifest; fails says the policy fails the set for it (vmcred's own
+// prefix, outside a session).
+func unlistedFinding(name string, fails bool) Finding {
+	if fails {
 		return Finding{Code: CodeCredentialUnlisted, Severity: SeverityError, Credential: name,
 			Message: "arrived under vmcred's prefix but is not in the manifest",
 			Fix:     "something other than `vmcred-host pack` adds OEM strings in vmcred's namespace: find and remove it, or add the credential to the pack"}

@@ -168,10 +168,12 @@ func (l List) Unreadable() error {
 // when the status file, the saved manifest or the credstore cannot be
 // read.
 //
-// When the agent took the manifest from a host session and saved it, its
-// signature is checked against pol.TrustKeys (required, as the agent
-// requires them for sessions) and the List says by which key; list checks
-// no more than that (`verify` does). It reads no firmware: the agent saves
+// When the agent took the manifest from a host session and saved it, the
+// agent's own verification (agent.Check) judges it as the session
+// manifest it was: pol.TrustKeys and pol.VM are required, as the agent
+// requires them for sessions, and the List says by which key and lists
+// its manifest problems; list checks no credential against it (`verify`
+// does). It reads no firmware: the agent saves
 // a copy only when firmware held no manifest, and firmware does not change
 // within a boot; when the status file says the manifest came from
 // firmware, firmware wins and a copy is ignored. pol.TrustFrom names the
@@ -194,16 +196,18 @@ func ListStatus(in Inspector, pol Policy) (List, error) {
 		errs = append(errs, cli.WithCode(cli.ExitIO, lm.err))
 	}
 	if lm.entry != nil {
-		o := lm.open(pol.TrustKeys)
-		l.ManifestFrom, l.ManifestFile, l.KeyID = lm.from, lm.file, o.keyID
+		res := lm.check(pol, in.now(), nil)
+		l.ManifestFrom, l.ManifestFile, l.KeyID = lm.from, lm.file, res.KeyID
 		switch {
-		case o.refused != nil:
+		case res.Refused != nil:
 			l.Policy = "refused"
-			l.Findings = append(l.Findings, lm.finding(o.refused, trustFrom))
-		case o.trusted:
+		case res.Trusted:
 			l.Policy = agent.PolicySignature
 		default:
 			l.Policy = agent.PolicyDigest
+		}
+		for _, p := range res.ManifestProblems {
+			l.Findings = append(l.Findings, lm.finding(p, trustFrom))
 		}
 	}
 	folders := in.scan()

@@ -203,7 +203,7 @@ func reportFindings(rep agent.Report, trustFrom string) []Finding {
 		case "mismatch":
 			out = append(out, mismatchFinding(c.Name, strings.TrimPrefix(c.Problem, fmt.Sprintf("credential %q: ", c.Name))))
 		case "not-in-manifest":
-			out = append(out, unlistedFinding(c.Name, c.Prefix))
+			out = append(out, unlistedFinding(c.Name, c.Problem != agent.NotExposed))
 		case "fetch-failed":
 			out = append(out, Finding{Code: CodeChannelFetch, Severity: SeverityError, Credential: c.Name, Message: c.Problem, Fix: fixChannel})
 		case "unexpected":
