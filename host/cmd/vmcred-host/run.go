@@ -89,6 +89,7 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 		return cli.Usagef("run: --exit-on-failure and --policy need --connect ADDR (the session)")
 	}
 
+	f.sessionValues = withSession
 	pk, err := d.pack(env, &f)
 	if err != nil {
 		return err
@@ -243,8 +244,28 @@ func (d deps) afterStartSession(env *cli.Env, f *packFlags, sf *sessionFlags, a 
 // too, not readable in /proc/PID/mem for the life of the VM.
 func handedOver(pk *packed) {
 	pk.result.Wipe()
+	scrubStackAndRegisters()
 	debug.FreeOSMemory()
 }
+
+// scrubStackAndRegisters overwrites the dead part of this goroutine's
+// stack below the caller (frames of the packing, which held digests and
+// hashing state) with a zeroed frame, and then copies zeros through the
+// vector registers memmove uses for large copies (Y0-Y4, X5-X12), so a
+// later signal on this thread saves zeros, not a value's bytes, on the
+// signal stack.
+//
+//go:noinline
+func scrubStackAndRegisters() {
+	var frame [8 << 10]byte
+	sink(frame[:])
+	src, dst := make([]byte, 1024), make([]byte, 1024)
+	copy(dst, src)
+	sink(dst)
+}
+
+//go:noinline
+func sink(b []byte) { _ = b[len(b)-1] }
 
 func isTagged(err error) bool {
 	var ce *cli.ExitError
