@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"github.com/vmcred/vmcred/host/push"
 	"github.com/vmcred/vmcred/shared/address"
 	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/harden"
 	"github.com/vmcred/vmcred/shared/manifest"
 )
 
@@ -90,6 +92,11 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 	}
 
 	f.sessionValues = withSession
+	// The values are read, copied and wiped on this thread only, so that
+	// harden.Scrub (in handedOver) reaches the registers and the signal
+	// stack they passed through.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	pk, err := d.pack(env, &f)
 	if err != nil {
 		return err
@@ -226,6 +233,7 @@ func (d deps) afterStartSession(env *cli.Env, f *packFlags, sf *sessionFlags, a 
 		err := d.session(sctx, env, f.vm, a, sf, req)
 		reported.Store(!errors.Is(err, errNoReport))
 		pk.wipeSession()
+		harden.Scrub()
 		debug.FreeOSMemory()
 		if err != nil {
 			if sf.exitOnFailure {
@@ -244,28 +252,9 @@ func (d deps) afterStartSession(env *cli.Env, f *packFlags, sf *sessionFlags, a 
 // too, not readable in /proc/PID/mem for the life of the VM.
 func handedOver(pk *packed) {
 	pk.result.Wipe()
-	scrubStackAndRegisters()
+	harden.Scrub()
 	debug.FreeOSMemory()
 }
-
-// scrubStackAndRegisters overwrites the dead part of this goroutine's
-// stack below the caller (frames of the packing, which held digests and
-// hashing state) with a zeroed frame, and then copies zeros through the
-// vector registers memmove uses for large copies (Y0-Y4, X5-X12), so a
-// later signal on this thread saves zeros, not a value's bytes, on the
-// signal stack.
-//
-//go:noinline
-func scrubStackAndRegisters() {
-	var frame [8 << 10]byte
-	sink(frame[:])
-	src, dst := make([]byte, 1024), make([]byte, 1024)
-	copy(dst, src)
-	sink(dst)
-}
-
-//go:noinline
-func sink(b []byte) { _ = b[len(b)-1] }
 
 func isTagged(err error) bool {
 	var ce *cli.ExitError
