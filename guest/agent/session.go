@@ -207,6 +207,9 @@ func (a *Agent) Boot() (Report, error) {
 	if err != nil && waitingOnly(a.cfg, rep, v) {
 		rep.Outcome, err = OutcomeWaiting, nil
 		rep.Summary = "waiting for the host's session"
+		// Not problems: the session brings what is missing (each
+		// credential it awaits says so in its own record).
+		rep.Problems = nil
 		if a.cfg.StatusDir != "" {
 			if werr := WriteStatus(a.cfg.StatusDir, rep); werr != nil {
 				err = cli.WithCode(cli.ExitIO, werr)

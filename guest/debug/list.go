@@ -301,7 +301,7 @@ func ListStatus(in Inspector, pol Policy) (List, error) {
 			if known && sf != nil && sf.rep.Outcome == agent.OutcomeReady && c.Problem == "" {
 				l.Findings = append(l.Findings, Finding{Code: CodeServedNone, Severity: SeverityError, Credential: c.Name,
 					Message: fmt.Sprintf("the last load verified it, but no folder on the search path holds it now, so LoadCredential=%s gets nothing", c.Name),
-					Fix:     "something removed it from the credstore: `systemctl restart vmcred-guest` exposes it again"})
+					Fix:     "something removed it from the credstore: " + fixRewrite})
 			}
 			continue
 		}
@@ -335,7 +335,7 @@ func servedMismatch(name, path string, size int64, exposed string) Finding {
 	if path == exposed {
 		return Finding{Code: CodeCredstoreMismatch, Severity: SeverityError, Credential: name,
 			Message: fmt.Sprintf("%s (%d bytes) changed since the load verified it", path, size),
-			Fix:     "`systemctl restart vmcred-guest` writes the verified copy again; find what else writes to the credstore"}
+			Fix:     fixRewrite + "; find what else writes to the credstore"}
 	}
 	return Finding{Code: CodeServedShadowed, Severity: SeverityError, Credential: name,
 		Message: fmt.Sprintf("LoadCredential=%s picks %s (%d bytes), which is not the verified copy: that folder comes earlier on systemd's search path", name, path, size),

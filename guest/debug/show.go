@@ -286,7 +286,7 @@ func Show(in Inspector, name string, fw firmware.Report, fwErr error, pol Policy
 	} else if expected != "" {
 		f := Finding{Code: CodeServedNone, Severity: SeverityError, Credential: name,
 			Message: fmt.Sprintf("no folder on the search path holds it, so a service's LoadCredential=%s gets nothing (systemd logs \"Couldn't read inherited credential\" and starts it anyway)", name),
-			Fix:     "get `vmcred-guest load` to succeed (`vmcred-guest status` says why it did not), then `systemctl restart vmcred-guest`"}
+			Fix:     "`vmcred-guest status` says why the last load did not expose it; fix that, then " + fixRewrite}
 		add(f)
 	}
 

@@ -125,16 +125,14 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 	add(lm.findings...)
 	if fwErr != nil && lm.from == ManifestFromSaved {
 		// No firmware source at all, and the last load took its manifest
-		// by channel: no firmware is expected (Firecracker has none).
+		// by channel: no firmware is expected (Firecracker has none), so
+		// nothing is said about it.
 		fwErr = nil
-		for i := range fds {
-			if fds[i].Code == CodeDMIMissing {
-				fds[i].Severity = SeverityWarning
-			}
-		}
 	}
 	if fwErr != nil {
-		if !slices.ContainsFunc(fds, func(f Finding) bool { return f.Code == CodeDMIMissing }) {
+		if errors.Is(fwErr, firmware.ErrNoSource) {
+			add(Finding{Code: CodeDMIMissing, Severity: SeverityError, Message: "no firmware credential source and no manifest from a host session: nothing to verify", Fix: fixDMISysfs})
+		} else {
 			add(Finding{Code: CodeSourceUnreadable, Severity: SeverityError, Message: fwErr.Error(), Fix: fixDMISysfs})
 		}
 		v.Findings = sortFindings(fds)
@@ -213,12 +211,12 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 				r.Credstore = "mismatch"
 				add(Finding{Code: CodeCredstoreMismatch, Severity: SeverityError, Credential: r.Name,
 					Message: fmt.Sprintf("%s (%d bytes) is not what the manifest lists (%d bytes, sha256 %s…)", filepath.Join(store.dir, r.Name), d.size, size, short(want)),
-					Fix:     "`systemctl restart vmcred-guest` writes the verified copy again; find what else writes to the credstore"})
+					Fix:     fixRewrite + "; find what else writes to the credstore"})
 			}
 			if r.Credstore == "missing" && r.Firmware != "missing" && store.exists {
 				add(Finding{Code: CodeCredstoreFileMissing, Severity: SeverityError, Credential: r.Name,
 					Message: fmt.Sprintf("it arrived, but %s has no file of that name", store.dir),
-					Fix:     "the last load failed or something removed the file: see `vmcred-guest status`, then `systemctl restart vmcred-guest`"})
+					Fix:     "the last load failed or something removed the file: see `vmcred-guest status`; then " + fixRewrite})
 			}
 		}
 
@@ -270,7 +268,7 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 		} else if r.Firmware != "missing" && r.Credstore != "missing" && store.exists {
 			add(Finding{Code: CodeServedNone, Severity: SeverityError, Credential: r.Name,
 				Message: fmt.Sprintf("no folder on the search path holds it, so LoadCredential=%s gets nothing", r.Name),
-				Fix:     "`systemctl restart vmcred-guest` exposes it again"})
+				Fix:     fixRewrite})
 		}
 		r.OK = (r.Firmware == "ok" || r.Firmware == "channel") && (r.Credstore == "ok" || r.Credstore == "-") && r.ServedStatus == "ok"
 	}
