@@ -65,7 +65,7 @@ func (s *suite) runTiming(t *testing.T, img sysImage, units map[string][]byte, a
 	name := timingName(img, agent)
 	a := s.initramfs(false)
 	a.file("case/case.env", 0o444, caseEnv(map[string]string{
-		"CASE": name, "MODE": "switchroot", "MODULES": "virtio_pci virtio_blk qemu_fw_cfg",
+		"CASE": name, "MODE": "switchroot", "MODULES": "virtio_pci virtio_blk qemu_fw_cfg vsock_loopback", // the agent listens on vsock, as in runTier2
 	}))
 	mode := "none"
 	var firmware []string
