@@ -36,6 +36,18 @@ else
 	a=$(systemctl is-active vmcred-guest.service)
 	[ "$a" = active ] || fail "vmcred-guest.service is $a"
 	dump status vmcred-guest status --json
+	# The unit's sandbox has no mount namespace (the boot's time; see its
+	# comments) and DevicePolicy=closed: a process in its cgroup cannot
+	# open the root disk, which root (the agent's uid) owns and can read
+	# outside it; the device filter holds whatever the capabilities.
+	pid=$(systemctl show --value -p MainPID vmcred-guest.service)
+	[ "$(readlink /proc/$pid/ns/mnt)" = "$(readlink /proc/1/ns/mnt)" ] ||
+		fail "vmcred-guest.service has a mount namespace of its own (~200 ms of every boot)"
+	cg=/sys/fs/cgroup$(cut -d: -f3 "/proc/$pid/cgroup")
+	head -c 512 /dev/vda >/dev/null || fail "cannot read /dev/vda as root outside the agent's cgroup"
+	r=$(sh -c "echo \$\$ >$cg/cgroup.procs || { echo 'not joined'; exit; }; head -c 512 /dev/vda >/dev/null 2>&1 && echo read || echo refused")
+	[ "$r" = refused ] || fail "a root process in vmcred-guest.service's cgroup ($cg): $r /dev/vda, want refused (DevicePolicy=closed)"
+	echo "VMCRED-STEP the agent's cgroup cannot open /dev/vda; no mount namespace of its own"
 fi
 echo "VMCRED-CASE PASS"
 `
