@@ -177,8 +177,14 @@ func TestFaultPushKilledMidTransfer(t *testing.T) {
 	if len(temps) > 0 {
 		t.Errorf("the killed push left %d temporary file(s) in the credstore", len(temps))
 	}
-	if b, err := os.ReadFile(filepath.Join(hostStatus, "vm1.json")); err != nil || !bytes.Contains(b, []byte(`"state": "ready"`)) || !bytes.Contains(b, []byte(`"generation": 1`)) {
-		t.Errorf("the host status is not the last whole session's (%v)", err)
+	// The killed push had recorded "waiting" (its PID, the generation the
+	// guest holds): wait says at once that it ended without a report
+	// (issue 18, item 5), rather than the last session's "ready".
+	if b, err := os.ReadFile(filepath.Join(hostStatus, "vm1.json")); err != nil || !bytes.Contains(b, []byte(`"state": "waiting"`)) || !bytes.Contains(b, []byte(`"generation": 1`)) {
+		t.Errorf("the host status is not the killed push's waiting record with generation 1 (%v)", err)
+	}
+	if r := run(t, host, env, "wait", "--vm", "vm1", "--status-dir", hostStatus, "--timeout", "20s"); r.code != 1 || !strings.Contains(r.stderr, "ended without a report") {
+		t.Errorf("wait after the killed push: exit %d, %q; want 1 at once", r.code, r.stderr)
 	}
 
 	// A new push (the host restarted) goes through.

@@ -91,23 +91,6 @@ type sessionInput struct {
 	took       time.Duration
 }
 
-// check is the session's part of the policy: a trusted signature, over
-// this connection's challenge, for a generation not older than the agent's.
-// It returns a problem, or "".
-func (s *sessionInput) check(cfg Config, m *manifest.Manifest, ver manifest.Verification) string {
-	switch {
-	case len(cfg.TrustKeys) == 0 || !ver.Trusted:
-		return "a session's manifest must be signed by a trusted key (--trust-key): refused"
-	case cfg.VM == "":
-		return "the agent has no --vm name to check the session's manifest against: refused"
-	case !m.HasChallenge() || m.Challenge != s.challenge:
-		return "not signed for this session (its challenge is another one: a replayed or stale session): refused"
-	case m.Generation < s.generation:
-		return fmt.Sprintf("generation %d is older than the %d this agent holds: refused", m.Generation, s.generation)
-	}
-	return ""
-}
-
 // Change is one credential a session changed in the credstore: a new or
 // different value, or (Removed) one no longer delivered.
 type Change struct {
@@ -224,6 +207,9 @@ func (a *Agent) Boot() (Report, error) {
 	if err != nil && waitingOnly(a.cfg, rep, v) {
 		rep.Outcome, err = OutcomeWaiting, nil
 		rep.Summary = "waiting for the host's session"
+		// Not problems: the session brings what is missing (each
+		// credential it awaits says so in its own record).
+		rep.Problems = nil
 		if a.cfg.StatusDir != "" {
 			if werr := WriteStatus(a.cfg.StatusDir, rep); werr != nil {
 				err = cli.WithCode(cli.ExitIO, werr)
@@ -473,22 +459,16 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 	}
 }
 
-// preflight opens the session's manifest and applies the checks that need
-// no values: signature, VM, challenge, generation, not-after.
+// preflight applies the checks that need no values (Check with none):
+// signature, VM, challenge, generation, not-after.
 func (a *Agent) preflight(s *sessionInput) string {
-	m, ver, err := manifest.Open(s.envelope, a.cfg.TrustKeys)
-	if err != nil {
-		return ManifestName + ": " + err.Error()
-	}
 	now := time.Now
 	if a.cfg.Now != nil {
 		now = a.cfg.Now
 	}
-	if err := m.Check(now(), a.cfg.VM); err != nil {
-		return ManifestName + ": " + err.Error()
-	}
-	if p := s.check(a.cfg, m, ver); p != "" {
-		return ManifestName + ": " + p
+	res := Check(a.cfg.policy(), now(), Input{Manifest: s.envelope, Session: true, Binding: &Binding{Challenge: s.challenge, Generation: s.generation}})
+	if len(res.ManifestProblems) > 0 {
+		return ManifestName + ": " + res.ManifestProblems[0].Error()
 	}
 	return ""
 }

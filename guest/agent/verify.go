@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -57,155 +56,62 @@ type verified struct {
 	store credstore.Result
 }
 
-// verify applies the policy to what arrived and decides what is exposed.
-// It records each credential's outcome in rep. Problems are returned in
-// the result; an error is returned only for what is not a policy matter.
-// With a session, its manifest is checked against the session (see
-// checkSession) and its channel values are checked like the others.
+// verify applies the policy (Check) to what arrived and decides what is
+// exposed. It records each credential's outcome in rep. Problems are
+// returned in the result; an error is returned only for what is not a
+// policy matter. With a session, its manifest is bound to the session's
+// connection and its channel values are checked like the others.
 func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstring.Entry, rep *Report, sess *sessionInput) (verified, error) {
-	var v verified
-	// Each credential is recorded once. One the manifest lists is hashed
-	// once, for both the check and the record: a channel credential may be
-	// 16 MiB.
-	rep.Credentials = slices.Grow(rep.Credentials, len(delivered)+1)
-	recordSum := func(e oemstring.Entry, sum [sha256.Size]byte, how, problem, delivery string) {
-		rep.Credentials = append(rep.Credentials, CredentialResult{
-			Name: e.Name, Size: e.Value.Len(), SHA256: hex.EncodeToString(sum[:]),
-			Source: e.Source, Prefix: e.Prefix, Verification: how, Problem: problem, Delivery: delivery,
-		})
+	in := Input{Firmware: delivered}
+	if me != nil {
+		in.Manifest = me.Value.Reveal()
 	}
-	record := func(e oemstring.Entry, how, problem, delivery string) {
-		recordSum(e, e.Value.SHA256(), how, problem, delivery)
+	if sess != nil {
+		in.Session, in.Channel = true, sess.creds
+		in.Binding = &Binding{Challenge: sess.challenge, Generation: sess.generation}
 	}
-
-	if me == nil {
-		switch {
-		case len(cfg.TrustKeys) > 0:
-			v.problems = append(v.problems, "no "+ManifestName+" credential while a trust key is set: nothing can be verified, so nothing is exposed")
-		case !cfg.AllowUnverified:
-			v.problems = append(v.problems, "no "+ManifestName+" credential: nothing to verify against (vmcred-host pack adds one; pass --allow-unverified for guests fed by other tools)")
+	res := Check(cfg.policy(), now, in)
+	v := verified{problems: res.Problems, needSession: res.NeedSession}
+	rep.Credentials = slices.Grow(rep.Credentials, len(res.Credentials))
+	for _, c := range res.Credentials {
+		rep.Credentials = append(rep.Credentials, CredentialResult{Name: c.Name, Size: int(c.Size), SHA256: hex.EncodeToString(c.SHA256[:]),
+			Source: c.Source, Prefix: c.Prefix, Verification: c.Verdict, Problem: c.Problem, Delivery: c.Delivery})
+		if c.Accepted() && c.Value != nil {
+			v.expose = append(v.expose, credstore.Entry{Name: c.Name, Value: c.Value.Value})
 		}
-		for _, e := range delivered {
-			record(e, PolicyUnverified, "", "")
-			v.expose = append(v.expose, credstore.Entry{Name: e.Name, Value: e.Value})
-		}
+	}
+	if res.Manifest == nil || res.Refused != nil {
 		return v, nil
 	}
-
-	m, ver, err := manifest.Open(me.Value.Reveal(), cfg.TrustKeys)
-	if err != nil {
-		v.problems = append(v.problems, ManifestName+": "+err.Error())
-		for _, e := range delivered {
-			record(e, "refused", "manifest not accepted", "")
-		}
-		return v, nil
-	}
-	v.envelope, v.m = me.Value.Reveal(), m
+	m := res.Manifest
+	v.envelope, v.m = in.Manifest, m
 	rep.Policy = PolicyDigest
-	if ver.Trusted {
+	if res.Trusted {
 		rep.Policy = PolicySignature
-		rep.KeyID = ver.KeyID
+		rep.KeyID = res.KeyID
 	} else {
-		rep.SignedBy = ver.KeyID
+		rep.SignedBy = res.KeyID
 	}
 	rep.VM, rep.Generation = m.VM, m.Generation
 	if !m.NotAfter.IsZero() {
 		t := m.NotAfter.UTC()
 		rep.NotAfter = &t
 	}
-	if err := m.Check(now, cfg.VM); err != nil {
-		v.problems = append(v.problems, ManifestName+": "+err.Error())
-	}
-	if cfg.VM == "" && !cfg.AllowAnyVM {
-		v.problems = append(v.problems, fmt.Sprintf("%s: issued for vm %q, but this load was not told its VM name: pass --vm NAME (the name `vmcred-host pack --vm` used) or write it to /etc/vmcred/vm-name, or pass --allow-any-vm to accept a manifest issued for any VM", ManifestName, m.VM))
-	}
-	if sess != nil {
-		if p := sess.check(cfg, m, ver); p != "" {
-			v.problems = append(v.problems, ManifestName+": "+p)
-		}
-	} else if m.HasChallenge() {
-		// Only a session's manifest is signed over a challenge; one in
-		// firmware was copied out of a session.
-		v.problems = append(v.problems, ManifestName+": signed for a host session (it has a challenge), not for firmware: refused")
-	}
-
-	byName := make(map[string]oemstring.Entry, len(delivered))
-	for _, e := range delivered {
-		if sess != nil {
-			// A session supersedes what firmware brought at boot for
-			// every credential it sends itself.
-			if entry, ok := m.Lookup(e.Name); ok && entry.Delivery == manifest.DeliveryChannel {
-				continue
-			}
-		}
-		byName[e.Name] = e
-	}
-	if sess != nil {
-		for _, e := range sess.creds {
-			entry, listed := m.Lookup(e.Name)
-			var p string
-			switch {
-			case !listed:
-				p = fmt.Sprintf("credential %q arrived in the session but is not in the manifest", e.Name)
-			case entry.Delivery != manifest.DeliveryChannel:
-				p = fmt.Sprintf("credential %q arrived in the session but the manifest says it goes by %s", e.Name, entry.Delivery)
-			}
-			if p != "" {
-				v.problems = append(v.problems, p)
-				record(e, "unexpected", p, SourceChannel)
-				continue
-			}
-			byName[e.Name] = e
-		}
-	}
-	listed := make(map[string]bool, len(m.Entries))
-	for _, me := range m.Entries {
-		listed[me.Name] = true
-		e, ok := byName[me.Name]
-		if !ok {
-			p := fmt.Sprintf("credential %q is listed in the manifest (%d bytes, by %s) but did not arrive", me.Name, me.Size, me.Delivery)
-			how := "missing"
-			if me.Delivery == manifest.DeliveryChannel && sess == nil {
-				p = fmt.Sprintf("credential %q is listed in the manifest (%d bytes) for the host's session, which a load from firmware alone does not have (vmcred-guest agent accepts it)", me.Name, me.Size)
-				how = "awaiting-session"
-				v.needSession = true
-			}
-			v.problems = append(v.problems, p)
-			rep.Credentials = append(rep.Credentials, CredentialResult{Name: me.Name, Size: int(me.Size), SHA256: hex.EncodeToString(me.SHA256[:]), Verification: how, Problem: p, Delivery: me.Delivery.String()})
-			continue
-		}
-		sum := e.Value.SHA256()
-		if err := me.MatchesDigest(uint64(e.Value.Len()), sum); err != nil {
-			v.problems = append(v.problems, err.Error())
-			recordSum(e, sum, "mismatch", err.Error(), me.Delivery.String())
-			continue
-		}
-		recordSum(e, sum, rep.Policy, "", me.Delivery.String())
-		v.expose = append(v.expose, credstore.Entry{Name: e.Name, Value: e.Value})
-	}
-	for _, e := range delivered {
-		if listed[e.Name] {
-			continue
-		}
-		// A string in vmcred's own namespace that the manifest does not
-		// list was put there by someone other than the host's launcher:
-		// refuse the load. One under systemd's prefixes may come from
-		// another tool (microvm.nix adds vmm.notify_socket itself); it is
-		// reported and not exposed, and systemd imports it as it would
-		// without vmcred. A session's manifest may leave out what the
-		// firmware brought at boot (a credential the host retired).
-		if e.Prefix == oemstring.PrefixVmcred && sess == nil {
-			p := fmt.Sprintf("credential %q arrived under vmcred's prefix but is not in the manifest", e.Name)
-			v.problems = append(v.problems, p)
-			record(e, "not-in-manifest", p, "")
-			continue
-		}
-		record(e, "not-in-manifest", "not in the manifest: not exposed in the credstore", "")
-	}
 	if cfg.SystemCredentials != "" {
+		byName := make(map[string]oemstring.Entry, len(res.Credentials))
+		for _, c := range res.Credentials {
+			if c.Value != nil && c.Verdict != VerdictUnexpected && c.Verdict != VerdictNotInManifest {
+				byName[c.Name] = *c.Value
+			}
+		}
 		crossCheck(cfg.SystemCredentials, m, byName, rep, &v)
 	}
 	return v, nil
+}
+
+// policy is the Policy cfg's flags give.
+func (cfg Config) policy() Policy {
+	return Policy{TrustKeys: cfg.TrustKeys, VM: cfg.VM, AllowAnyVM: cfg.AllowAnyVM, AllowUnverified: cfg.AllowUnverified}
 }
 
 // crossCheck compares what systemd imported into dir (/run/credentials/

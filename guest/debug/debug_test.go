@@ -83,7 +83,7 @@ func TestHostAck(t *testing.T) {
 		{&agent.ChannelStep{Reported: true, Acknowledged: true, Ack: "ready"}, "yes: ready"},
 		{&agent.ChannelStep{Reported: true, Acknowledged: true}, "yes"},
 		{&agent.ChannelStep{ReportError: "read ack: timeout"}, "no: read ack: timeout"},
-		{&agent.ChannelStep{Error: "dial: refused"}, "no: the fetch failed, so no report went out"},
+		{&agent.ChannelStep{Error: "dial: refused"}, "no: the session failed before its report went out"},
 	}
 	for _, tc := range tests {
 		if got := hostAck(agent.Report{Fetch: tc.fetch}).String(); got != tc.text {

@@ -59,6 +59,8 @@ const (
 	CodeManifestUnsigned     = "manifest-unsigned"
 	CodeManifestExpired      = "manifest-expired"
 	CodeManifestWrongVM      = "manifest-wrong-vm"
+	CodeManifestNoVM         = "manifest-no-vm"
+	CodeManifestReplayed     = "manifest-replayed"
 	CodeManifestInvalid      = "manifest-invalid"
 	CodeNoTrustKeys          = "no-trust-keys"
 	CodeCredentialMissing    = "credential-missing"
@@ -82,6 +84,7 @@ const (
 	CodeCredstorePersistent  = "credstore-persistent"
 	CodeCredstoreExtra       = "credstore-extra"
 	CodeDMIMissing           = "dmi-missing"
+	CodeLoadWaiting          = "load-waiting"
 	CodeFwCfgMissing         = "fw-cfg-missing"
 	CodeSourceDamaged        = "source-damaged"
 	CodeSourceUnreadable     = "source-unreadable"
@@ -92,10 +95,12 @@ const (
 // Advice that several findings share.
 const (
 	fixRestartLoad  = "fix the cause, then run `systemctl restart vmcred-guest`; services that Require= it start once it succeeds"
+	fixPushAgain    = "fix the cause, then push again from the host (`vmcred-host push`; on NixOS `systemctl start vmcred-push@NAME`): the agent keeps listening, no restart needed"
+	fixRewrite      = "`vmcred-host push` from the host writes it again (a QEMU guest whose firmware carries it: `systemctl restart vmcred-guest`)"
 	fixRunAsRoot    = "run the command as root (sudo): the DMI table, fw_cfg files, the status file and the credstore are root's alone"
 	fixVerifiedMode = "pack with `vmcred-host pack --mode verified` (the default) so systemd does not import it and LoadCredential= gets the agent's verified copy from the credstore"
-	fixChannel      = "check that `vmcred-host serve` (or `run`) is running for this VM and listening where the manifest says; in the guest the vsock transport must be loaded (`modprobe vmw_vsock_virtio_transport`); `journalctl -b -u vmcred-guest` has each attempt"
-	fixDMISysfs     = "load the dmi-sysfs kernel module (`modprobe dmi-sysfs`, CONFIG_DMI_SYSFS; vmcred's modules-load.d file does it at boot); on QEMU's microvm machine and Firecracker, which have no SMBIOS, deliver by fw_cfg or the channel"
+	fixChannel      = "the host's session brings it: run `vmcred-host push` for this VM (or `run --connect`; on NixOS, `systemctl start vmcred-push@NAME`) and read what it says; `journalctl -b -u vmcred-guest` here shows each session"
+	fixDMISysfs     = "if the hypervisor passes SMBIOS OEM strings, load the dmi-sysfs kernel module (`modprobe dmi-sysfs`, CONFIG_DMI_SYSFS); with no firmware carrier (Firecracker, cloud-hypervisor), run `vmcred-guest agent` and let `vmcred-host push` bring everything"
 )
 
 // sortFindings puts errors first, then warnings, then notes, keeping the
@@ -176,7 +181,7 @@ func manifestFinding(msg, trustFrom string) Finding {
 	case strings.Contains(msg, manifest.ErrUnknownKey.Error()):
 		f.Code = CodeManifestUnknownKey
 		f.Message = fmt.Sprintf("signed by ed25519 key %s, which is not among the trusted keys", orNA(keyID))
-		f.Fix = fmt.Sprintf("copy the host's public key (PREFIX.pub from `vmcred-host keygen`, key ID %s) into %s, or pack with a key the guest already trusts", orNA(keyID), trustFrom)
+		f.Fix = fmt.Sprintf("copy the host's public key (PREFIX.pub from `vmcred-host keygen`, key ID %s) into %s, or sign (push or pack --sign-key) with a key the guest already trusts", orNA(keyID), trustFrom)
 	case strings.Contains(msg, manifest.ErrBadSignature.Error()):
 		f.Code = CodeManifestBadSignature
 		f.Message = fmt.Sprintf("the signature by ed25519 key %s does not verify: the manifest changed after it was signed", orNA(keyID))
@@ -187,10 +192,18 @@ func manifestFinding(msg, trustFrom string) Finding {
 		f.Fix = "pack with `vmcred-host pack --sign-key KEY` on the host, or remove the guest's trust keys to accept digests only"
 	case strings.Contains(msg, manifest.ErrExpired.Error()):
 		f.Code = CodeManifestExpired
-		f.Fix = "restart the VM so the host packs a fresh manifest; if the guest clock is wrong (`timedatectl`), fix it first"
+		f.Fix = "if the guest clock is wrong (`timedatectl`), fix it first; then push again (`vmcred-host push`), or restart the VM so the host packs a fresh manifest"
 	case strings.Contains(msg, manifest.ErrWrongVM.Error()):
 		f.Code = CodeManifestWrongVM
-		f.Fix = "pack with `vmcred-host pack --vm NAME` for this VM, or correct the guest's --vm"
+		f.Fix = "give the host this VM's name (`vmcred-host push --vm NAME`, `pack --vm NAME`), or correct the guest's --vm (/etc/vmcred/vm-name)"
+	case strings.Contains(msg, "was not told its VM name") || strings.Contains(msg, agent.ErrSessionNoVM.Error()):
+		f.Code = CodeManifestNoVM
+		f.Fix = "pass --vm NAME (the name `vmcred-host pack --vm` used) or write it to /etc/vmcred/vm-name, as the agent is given it; --allow-any-vm accepts a manifest for any VM where the agent does too"
+	case strings.Contains(msg, agent.ErrSessionInFirmware.Error()):
+		f.Code = CodeManifestReplayed
+		f.Fix = "a manifest signed for a host session was copied into firmware: find what adds it; the host sends session manifests only by `vmcred-host push` or `run`"
+	case strings.Contains(msg, agent.ErrNotThisSession.Error()), strings.Contains(msg, "is older than the"), strings.Contains(msg, agent.ErrOlderGeneration.Error()):
+		f.Fix = "nothing to do if the host's last push succeeded (a replayed or stale session was refused); otherwise push again: each push signs this agent's fresh challenge and the next generation"
 	case strings.Contains(msg, "no "+agent.ManifestName+" credential"):
 		f.Code = CodeManifestMissing
 		f.Message = "no " + agent.ManifestName + " credential arrived: nothing to verify the others against"
@@ -209,7 +222,7 @@ func missingFinding(name string, size uint64, delivery string) Finding {
 	case "fwcfg":
 		f.Fix = "check that QEMU got the -fw_cfg argument vmcred-host pack printed and that the qemu_fw_cfg module is loaded (`modprobe qemu_fw_cfg`)"
 	default:
-		f.Fix = "check that the hypervisor got every -smbios argument vmcred-host pack printed; if the table was cut, pack with --overflow channel"
+		f.Fix = "check that the hypervisor got every -smbios argument vmcred-host pack printed and that /sys/firmware/dmi exists in the guest (`modprobe dmi-sysfs`); if the table was cut, pack with --overflow channel"
 	}
 	return f
 }
@@ -221,9 +234,10 @@ func mismatchFinding(name, detail string) Finding {
 }
 
 // unlistedFinding is a credential that arrived without being in the
-// manifest; under vmcred's own prefix it fails the load.
-func unlistedFinding(name, prefix string) Finding {
-	if prefix == "io.vmcred.credential.binary:" {
+// manifest; fails says the policy fails the set for it (vmcred's own
+// prefix, outside a session).
+func unlistedFinding(name string, fails bool) Finding {
+	if fails {
 		return Finding{Code: CodeCredentialUnlisted, Severity: SeverityError, Credential: name,
 			Message: "arrived under vmcred's prefix but is not in the manifest",
 			Fix:     "something other than `vmcred-host pack` adds OEM strings in vmcred's namespace: find and remove it, or add the credential to the pack"}
@@ -309,28 +323,16 @@ func skippedFindings(skipped []Skipped) []Finding {
 }
 
 // sourceFindings turns the firmware sources' notes and faults into
-// findings. A missing DMI folder is an error only when no source was found
-// at all; with fw_cfg or the channel it is worth a warning.
+// findings. A missing kernel interface (a source's Hint) is none: a guest
+// without SMBIOS or fw_cfg has no firmware carrier, and the host's session
+// brings everything (issue 18, item 9). Verify says so when it finds no
+// source and nothing else to check against, and a credential the manifest
+// lists by SMBIOS or fw_cfg that did not arrive names the module.
 func sourceFindings(sources []firmware.Status) []Finding {
-	anyFound := false
-	for _, s := range sources {
-		anyFound = anyFound || s.Found
-	}
 	var out []Finding
 	for _, s := range sources {
 		for _, n := range s.Notes {
 			switch {
-			case strings.Contains(n, "dmi-sysfs"):
-				sev := SeverityWarning
-				if !anyFound {
-					sev = SeverityError
-				}
-				out = append(out, Finding{Code: CodeDMIMissing, Severity: sev, Message: "/sys/firmware/dmi is missing, so no SMBIOS OEM strings can be read", Fix: fixDMISysfs})
-			case strings.Contains(n, "qemu_fw_cfg kernel module"):
-				out = append(out, Finding{Code: CodeFwCfgMissing, Severity: SeverityInfo, Message: "/sys/firmware/qemu_fw_cfg is missing, so fw_cfg credentials cannot be read",
-					Fix: "nothing to do unless the host passes credentials by -fw_cfg; then load the qemu_fw_cfg module (`modprobe qemu_fw_cfg`)"})
-			case strings.Contains(n, "normal unless"):
-				// No fw_cfg credentials on a machine that has fw_cfg.
 			default:
 				out = append(out, Finding{Code: CodeSourceNote, Severity: SeverityInfo, Message: n,
 					Fix: "nothing to do if every credential arrived; otherwise compare with what `vmcred-host pack` printed"})

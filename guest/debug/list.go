@@ -168,10 +168,12 @@ func (l List) Unreadable() error {
 // when the status file, the saved manifest or the credstore cannot be
 // read.
 //
-// When the agent took the manifest from a host session and saved it, its
-// signature is checked against pol.TrustKeys (required, as the agent
-// requires them for sessions) and the List says by which key; list checks
-// no more than that (`verify` does). It reads no firmware: the agent saves
+// When the agent took the manifest from a host session and saved it, the
+// agent's own verification (agent.Check) judges it as the session
+// manifest it was: pol.TrustKeys and pol.VM are required, as the agent
+// requires them for sessions, and the List says by which key and lists
+// its manifest problems; list checks no credential against it (`verify`
+// does). It reads no firmware: the agent saves
 // a copy only when firmware held no manifest, and firmware does not change
 // within a boot; when the status file says the manifest came from
 // firmware, firmware wins and a copy is ignored. pol.TrustFrom names the
@@ -194,16 +196,18 @@ func ListStatus(in Inspector, pol Policy) (List, error) {
 		errs = append(errs, cli.WithCode(cli.ExitIO, lm.err))
 	}
 	if lm.entry != nil {
-		o := lm.open(pol.TrustKeys)
-		l.ManifestFrom, l.ManifestFile, l.KeyID = lm.from, lm.file, o.keyID
+		res := lm.check(pol, in.now(), nil)
+		l.ManifestFrom, l.ManifestFile, l.KeyID = lm.from, lm.file, res.KeyID
 		switch {
-		case o.refused != nil:
+		case res.Refused != nil:
 			l.Policy = "refused"
-			l.Findings = append(l.Findings, lm.finding(o.refused, trustFrom))
-		case o.trusted:
+		case res.Trusted:
 			l.Policy = agent.PolicySignature
 		default:
 			l.Policy = agent.PolicyDigest
+		}
+		for _, p := range res.ManifestProblems {
+			l.Findings = append(l.Findings, lm.finding(p, trustFrom))
 		}
 	}
 	folders := in.scan()
@@ -297,7 +301,7 @@ func ListStatus(in Inspector, pol Policy) (List, error) {
 			if known && sf != nil && sf.rep.Outcome == agent.OutcomeReady && c.Problem == "" {
 				l.Findings = append(l.Findings, Finding{Code: CodeServedNone, Severity: SeverityError, Credential: c.Name,
 					Message: fmt.Sprintf("the last load verified it, but no folder on the search path holds it now, so LoadCredential=%s gets nothing", c.Name),
-					Fix:     "something removed it from the credstore: `systemctl restart vmcred-guest` exposes it again"})
+					Fix:     "something removed it from the credstore: " + fixRewrite})
 			}
 			continue
 		}
@@ -331,7 +335,7 @@ func servedMismatch(name, path string, size int64, exposed string) Finding {
 	if path == exposed {
 		return Finding{Code: CodeCredstoreMismatch, Severity: SeverityError, Credential: name,
 			Message: fmt.Sprintf("%s (%d bytes) changed since the load verified it", path, size),
-			Fix:     "`systemctl restart vmcred-guest` writes the verified copy again; find what else writes to the credstore"}
+			Fix:     fixRewrite + "; find what else writes to the credstore"}
 	}
 	return Finding{Code: CodeServedShadowed, Severity: SeverityError, Credential: name,
 		Message: fmt.Sprintf("LoadCredential=%s picks %s (%d bytes), which is not the verified copy: that folder comes earlier on systemd's search path", name, path, size),

@@ -1,12 +1,12 @@
 package debug
 
 import (
-	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io/fs"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/vmcred/vmcred/guest/agent"
 	"github.com/vmcred/vmcred/guest/firmware"
@@ -24,8 +24,8 @@ const (
 	ManifestFromSaved = "saved"
 )
 
-// errSavedNeedsKey refuses a saved manifest when no trust keys are given.
-var errSavedNeedsKey = errors.New("it came in the host's session with the values it vouches for, so only a signature by a trusted key can verify it, and no trust keys were given")
+// savedNeedsKey is why a saved manifest is refused without trust keys.
+const savedNeedsKey = "it came in the host's session with the values it vouches for, so only a signature by a trusted key can verify it, and no trust keys were given"
 
 // liveManifest is the manifest a view checks, and where it came from.
 type liveManifest struct {
@@ -86,16 +86,15 @@ func (in Inspector) savedManifest() liveManifest {
 	return liveManifest{entry: &e, from: ManifestFromSaved, file: path}
 }
 
-// open opens the manifest with the trusted keys as openManifest does. A
-// saved copy is held to the agent's session rule: without trust keys it
-// is refused (its digests are still decoded, to compare as unverified).
-func (lm liveManifest) open(keys []ed25519.PublicKey) opened {
-	if lm.from == ManifestFromSaved && len(keys) == 0 {
-		o := openManifest(lm.entry.Value.Reveal(), nil)
-		o.trusted, o.refused = false, errSavedNeedsKey
-		return o
+// check runs the agent's policy (agent.Check) on the manifest and the
+// firmware credentials: a saved copy as the session manifest it was, with
+// no values at hand for what came by channel (the credstore holds them).
+func (lm liveManifest) check(pol Policy, now time.Time, firmware []oemstring.Entry) agent.Result {
+	in := agent.Input{Firmware: firmware, Session: lm.from == ManifestFromSaved}
+	if lm.entry != nil {
+		in.Manifest = lm.entry.Value.Reveal()
 	}
-	return openManifest(lm.entry.Value.Reveal(), keys)
+	return agent.Check(agent.Policy{TrustKeys: pol.TrustKeys, VM: pol.VM, AllowAnyVM: pol.AllowAnyVM, AllowUnverified: pol.AllowUnverified}, now, in)
 }
 
 // finding turns why the manifest was refused (by open or Check) into a
@@ -105,9 +104,9 @@ func (lm liveManifest) finding(err error, trustFrom string) Finding {
 		return manifestFinding(agent.ManifestName+": "+err.Error(), trustFrom)
 	}
 	where := lm.file + " (the manifest the agent accepted from the host's last session)"
-	if errors.Is(err, errSavedNeedsKey) {
+	if errors.Is(err, agent.ErrSessionUntrusted) {
 		return Finding{Code: CodeNoTrustKeys, Severity: SeverityError, Credential: agent.ManifestName,
-			Message: where + " was not checked: " + err.Error(),
+			Message: where + " was not checked: " + savedNeedsKey,
 			Fix:     "pass --trust-key " + DefaultTrustDir + " (the folder vmcred-guest.service trusts) or the host's PREFIX.pub"}
 	}
 	f := manifestFinding(agent.ManifestName+": "+err.Error(), trustFrom)

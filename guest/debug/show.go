@@ -173,16 +173,26 @@ func Show(in Inspector, name string, fw firmware.Report, fwErr error, pol Policy
 	lm := findManifest(in, fw, fwErr)
 	add(lm.findings...)
 	if lm.entry != nil {
-		o := lm.open(pol.TrustKeys)
-		if o.m != nil {
-			if ent, ok := o.m.Lookup(name); ok {
-				sm := &ShownManifest{From: lm.from, Size: ent.Size, SHA256: fmt.Sprintf("%x", ent.SHA256[:]), Delivery: ent.Delivery.String(), Static: ent.Static, VM: o.m.VM, KeyID: o.keyID}
+		var firmwareCreds []oemstring.Entry
+		for _, e := range fw.Parsed.Entries {
+			if e.Name != agent.ManifestName {
+				firmwareCreds = append(firmwareCreds, e)
+			}
+		}
+		res := lm.check(pol, in.now(), firmwareCreds)
+		rows := res.Credentials
+		if res.Refused != nil {
+			rows = res.Unverified
+		}
+		if m := res.Manifest; m != nil {
+			if ent, ok := m.Lookup(name); ok {
+				sm := &ShownManifest{From: lm.from, Size: ent.Size, SHA256: fmt.Sprintf("%x", ent.SHA256[:]), Delivery: ent.Delivery.String(), Static: ent.Static, VM: m.VM, KeyID: res.KeyID}
 				switch {
-				case o.refused != nil:
+				case res.Refused != nil:
 					sm.Signature = "refused"
-				case o.trusted:
+				case res.Trusted:
 					sm.Signature = "trusted"
-				case o.keyID != "":
+				case res.KeyID != "":
 					sm.Signature = "not-checked"
 				default:
 					sm.Signature = "unsigned"
@@ -192,19 +202,23 @@ func Show(in Inspector, name string, fw firmware.Report, fwErr error, pol Policy
 				}
 				sh.Manifest = sm
 				expected = sm.SHA256
-				if value == nil && ent.Delivery.String() != "channel" {
-					add(missingFinding(name, ent.Size, ent.Delivery.String()))
-				} else if value != nil {
-					if err := ent.Matches(value.Value); err != nil {
-						add(mismatchFinding(name, strings.TrimPrefix(err.Error(), fmt.Sprintf("credential %q: ", name))))
-					}
-				}
-			} else if value != nil {
-				add(unlistedFinding(name, value.Prefix))
 			}
 		}
-		if o.refused != nil {
-			add(lm.finding(o.refused, pol.TrustFrom))
+		for _, c := range rows {
+			if c.Name != name {
+				continue
+			}
+			switch c.Verdict {
+			case agent.VerdictMissing:
+				add(missingFinding(name, c.Size, c.Delivery))
+			case agent.VerdictMismatch:
+				add(mismatchFinding(name, strings.TrimPrefix(c.Problem, fmt.Sprintf("credential %q: ", name))))
+			case agent.VerdictNotInManifest:
+				add(unlistedFinding(name, c.Fails))
+			}
+		}
+		for _, p := range res.ManifestProblems {
+			add(lm.finding(p, pol.TrustFrom))
 		}
 	}
 
@@ -272,7 +286,7 @@ func Show(in Inspector, name string, fw firmware.Report, fwErr error, pol Policy
 	} else if expected != "" {
 		f := Finding{Code: CodeServedNone, Severity: SeverityError, Credential: name,
 			Message: fmt.Sprintf("no folder on the search path holds it, so a service's LoadCredential=%s gets nothing (systemd logs \"Couldn't read inherited credential\" and starts it anyway)", name),
-			Fix:     "get `vmcred-guest load` to succeed (`vmcred-guest status` says why it did not), then `systemctl restart vmcred-guest`"}
+			Fix:     "`vmcred-guest status` says why the last load did not expose it; fix that, then " + fixRewrite}
 		add(f)
 	}
 

@@ -57,7 +57,7 @@ func hostAck(rep agent.Report) *HostAck {
 	}
 	a := &HostAck{Reported: f.Reported, Acknowledged: f.Acknowledged, Ack: f.Ack, Error: f.ReportError}
 	if a.Error == "" && !a.Reported && f.Error != "" {
-		a.Error = "the fetch failed, so no report went out"
+		a.Error = "the session failed before its report went out"
 	}
 	return a
 }
@@ -101,7 +101,7 @@ func readStatusFile(in Inspector) (*statusFile, []Finding, error) {
 		fd = Finding{Code: CodeStatusUnreadable, Severity: SeverityError, Message: fmt.Sprintf("cannot read %s: permission denied", path), Fix: fixRunAsRoot}
 	default:
 		fd = Finding{Code: CodeStatusUnreadable, Severity: SeverityError, Message: err.Error(),
-			Fix: "run `systemctl restart vmcred-guest` to write a fresh report; if it stays unreadable, check the folder is not shared with another tool"}
+			Fix: "the next load or session writes a fresh report (`vmcred-host push` from the host, or `systemctl restart vmcred-guest`); if it stays unreadable, check the folder is not shared with another tool"}
 	}
 	return nil, []Finding{fd}, cli.WithCode(cli.ExitIO, fmt.Errorf("status: %w", err))
 }
@@ -148,10 +148,22 @@ func checkWriters(f *os.File, path string) error {
 // with its fix. trustFrom names the trust folder for the advice.
 func reportFindings(rep agent.Report, trustFrom string) []Finding {
 	var out []Finding
-	if rep.Outcome != agent.OutcomeReady {
+	fixLoad := fixRestartLoad
+	if rep.Fetch != nil {
+		// A session failed: the agent still listens; the host pushes again.
+		fixLoad = fixPushAgain
+	}
+	switch rep.Outcome {
+	case agent.OutcomeReady:
+	case agent.OutcomeWaiting:
+		// Firmware brought nothing complete (Firecracker has none): the
+		// agent waits for the host's session. Not a failure.
+		out = append(out, Finding{Code: CodeLoadWaiting, Severity: SeverityInfo,
+			Message: "the agent is waiting for the host's session (firmware brought no complete set)", Fix: fixChannel})
+	default:
 		out = append(out, Finding{Code: CodeLoadFailed, Severity: SeverityError,
 			Message: fmt.Sprintf("the last load (%s) failed, so the credstore was left as it was and services that Require= vmcred-guest.service did not start", rep.StartedAt.UTC().Format(time.RFC3339)),
-			Fix:     fixRestartLoad})
+			Fix:     fixLoad})
 	}
 	// Problems tied to one credential are described from the credential's
 	// own record below; the rest are the load's.
@@ -181,7 +193,7 @@ func reportFindings(rep agent.Report, trustFrom string) []Finding {
 				Fix: "mount a tmpfs on the credstore folder (systemd's RuntimeDirectory= under /run does), or pass --allow-persistent if a disk is acceptable"})
 		default:
 			out = append(out, Finding{Code: CodeLoadProblem, Severity: SeverityError, Message: p,
-				Fix: "see `journalctl -b -u vmcred-guest` for the full story, then " + fixRestartLoad})
+				Fix: "see `journalctl -b -u vmcred-guest` for the full story, then " + fixLoad})
 		}
 	}
 	for _, c := range rep.Credentials {
@@ -191,7 +203,7 @@ func reportFindings(rep agent.Report, trustFrom string) []Finding {
 		case "mismatch":
 			out = append(out, mismatchFinding(c.Name, strings.TrimPrefix(c.Problem, fmt.Sprintf("credential %q: ", c.Name))))
 		case "not-in-manifest":
-			out = append(out, unlistedFinding(c.Name, c.Prefix))
+			out = append(out, unlistedFinding(c.Name, c.Problem != agent.NotExposed))
 		case "fetch-failed":
 			out = append(out, Finding{Code: CodeChannelFetch, Severity: SeverityError, Credential: c.Name, Message: c.Problem, Fix: fixChannel})
 		case "unexpected":
@@ -201,12 +213,12 @@ func reportFindings(rep agent.Report, trustFrom string) []Finding {
 	}
 	if f := rep.Fetch; f != nil {
 		if f.Error != "" && !slices.ContainsFunc(rep.Credentials, func(c agent.CredentialResult) bool { return c.Verification == "fetch-failed" }) {
-			out = append(out, Finding{Code: CodeChannelFetch, Severity: SeverityWarning, Message: fmt.Sprintf("the channel fetch from %s failed: %s (no credential depended on it)", f.Address, f.Error), Fix: fixChannel})
+			out = append(out, Finding{Code: CodeChannelFetch, Severity: SeverityWarning, Message: fmt.Sprintf("the host's session from %s failed: %s (no credential depended on it)", f.Address, f.Error), Fix: fixChannel})
 		}
 		if !f.Acknowledged && f.ReportError != "" {
 			out = append(out, Finding{Code: CodeChannelReport, Severity: SeverityWarning,
 				Message: "the host did not acknowledge the report: " + f.ReportError,
-				Fix:     "the host's `vmcred-host wait` will time out; check that `vmcred-host serve` for this VM is still running and see its log"})
+				Fix:     "the host's push may have ended before it read the report: its log and `vmcred-host wait --vm NAME` on the host say what it saw; push again if it failed"})
 		}
 	}
 	for _, n := range rep.SystemCheck {
@@ -218,14 +230,7 @@ func reportFindings(rep agent.Report, trustFrom string) []Finding {
 			out = append(out, f)
 		}
 	}
-	for _, f := range sourceFindings(rep.Sources) {
-		if f.Code == CodeDMIMissing && rep.ManifestSource == agent.ManifestFromSession {
-			// The manifest came in the host's session because no
-			// firmware carried it (Firecracker has none at all).
-			f.Severity = SeverityWarning
-		}
-		out = append(out, f)
-	}
+	out = append(out, sourceFindings(rep.Sources)...)
 	out = append(out, skippedFindings(fromAgentSkipped(rep.Skipped))...)
 	return out
 }
@@ -282,7 +287,8 @@ type Status struct {
 }
 
 // ReadStatus reads the last load's report. The error carries exit code 3
-// when the status file cannot be read and 1 when the last load failed; the
+// when the status file cannot be read and 1 when the last load failed or
+// the agent still waits for the host's session; the
 // Status is worth printing either way.
 func ReadStatus(in Inspector, trustFrom string) (Status, error) {
 	st := Status{StatusFile: in.statusPath(), Report: json.RawMessage("null"), Findings: []Finding{}, in: in}
@@ -293,7 +299,11 @@ func ReadStatus(in Inspector, trustFrom string) (Status, error) {
 	}
 	st.Report, st.HostAck, st.rep = compactJSON(sf.raw), hostAck(sf.rep), &sf.rep
 	st.Findings = sortFindings(append(st.Findings, reportFindings(sf.rep, trustFrom)...))
-	if sf.rep.Outcome != agent.OutcomeReady {
+	switch sf.rep.Outcome {
+	case agent.OutcomeReady:
+	case agent.OutcomeWaiting:
+		return st, cli.WithCode(cli.ExitFailure, fmt.Errorf("not ready yet: the agent is waiting for the host's session (%s)", st.StatusFile))
+	default:
 		return st, cli.WithCode(cli.ExitFailure, fmt.Errorf("the last load failed (%s)", st.StatusFile))
 	}
 	return st, nil

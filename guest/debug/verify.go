@@ -17,7 +17,6 @@ import (
 	"github.com/vmcred/vmcred/guest/firmware"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/credential"
-	"github.com/vmcred/vmcred/shared/manifest"
 	"github.com/vmcred/vmcred/shared/oemstring"
 )
 
@@ -30,8 +29,10 @@ type Policy struct {
 	// TrustFrom says where the keys came from ("/etc/vmcred/trusted.d"),
 	// for messages; "" when none were given.
 	TrustFrom string
-	// VM, when set, must match the manifest's VM name.
-	VM string
+	// VM, when set, must match the manifest's VM name; without it the
+	// manifest is refused unless AllowAnyVM, as the agent refuses it.
+	VM         string
+	AllowAnyVM bool
 	// AllowUnverified accepts credentials without a manifest.
 	AllowUnverified bool
 }
@@ -96,36 +97,6 @@ type VerifiedCredential struct {
 	OK           bool   `json:"ok"`
 }
 
-// opened is a manifest credential decoded as far as it can be.
-type opened struct {
-	m       *manifest.Manifest
-	keyID   string // the envelope's key, "" when unsigned
-	trusted bool   // the signature verified against a trusted key
-	refused error  // why Open refused it with the trusted keys
-}
-
-// openManifest opens the manifest with the trusted keys; if they refuse
-// it, it decodes it without them so the digests can still be compared
-// (and shown as unverified).
-func openManifest(b []byte, keys []ed25519.PublicKey) opened {
-	var o opened
-	if e, err := manifest.ParseEnvelope(b); err == nil && e.Signed() {
-		o.keyID = hex.EncodeToString(e.KeyID[:])
-	}
-	m, ver, err := manifest.Open(b, keys)
-	if err == nil {
-		o.m, o.trusted = m, ver.Trusted
-		return o
-	}
-	o.refused = err
-	if len(keys) > 0 {
-		if m, _, err := manifest.Open(b, nil); err == nil {
-			o.m = m
-		}
-	}
-	return o
-}
-
 // Verify checks the live firmware sources against the manifest and policy
 // as `vmcred-guest load` does, and then every credstore file, systemd's own
 // copies and the file LoadCredential= picks against the manifest's
@@ -139,8 +110,9 @@ func openManifest(b []byte, keys []ed25519.PublicKey) opened {
 // carries exit code 1 for a verification failure and 3 when something
 // could not be read (a failure found elsewhere wins: it is certain).
 //
-// It runs the agent's rules on exported pieces (manifest.Open, Check,
-// Entry.Matches); the load's own verifier is not exported yet.
+// The manifest and what firmware delivered go through agent.Check, the
+// policy the agent itself applies, so verify cannot pass what the agent
+// refuses or the reverse; verify adds only where each credential is now.
 func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verification, error) {
 	v := Verification{Credstore: in.Credstore, Credentials: []VerifiedCredential{}, Skipped: []Skipped{}, Sources: fw.Sources,
 		TrustKeys: len(pol.TrustKeys), TrustFrom: pol.TrustFrom, Policy: "none", Result: "incomplete", in: in}
@@ -153,16 +125,14 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 	add(lm.findings...)
 	if fwErr != nil && lm.from == ManifestFromSaved {
 		// No firmware source at all, and the last load took its manifest
-		// by channel: no firmware is expected (Firecracker has none).
+		// by channel: no firmware is expected (Firecracker has none), so
+		// nothing is said about it.
 		fwErr = nil
-		for i := range fds {
-			if fds[i].Code == CodeDMIMissing {
-				fds[i].Severity = SeverityWarning
-			}
-		}
 	}
 	if fwErr != nil {
-		if !slices.ContainsFunc(fds, func(f Finding) bool { return f.Code == CodeDMIMissing }) {
+		if errors.Is(fwErr, firmware.ErrNoSource) {
+			add(Finding{Code: CodeDMIMissing, Severity: SeverityError, Message: "no firmware credential source and no manifest from a host session: nothing to verify", Fix: fixDMISysfs})
+		} else {
 			add(Finding{Code: CodeSourceUnreadable, Severity: SeverityError, Message: fwErr.Error(), Fix: fixDMISysfs})
 		}
 		v.Findings = sortFindings(fds)
@@ -241,12 +211,12 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 				r.Credstore = "mismatch"
 				add(Finding{Code: CodeCredstoreMismatch, Severity: SeverityError, Credential: r.Name,
 					Message: fmt.Sprintf("%s (%d bytes) is not what the manifest lists (%d bytes, sha256 %s…)", filepath.Join(store.dir, r.Name), d.size, size, short(want)),
-					Fix:     "`systemctl restart vmcred-guest` writes the verified copy again; find what else writes to the credstore"})
+					Fix:     fixRewrite + "; find what else writes to the credstore"})
 			}
 			if r.Credstore == "missing" && r.Firmware != "missing" && store.exists {
 				add(Finding{Code: CodeCredstoreFileMissing, Severity: SeverityError, Credential: r.Name,
 					Message: fmt.Sprintf("it arrived, but %s has no file of that name", store.dir),
-					Fix:     "the last load failed or something removed the file: see `vmcred-guest status`, then `systemctl restart vmcred-guest`"})
+					Fix:     "the last load failed or something removed the file: see `vmcred-guest status`; then " + fixRewrite})
 			}
 		}
 
@@ -298,82 +268,82 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 		} else if r.Firmware != "missing" && r.Credstore != "missing" && store.exists {
 			add(Finding{Code: CodeServedNone, Severity: SeverityError, Credential: r.Name,
 				Message: fmt.Sprintf("no folder on the search path holds it, so LoadCredential=%s gets nothing", r.Name),
-				Fix:     "`systemctl restart vmcred-guest` exposes it again"})
+				Fix:     fixRewrite})
 		}
 		r.OK = (r.Firmware == "ok" || r.Firmware == "channel") && (r.Credstore == "ok" || r.Credstore == "-") && r.ServedStatus == "ok"
 	}
 
-	listed := map[string]bool{}
+	var firmwareCreds []oemstring.Entry
+	for _, n := range order {
+		firmwareCreds = append(firmwareCreds, delivered[n])
+	}
+	res := lm.check(pol, in.now(), firmwareCreds)
+	rows := res.Credentials
 	switch {
-	case me == nil && (len(pol.TrustKeys) > 0 || !pol.AllowUnverified):
-		f := manifestFinding("no "+agent.ManifestName+" credential", pol.TrustFrom)
-		if len(pol.TrustKeys) > 0 {
-			f.Message = "no " + agent.ManifestName + " credential arrived while trust keys are set: nothing can be verified"
+	case me == nil && res.Policy == "":
+		for _, p := range res.ManifestProblems {
+			f := manifestFinding(p.Error(), pol.TrustFrom)
+			if len(pol.TrustKeys) > 0 {
+				f.Message = "no " + agent.ManifestName + " credential arrived while trust keys are set: nothing can be verified"
+			}
+			add(f)
 		}
-		add(f)
+		rows = nil
 	case me == nil:
 		v.Policy = agent.PolicyUnverified
-		for _, n := range order {
-			e := delivered[n]
-			listed[n] = true
-			sum := e.Value.SHA256()
-			r := VerifiedCredential{Name: n, Size: int64(e.Value.Len()), SHA256: hex.EncodeToString(sum[:]), Source: e.Source, Prefix: e.Prefix, Firmware: "ok"}
-			check(&r, r.SHA256, uint64(r.Size), &e, true)
-			v.Credentials = append(v.Credentials, r)
-		}
 	default:
-		o := lm.open(pol.TrustKeys)
-		v.KeyID = o.keyID
+		v.KeyID = res.KeyID
 		switch {
-		case o.refused != nil:
+		case res.Refused != nil:
 			v.Policy = "refused"
-			add(lm.finding(o.refused, pol.TrustFrom))
-		case o.trusted:
+			rows = res.Unverified
+		case res.Trusted:
 			v.Policy = agent.PolicySignature
 		default:
 			v.Policy = agent.PolicyDigest
-			if o.keyID != "" {
+			if res.KeyID != "" {
 				add(Finding{Code: CodeNoTrustKeys, Severity: SeverityWarning, Credential: agent.ManifestName,
-					Message: fmt.Sprintf("signed by ed25519 key %s, but no trust keys were given, so only the digests were checked", o.keyID),
+					Message: fmt.Sprintf("signed by ed25519 key %s, but no trust keys were given, so only the digests were checked", res.KeyID),
 					Fix:     "pass --trust-key " + DefaultTrustDir + " (the folder vmcred-guest.service trusts) to check the signature too"})
 			}
 		}
-		if o.m == nil {
-			break
+		for _, p := range res.ManifestProblems {
+			add(lm.finding(p, pol.TrustFrom))
 		}
-		m := o.m
-		v.VM, v.Generation = m.VM, m.Generation
-		v.IssuedAt = ptr(m.IssuedAt.UTC())
-		if !m.NotAfter.IsZero() {
-			v.NotAfter = ptr(m.NotAfter.UTC())
-		}
-		if err := m.Check(in.now(), pol.VM); err != nil {
-			add(lm.finding(err, pol.TrustFrom))
-		}
-		for _, ent := range m.Entries {
-			listed[ent.Name] = true
-			r := VerifiedCredential{Name: ent.Name, Size: int64(ent.Size), SHA256: hex.EncodeToString(ent.SHA256[:]), Delivery: ent.Delivery.String()}
-			e, ok := delivered[ent.Name]
-			var value *oemstring.Entry
-			switch {
-			case ok:
-				value = &e
-				r.Source, r.Prefix = e.Source, e.Prefix
-				if err := ent.Matches(e.Value); err != nil {
-					r.Firmware = "mismatch"
-					add(mismatchFinding(ent.Name, strings.TrimPrefix(err.Error(), fmt.Sprintf("credential %q: ", ent.Name))))
-				} else {
-					r.Firmware = "ok"
-				}
-			case ent.Delivery == manifest.DeliveryChannel:
-				r.Firmware = "channel"
-			default:
-				r.Firmware = "missing"
-				add(missingFinding(ent.Name, ent.Size, ent.Delivery.String()))
+		if m := res.Manifest; m != nil {
+			v.VM, v.Generation = m.VM, m.Generation
+			v.IssuedAt = ptr(m.IssuedAt.UTC())
+			if !m.NotAfter.IsZero() {
+				v.NotAfter = ptr(m.NotAfter.UTC())
 			}
-			check(&r, r.SHA256, ent.Size, value, true)
-			v.Credentials = append(v.Credentials, r)
 		}
+	}
+	listed := map[string]bool{}
+	for _, c := range rows {
+		if c.Verdict == agent.VerdictNotInManifest {
+			continue
+		}
+		listed[c.Name] = true
+		r := VerifiedCredential{Name: c.Name, Size: int64(c.Size), SHA256: hex.EncodeToString(c.SHA256[:]), Delivery: c.Delivery, Firmware: "ok"}
+		if c.Value != nil {
+			r.Source, r.Prefix = c.Value.Source, c.Value.Prefix
+		}
+		switch c.Verdict {
+		case agent.VerdictMismatch:
+			r.Firmware = "mismatch"
+			add(mismatchFinding(c.Name, strings.TrimPrefix(c.Problem, fmt.Sprintf("credential %q: ", c.Name))))
+			// The row compares with the manifest's digest.
+			if ent, ok := res.Manifest.Lookup(c.Name); ok {
+				r.Size, r.SHA256 = int64(ent.Size), hex.EncodeToString(ent.SHA256[:])
+			}
+		case agent.VerdictAwaitingSession:
+			r.Firmware = "channel"
+		case agent.VerdictMissing:
+			r.Firmware = "missing"
+			add(missingFinding(c.Name, c.Size, c.Delivery))
+		}
+		check(&r, r.SHA256, uint64(r.Size), c.Value, true)
+		v.Credentials = append(v.Credentials, r)
 	}
 	for _, n := range order {
 		if listed[n] {
@@ -381,14 +351,15 @@ func Verify(in Inspector, fw firmware.Report, fwErr error, pol Policy) (Verifica
 		}
 		e := delivered[n]
 		sum := e.Value.SHA256()
-		// Not vmcred's to verify, unless it came under vmcred's prefix.
+		// Not vmcred's to verify; the policy says whether it fails the set.
+		fails := slices.ContainsFunc(rows, func(c agent.Verdict) bool { return c.Name == n && c.Fails })
 		r := VerifiedCredential{Name: n, Size: int64(e.Value.Len()), SHA256: hex.EncodeToString(sum[:]), Source: e.Source, Prefix: e.Prefix,
-			Firmware: "unlisted", Credstore: "-", Systemd: "-", ServedStatus: "-", OK: e.Prefix != oemstring.PrefixVmcred || me == nil}
+			Firmware: "unlisted", Credstore: "-", Systemd: "-", ServedStatus: "-", OK: !fails}
 		if i := served(folders, n); i >= 0 {
 			r.Served = filepath.Join(folders[i].dir, n)
 		}
 		if me != nil {
-			add(unlistedFinding(n, e.Prefix))
+			add(unlistedFinding(n, fails))
 		}
 		v.Credentials = append(v.Credentials, r)
 	}

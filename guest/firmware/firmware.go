@@ -65,7 +65,14 @@ type Status struct {
 	Structures int      `json:"structures"`      // type-11 structures (SMBIOS) or entries (fw_cfg)
 	Strings    int      `json:"strings"`         // OEM strings or fw_cfg files read
 	Notes      []string `json:"notes,omitempty"` // warnings that are not faults
-	Fault      string   `json:"fault,omitempty"` // a fault; what was read before it is still used
+	// Hint says what to load when the source's kernel interface is
+	// missing, should the hypervisor pass credentials this way. It is
+	// neither a fault nor a warning: most guests without SMBIOS or fw_cfg
+	// have no firmware carrier at all (Firecracker, cloud-hypervisor as
+	// microvm.nix runs it), and the host's session brings everything. Only
+	// a load from firmware alone that found nothing says it (ErrNoSource).
+	Hint  string `json:"hint,omitempty"`
+	Fault string `json:"fault,omitempty"` // a fault; what was read before it is still used
 }
 
 // Report is everything read, parsed with systemd's rules.
@@ -111,9 +118,7 @@ func Read(fsys fs.FS, opt Options) (Report, error) {
 		st := readFwCfg(fsys, fwDir, p)
 		if !explicit && !st.Found {
 			if _, err := fs.Stat(fsys, fwCfgRoot); err != nil {
-				st.Notes = append(st.Notes, "/"+fwCfgRoot+" is missing: load the qemu_fw_cfg kernel module (modprobe qemu_fw_cfg) if the hypervisor passes credentials by fw_cfg")
-			} else {
-				st.Notes = append(st.Notes, "no fw_cfg credentials (normal unless the host used -fw_cfg)")
+				st.Hint = "/" + fwCfgRoot + " is missing: if the hypervisor passes credentials by fw_cfg, load the qemu_fw_cfg kernel module (modprobe qemu_fw_cfg)"
 			}
 		}
 		rep.Sources = append(rep.Sources, st)
@@ -132,8 +137,9 @@ func Read(fsys fs.FS, opt Options) (Report, error) {
 		if !st.Found {
 			st2 := readEntries(fsys, DefaultDMIEntries, p)
 			if !st2.Found {
-				hint := "/" + dmiRoot + " is missing: load the dmi-sysfs kernel module (modprobe dmi-sysfs; CONFIG_DMI_SYSFS) or, on QEMU's microvm machine and Firecracker, which have no SMBIOS, deliver by fw_cfg or the channel"
-				st2.Notes = append(st2.Notes, hint)
+				if _, err := fs.Stat(fsys, dmiRoot); err != nil {
+					st2.Hint = "/" + dmiRoot + " is missing: if the hypervisor passes SMBIOS OEM strings, load the dmi-sysfs kernel module (modprobe dmi-sysfs; CONFIG_DMI_SYSFS)"
+				}
 			}
 			rep.Sources = append(rep.Sources, st, st2)
 		} else {
@@ -153,12 +159,11 @@ func Read(fsys fs.FS, opt Options) (Report, error) {
 		}
 		msg := strings.Join(where, ", ")
 		for _, s := range rep.Sources {
-			for _, n := range s.Notes {
-				if strings.Contains(n, "module") {
-					msg += "; " + n
-				}
+			if s.Hint != "" {
+				msg += "; " + s.Hint
 			}
 		}
+		msg += "; with no firmware carrier (Firecracker, cloud-hypervisor), run vmcred-guest agent and let the host's session (vmcred-host push) bring everything"
 		return rep, fmt.Errorf("%w: none of %s", ErrNoSource, msg)
 	}
 	return rep, nil

@@ -57,6 +57,8 @@ func TestDefaults(t *testing.T) {
 		want    parsed
 		wantErr string
 		note    string
+		hint    string
+		quiet   bool
 	}{
 		{
 			name: "table and fw_cfg, fw_cfg wins a duplicate",
@@ -85,7 +87,8 @@ func TestDefaults(t *testing.T) {
 				Values:  map[string]string{"smbios/a": "1", "smbios/b": "2"},
 				Sources: []string{"fw_cfg /" + DefaultFwCfg + " missing", "smbios /" + DefaultDMITable + " missing", "smbios /" + DefaultDMIEntries + " found"},
 			},
-			note: "no fw_cfg credentials",
+			// fw_cfg present but unused: normal, nothing said.
+			quiet: true,
 		},
 		{
 			name:    "nothing at all names both kernel modules",
@@ -102,7 +105,17 @@ func TestDefaults(t *testing.T) {
 				Values:  map[string]string{"fw_cfg/api-key": "v"},
 				Sources: []string{"fw_cfg /" + DefaultFwCfg + " found", "smbios /" + DefaultDMITable + " missing", "smbios /" + DefaultDMIEntries + " missing"},
 			},
-			note: "dmi-sysfs",
+			// No SMBIOS is normal here (issue 18, item 9): a hint, never
+			// a note the agent would warn with.
+			hint:  "dmi-sysfs",
+			quiet: true,
+		},
+		{
+			name:    "no firmware carrier at all (Firecracker): hints only, in the error",
+			fs:      fstest.MapFS{"proc/cmdline": {Data: []byte("console=ttyS0")}},
+			wantErr: "vmcred-host push",
+			hint:    "modprobe dmi-sysfs",
+			quiet:   true,
 		},
 	}
 	for _, tt := range tests {
@@ -117,10 +130,21 @@ func TestDefaults(t *testing.T) {
 			} else if diff := cmp.Diff(tt.want, summarize(rep)); diff != "" {
 				t.Errorf("(-want +got)\n%s", diff)
 			}
+			var notes, hints string
+			for _, s := range rep.Sources {
+				notes += strings.Join(s.Notes, "\n")
+				hints += s.Hint
+			}
+			if tt.quiet && notes != "" {
+				t.Errorf("notes %q: want none (they become warnings on every start)", notes)
+			}
+			if !strings.Contains(hints, tt.hint) {
+				t.Errorf("hints %q lack %q", hints, tt.hint)
+			}
 			if tt.note != "" {
 				var all string
 				for _, s := range rep.Sources {
-					all += strings.Join(s.Notes, "\n")
+					all += strings.Join(s.Notes, "\n") + s.Hint
 				}
 				if err != nil {
 					all += err.Error()

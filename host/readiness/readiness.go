@@ -20,6 +20,7 @@
 package readiness
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -28,6 +29,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -36,6 +38,7 @@ import (
 	proto "github.com/vmcred/vmcred/shared/channel"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/credential"
+	"github.com/vmcred/vmcred/shared/manifest"
 	"github.com/vmcred/vmcred/shared/termtext"
 )
 
@@ -76,9 +79,15 @@ type Status struct {
 	// Connect is the address the host dialed.
 	Connect string `json:"connect,omitempty"`
 	// Generation is the credential set's generation the agent holds.
-	Generation uint64    `json:"generation"`
-	PID        int       `json:"pid,omitempty"`
-	UpdatedAt  time.Time `json:"updated_at"`
+	Generation uint64 `json:"generation"`
+	// PID is the process that wrote the status (push or run), and
+	// PIDStart its start time (field 22 of /proc/PID/stat, in clock
+	// ticks since boot): with both, Wait tells a writer that died in the
+	// Waiting state from one that is still dialing, even if the PID was
+	// reused since.
+	PID       int       `json:"pid,omitempty"`
+	PIDStart  uint64    `json:"pid_start,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
 	// Session is what the host sent.
 	Session *Session `json:"session,omitempty"`
 	// Report is the agent's report on that session.
@@ -152,7 +161,27 @@ func FromReport(vm string, rep proto.Report, at time.Time) Status {
 		why = "load failed"
 	}
 	st.Summary = fmt.Sprintf("guest %s: %s", vm, why)
+	if fix := refusalFix(why); fix != "" {
+		st.Summary += "; fix: " + fix
+	}
 	return st
+}
+
+// refusalFix is the host's fix for a session the agent refused, matched
+// on the manifest package's sentinel texts and the agent's refusal
+// phrases (integration tests hold both ends together), or "".
+func refusalFix(why string) string {
+	switch {
+	case strings.Contains(why, manifest.ErrWrongVM.Error()):
+		return "give push --vm the name the guest agent was started with (its --vm or /etc/vmcred/vm-name)"
+	case strings.Contains(why, manifest.ErrUnknownKey.Error()), strings.Contains(why, manifest.ErrUnsigned.Error()):
+		return "the guest does not trust push's --sign-key: install that key's .pub in the guest (agent --trust-key), or sign with the key it trusts"
+	case strings.Contains(why, manifest.ErrExpired.Error()):
+		return "check the guest's clock, then push again"
+	case strings.Contains(why, "not signed for this session"), strings.Contains(why, "is older than the"), strings.Contains(why, manifest.ErrBadSignature.Error()):
+		return "push again: each push signs the agent's fresh challenge and the generation after the one it holds"
+	}
+	return ""
 }
 
 func isVerified(v proto.Verification) bool {
@@ -240,27 +269,79 @@ func Read(dir, vm string) (Status, error) {
 // DefaultPoll is how often Wait reads the status file.
 const DefaultPoll = 100 * time.Millisecond
 
-// Wait reads vm's status file every poll (DefaultPoll if 0) until its
-// state is Ready or Failed, and returns it. A missing or half-written
-// file is waited for (push may not have run yet); a file or folder that
-// fails CheckDir's rules is an error at once. It returns ctx's
-// error, wrapped, when ctx ends first.
+// DefaultFolderGrace is how long Wait waits for a status folder that does
+// not exist: push and run create it as they start, so one still missing
+// after that names a folder nothing writes (a mistyped --status-dir).
+const DefaultFolderGrace = 30 * time.Second
+
+// ErrNoWriter: the status says a session is under way, but the process
+// that wrote it has ended: nothing will ever report.
+var ErrNoWriter = errors.New("the process that recorded the session has ended without a report")
+
+// ErrNoFolder: the status folder still does not exist after the grace.
+var ErrNoFolder = errors.New("no status folder")
+
+// WaitOptions tune WaitFor. The zero value is usable.
+type WaitOptions struct {
+	// Poll is how often the file is read (DefaultPoll when 0).
+	Poll time.Duration
+	// FolderGrace is how long a missing folder is waited for
+	// (DefaultFolderGrace when 0; negative: as long as ctx allows).
+	FolderGrace time.Duration
+	// Alive says whether the writer of a Waiting status still runs
+	// (ProcAlive on "/proc" when nil).
+	Alive func(pid int, start uint64) bool
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+}
+
+// Wait is WaitFor with the default options and poll.
 func Wait(ctx context.Context, dir, vm string, poll time.Duration) (Status, error) {
-	if poll <= 0 {
-		poll = DefaultPoll
+	return WaitFor(ctx, dir, vm, WaitOptions{Poll: poll})
+}
+
+// WaitFor reads vm's status file every poll until its state is Ready or
+// Failed, and returns it. What cannot fix itself ends it at once:
+//   - a Waiting status whose writer (PID and start time) has ended:
+//     ErrNoWriter;
+//   - a folder still missing after FolderGrace: ErrNoFolder;
+//   - a file or folder that fails CheckDir's rules: ErrUntrusted.
+//
+// A missing file in an existing folder, or a half-written one, is waited
+// for: push may not have started yet (the NixOS module creates the folder
+// with the VM, and push starts beside it). It returns ctx's error,
+// wrapped, when ctx ends first.
+func WaitFor(ctx context.Context, dir, vm string, o WaitOptions) (Status, error) {
+	if o.Poll <= 0 {
+		o.Poll = DefaultPoll
 	}
-	t := time.NewTicker(poll)
+	if o.FolderGrace == 0 {
+		o.FolderGrace = DefaultFolderGrace
+	}
+	if o.Alive == nil {
+		o.Alive = func(pid int, start uint64) bool { return ProcAlive("/proc", pid, start) }
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	begin := o.Now()
+	t := time.NewTicker(o.Poll)
 	defer t.Stop()
 	var last error
 	for {
 		st, err := Read(dir, vm)
-		if err == nil && (st.State == Ready || st.State == Failed) {
+		switch {
+		case err == nil && (st.State == Ready || st.State == Failed):
 			return st, nil
-		}
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			if errors.Is(err, ErrUntrusted) {
-				return st, err
+		case err == nil && st.State == Waiting && st.PID > 0 && !o.Alive(st.PID, st.PIDStart):
+			return st, fmt.Errorf("vm %s: %w (pid %d; status in %s): see its log, then start push or run again", vm, ErrNoWriter, st.PID, Path(dir, vm))
+		case errors.Is(err, ErrUntrusted):
+			return st, err
+		case err != nil && errors.Is(err, fs.ErrNotExist):
+			if _, serr := os.Lstat(dir); errors.Is(serr, fs.ErrNotExist) && o.FolderGrace > 0 && o.Now().Sub(begin) >= o.FolderGrace {
+				return st, fmt.Errorf("vm %s: %w %s after %v: push and run create it as they start; check --status-dir, or start push or run first", vm, ErrNoFolder, dir, o.FolderGrace)
 			}
+		case err != nil:
 			last = err
 		}
 		select {
@@ -272,6 +353,87 @@ func Wait(ctx context.Context, dir, vm string, poll time.Duration) (Status, erro
 		case <-t.C:
 		}
 	}
+}
+
+// ProcStart is the start time of process pid (field 22 of
+// proc/PID/stat: clock ticks after boot), read under procRoot ("/proc").
+func ProcStart(procRoot string, pid int) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces
+	// or ')': the fields after it start after the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("%s/%d/stat: no command field", procRoot, pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state); starttime is field 22.
+	if len(f) < 20 {
+		return 0, fmt.Errorf("%s/%d/stat: %d fields, want at least 22", procRoot, pid, len(f)+2)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// ProcAlive reports whether process pid runs and, when start is not 0,
+// is the one that started at start (not a later process given the same
+// PID). A process this user may not look at (EACCES) counts as alive:
+// only a proven end stops Wait early.
+func ProcAlive(procRoot string, pid int, start uint64) bool {
+	got, err := ProcStart(procRoot, pid)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false
+	case err != nil:
+		return true
+	}
+	return start == 0 || got == start
+}
+
+// Started is the Waiting status push and run record as a session starts:
+// this process's PID and start time, so that Wait can tell when it died.
+func Started(vm, connect string, at time.Time, pid int, procRoot string) Status {
+	st := Status{VM: vm, State: Waiting, Connect: connect, PID: pid, UpdatedAt: at.UTC(),
+		Summary: fmt.Sprintf("guest %s: dialing the agent at %s", vm, connect)}
+	st.PIDStart, _ = ProcStart(procRoot, pid)
+	return st
+}
+
+// HostFailed is the Failed status push and run record when the session
+// ended without the guest's report (a timeout, a refused dial, a source
+// the host could not read): msg is the host's own error, said once.
+func HostFailed(vm, connect string, at time.Time, msg string) Status {
+	return Status{VM: vm, State: Failed, Connect: connect, UpdatedAt: at.UTC(), Summary: oneLine(msg)}
+}
+
+// Message is the text wait and push print for a status: the summary and
+// each failure not already said in it, once.
+func (st Status) Message() string {
+	msg := st.Summary
+	var extra []string
+	for _, f := range st.Failures {
+		if !strings.Contains(msg, f) && !strings.Contains(msg, failureText(f)) {
+			extra = append(extra, f)
+		}
+	}
+	if len(extra) > 0 {
+		msg += ": " + strings.Join(extra, "; ")
+	}
+	if st.FailuresOmitted > 0 {
+		msg += fmt.Sprintf(" (and %d more)", st.FailuresOmitted)
+	}
+	return msg
+}
+
+// failureText is a failure's reason without its "NAME: verification (…)"
+// frame.
+func failureText(f string) string {
+	_, rest, ok := strings.Cut(f, " (")
+	if !ok {
+		return f
+	}
+	return strings.TrimSuffix(rest, ")")
 }
 
 // ErrUntrusted: a status folder or file that another user could have

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -128,5 +129,92 @@ func TestFinding5HostStateOwnerAndMode(t *testing.T) {
 	}
 	if _, err := Read(dir, "web"); err == nil {
 		t.Errorf("Read followed a symlink")
+	}
+}
+
+// TestWaitDeadWriter (issue 18, item 5): a "waiting" status whose writer
+// has ended fails Wait at once with ErrNoWriter; the real /proc stands for
+// itself: a child process is started, recorded, and killed.
+func TestWaitDeadWriter(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "status")
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Skipf("no sleep to stand for push: %v", err)
+	}
+	st := Started("web", "unix:/x", t0, cmd.Process.Pid, "/proc")
+	if st.PIDStart == 0 {
+		t.Fatalf("no start time read for pid %d", cmd.Process.Pid)
+	}
+	if err := Write(dir, st); err != nil {
+		t.Fatal(err)
+	}
+	// Alive: Wait keeps waiting (bounded here by a cancelled context).
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := Wait(ctx, dir, "web", time.Millisecond); !errors.Is(err, context.Canceled) {
+		t.Fatalf("writer alive: Wait = %v, want the context's error", err)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	_, err := Wait(context.Background(), dir, "web", time.Millisecond)
+	if !errors.Is(err, ErrNoWriter) || !strings.Contains(err.Error(), fmt.Sprint(cmd.Process.Pid)) {
+		t.Fatalf("writer dead: Wait = %v, want ErrNoWriter naming the pid", err)
+	}
+}
+
+// TestProcAliveReusedPID: a PID now held by another process (another start
+// time) is not the writer.
+func TestProcAliveReusedPID(t *testing.T) {
+	proc := t.TempDir()
+	os.MkdirAll(filepath.Join(proc, "42"), 0o755)
+	// The command field holds a space and a ')', as a hostile name may.
+	stat := "42 (a) b) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 777 1000 10 0 0 0\n"
+	os.WriteFile(filepath.Join(proc, "42", "stat"), []byte(stat), 0o644)
+	if got, err := ProcStart(proc, 42); err != nil || got != 777 {
+		t.Fatalf("ProcStart = %d, %v; want 777", got, err)
+	}
+	for _, c := range []struct {
+		pid   int
+		start uint64
+		want  bool
+	}{{42, 777, true}, {42, 0, true}, {42, 776, false}, {43, 777, false}} {
+		if got := ProcAlive(proc, c.pid, c.start); got != c.want {
+			t.Errorf("ProcAlive(%d, %d) = %v, want %v", c.pid, c.start, got, c.want)
+		}
+	}
+	os.WriteFile(filepath.Join(proc, "42", "stat"), []byte("42 (a) S 1\n"), 0o644)
+	if _, err := ProcStart(proc, 42); err == nil {
+		t.Error("a short stat line was accepted")
+	}
+}
+
+// TestWaitNoFolder: a status folder that still does not exist after the
+// grace fails Wait (a mistyped --status-dir); an existing folder without
+// the file is waited for (push may not have started).
+func TestWaitNoFolder(t *testing.T) {
+	now := t0
+	clock := func() time.Time { now = now.Add(time.Second); return now }
+	missing := filepath.Join(t.TempDir(), "typo")
+	_, err := WaitFor(context.Background(), missing, "web", WaitOptions{Poll: time.Millisecond, FolderGrace: 5 * time.Second, Now: clock})
+	if !errors.Is(err, ErrNoFolder) || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("missing folder: %v, want ErrNoFolder naming it", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = WaitFor(ctx, t.TempDir(), "web", WaitOptions{Poll: time.Millisecond, FolderGrace: time.Nanosecond, Now: clock})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("existing folder, no file: %v, want to keep waiting", err)
+	}
+}
+
+// TestMessageSaidOnce: a failure the summary already states is not
+// repeated after it (issue 18, item 3).
+func TestMessageSaidOnce(t *testing.T) {
+	why := "vmcred.manifest: issued for vm \"db\", this is \"web\""
+	st := FromReport("web", proto.Report{Outcome: proto.OutcomeFailed, Summary: "load failed: " + why,
+		Credentials: []proto.CredentialReport{{Name: "k", Verification: proto.VerifyMismatch, Error: why}, {Name: "j", Verification: proto.VerifyMismatch, Error: "other"}}}, t0)
+	msg := st.Message()
+	if strings.Count(msg, why) != 1 || !strings.Contains(msg, "j: mismatch (other)") {
+		t.Errorf("message %q: want %q once and j's failure", msg, why)
 	}
 }

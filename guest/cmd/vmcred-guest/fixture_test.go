@@ -73,8 +73,13 @@ func newTree(t *testing.T, val valueFunc) *tree {
 			t.Fatal(err)
 		}
 	}
+	tr.write(vmNameFile, []byte("demo\n"), 0o644)
 	return tr
 }
+
+// vmNameFile is where the fixtures record their VM's name, as the NixOS
+// module does: the agent and the debug views both read it.
+const vmNameFile = "etc/vmcred/vm-name"
 
 func (tr *tree) path(rel string) string { return filepath.Join(tr.root, rel) }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -18,6 +19,7 @@ import (
 	"github.com/vmcred/vmcred/guest/agent"
 	"github.com/vmcred/vmcred/guest/credstore"
 	"github.com/vmcred/vmcred/guest/debug"
+	"github.com/vmcred/vmcred/guest/trustkey"
 	"github.com/vmcred/vmcred/shared/cli"
 )
 
@@ -162,6 +164,32 @@ func (d defaults) trust(fs *pflag.FlagSet, pol *policyFlags, root string) ([]ed2
 		return nil, "", err
 	}
 	return keys, from, nil
+}
+
+// vmName is the VM name the debug views check a manifest against, found
+// as the agent finds its own: --vm, else the VM name file under root when
+// it exists (trustkey.DefaultVMNameFile, which the NixOS module writes).
+// "" when neither gives one: the manifest is then refused unless
+// --allow-any-vm, as the agent refuses it.
+func vmName(pol *policyFlags, root string) (string, error) {
+	if pol.vm != "" {
+		return pol.vm, nil
+	}
+	name, err := trustkey.ReadVMName(filepath.Join(root, trustkey.DefaultVMNameFile))
+	switch {
+	case err == nil:
+		return name, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return "", nil
+	case errors.Is(err, trustkey.ErrUnsafe):
+		return "", cli.WithCode(cli.ExitFailure, err)
+	}
+	return "", cli.WithCode(cli.ExitIO, err)
+}
+
+// registerAnyVM adds --allow-any-vm to a debug view.
+func registerAnyVM(fs *pflag.FlagSet) *bool {
+	return fs.Bool("allow-any-vm", false, "with neither --vm nor "+trustkey.DefaultVMNameFile+", accept a manifest issued for any VM (as `load --allow-any-vm` does)")
 }
 
 // registerJSON adds --json.

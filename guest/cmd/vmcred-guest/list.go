@@ -7,6 +7,7 @@ import (
 
 	"github.com/vmcred/vmcred/guest/debug"
 	"github.com/vmcred/vmcred/guest/firmware"
+	"github.com/vmcred/vmcred/guest/trustkey"
 	"github.com/vmcred/vmcred/shared/cli"
 )
 
@@ -67,6 +68,7 @@ func (d defaults) runList(ctx context.Context, env *cli.Env, args []string) erro
 	// the manifest the agent saved from the host's last session, nothing more.
 	var pol policyFlags
 	fs.StringArrayVar(&pol.trustKeys, "trust-key", nil, "check the signature of the manifest the agent saved from the host's last session with the public key in `FILE`, or any *.pub key in a folder; repeatable (default: "+d.trustDir+" when it holds any)")
+	fs.StringVar(&pol.vm, "vm", "", "check that manifest was issued for the VM `NAME` (default: the name in "+trustkey.DefaultVMNameFile+", as the agent reads it)")
 	asJSON := registerJSON(fs)
 	noLegend := fs.Bool("no-legend", false, "print only the table's rows: no headings, counts or findings (for scripts)")
 	usage := "vmcred-guest list [--json] [--status-dir DIR] [--credstore DIR] [--trust-key FILE|DIR] " +
@@ -105,7 +107,11 @@ func (d defaults) runList(ctx context.Context, env *cli.Env, args []string) erro
 		if from == "" {
 			from = d.trustDir
 		}
-		l, err := debug.ListStatus(in, debug.Policy{TrustKeys: keys, TrustFrom: from})
+		vm, err := vmName(&pol, loc.root)
+		if err != nil {
+			return err
+		}
+		l, err := debug.ListStatus(in, debug.Policy{TrustKeys: keys, TrustFrom: from, VM: vm})
 		return emit(env, d.layout(env, *noLegend), *asJSON, l, err)
 	}
 }

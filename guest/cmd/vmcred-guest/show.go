@@ -23,6 +23,7 @@ func (d defaults) runShow(ctx context.Context, env *cli.Env, args []string) erro
 	reveal := fs.Bool("reveal", false, "print the value LoadCredential=NAME would get to stdout, byte for byte, and nothing else")
 	force := fs.Bool("force", false, "with --reveal: write a binary value to a terminal too")
 	newline := fs.String("newline", "auto", "with --reveal: add a final newline `WHEN`: auto (on a terminal, if the value does not end in one, as systemd-creds cat does), yes or no")
+	anyVM := registerAnyVM(fs)
 	asJSON := registerJSON(fs)
 	if err := cli.Parse(env, fs, "vmcred-guest show NAME [--reveal] [--json] [flags]", args); err != nil {
 		return err
@@ -61,12 +62,16 @@ func (d defaults) runShow(ctx context.Context, env *cli.Env, args []string) erro
 	if err != nil {
 		return err
 	}
+	vm, err := vmName(&pol, loc.root)
+	if err != nil {
+		return err
+	}
 	opt, err := src.options()
 	if err != nil {
 		return err
 	}
 	rep, rerr := src.readFrom(loc.rootFS(), opt)
-	sh, err := debug.Show(in, name, rep, rerr, debug.Policy{TrustKeys: keys, TrustFrom: from, VM: pol.vm, AllowUnverified: pol.allowUnverified})
+	sh, err := debug.Show(in, name, rep, rerr, debug.Policy{TrustKeys: keys, TrustFrom: from, VM: vm, AllowAnyVM: *anyVM, AllowUnverified: pol.allowUnverified})
 	return emit(env, d.layout(env, false), *asJSON, sh, err)
 }
 

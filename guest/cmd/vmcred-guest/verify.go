@@ -21,6 +21,7 @@ func (d defaults) runVerify(ctx context.Context, env *cli.Env, args []string) er
 	var loc where
 	loc.register(fs, d, false, false)
 	fs.StringVar(&loc.statusDir, "status-dir", d.statusDir, "read the manifest the agent saved from the host's last session from `DIR`, used when firmware holds none")
+	anyVM := registerAnyVM(fs)
 	asJSON := registerJSON(fs)
 	if err := cli.Parse(env, fs, "vmcred-guest verify [--json] [source and policy flags as for load]\n\nExit codes: 0 verified, 1 verification failure, 3 unreadable.", args); err != nil {
 		return err
@@ -36,11 +37,15 @@ func (d defaults) runVerify(ctx context.Context, env *cli.Env, args []string) er
 	if err != nil {
 		return err
 	}
+	vm, err := vmName(&pol, loc.root)
+	if err != nil {
+		return err
+	}
 	opt, err := src.options()
 	if err != nil {
 		return err
 	}
 	rep, rerr := src.readFrom(loc.rootFS(), opt)
-	v, err := debug.Verify(loc.inspector(d), rep, rerr, debug.Policy{TrustKeys: keys, TrustFrom: from, VM: pol.vm, AllowUnverified: pol.allowUnverified})
+	v, err := debug.Verify(loc.inspector(d), rep, rerr, debug.Policy{TrustKeys: keys, TrustFrom: from, VM: vm, AllowAnyVM: *anyVM, AllowUnverified: pol.allowUnverified})
 	return emit(env, d.layout(env, false), *asJSON, v, err)
 }

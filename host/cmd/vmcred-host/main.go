@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/vmcred/vmcred/host/access"
+	"github.com/vmcred/vmcred/host/readiness"
 	"github.com/vmcred/vmcred/host/source"
 	"github.com/vmcred/vmcred/shared/cli"
 	"github.com/vmcred/vmcred/shared/harden"
@@ -59,6 +60,21 @@ type deps struct {
 	stdin io.Reader
 	// signals, if set, replaces run's own SIGTERM/SIGINT subscription.
 	signals <-chan os.Signal
+	// proc is where /proc is ("/proc" when empty): push and run record
+	// their start time from it, for wait.
+	proc string
+}
+
+// alive says whether the push or run that recorded a Waiting status
+// still runs (readiness.ProcAlive under procRoot).
+func (d deps) alive(pid int, start uint64) bool { return readiness.ProcAlive(d.procRoot(), pid, start) }
+
+// procRoot is d.proc or "/proc".
+func (d deps) procRoot() string {
+	if d.proc == "" {
+		return "/proc"
+	}
+	return d.proc
 }
 
 func osDeps() deps {

@@ -27,11 +27,6 @@ const pushUsage = "vmcred-host push --vm NAME --connect ADDR --sign-key FILE [so
 // given: long enough for a guest to boot.
 const DefaultPushTimeout = 2 * time.Minute
 
-// maxLoggedFailures bounds the failure lines push logs per report: a
-// report holds up to 4096 entries, and the journal is not the place for
-// all of them (the status file has them).
-const maxLoggedFailures = 16
-
 // sessionFlags are the flags of the host's session, shared by push and
 // run.
 type sessionFlags struct {
@@ -124,12 +119,12 @@ func (d deps) runPush(ctx context.Context, env *cli.Env, args []string) error {
 	}
 	key, err := loadKey(signKey)
 	if err != nil {
-		return err
+		return d.hostFailed(env, vm, a, &sf, err)
 	}
 	defer clear(key)
 	creds, warnings, err := source.CollectUpTo(specs, d.source, manifest.MaxEntrySize)
 	if err != nil {
-		return withCode(err)
+		return d.hostFailed(env, vm, a, &sf, withCode(err))
 	}
 	for _, w := range warnings {
 		env.Log.Warn(w.String())
@@ -160,6 +155,20 @@ func hasCredential(list []push.Credential, name string) bool {
 	return false
 }
 
+// hostFailed records that push could not serve the session at all (a
+// source or the signing key could not be read), so that wait says why at
+// once instead of waiting for a push that ended; it returns err.
+func (d deps) hostFailed(env *cli.Env, vm string, a address.Address, sf *sessionFlags, err error) error {
+	if readiness.CheckDirIfExists(sf.statusDir) != nil {
+		return err
+	}
+	msg := fmt.Sprintf("vm %s: push could not start the session: %v", vm, err)
+	if werr := readiness.Write(sf.statusDir, readiness.HostFailed(vm, a.String(), d.now(), msg)); werr != nil {
+		env.Log.Warn(werr.Error())
+	}
+	return err
+}
+
 // errNoReport marks a session that ended without the guest's report.
 var errNoReport = errors.New("no report")
 
@@ -172,6 +181,17 @@ func (d deps) session(ctx context.Context, env *cli.Env, vm string, a address.Ad
 	if err := readiness.CheckDirIfExists(sf.statusDir); err != nil {
 		return cli.WithCode(cli.ExitIO, err)
 	}
+	// Recorded before the first dial: wait then knows a session is under
+	// way, and, from the PID and its start time, when this process has
+	// ended without a report.
+	started := readiness.Started(vm, a.String(), d.now(), os.Getpid(), d.procRoot())
+	if prev, err := readiness.Read(sf.statusDir, vm); err == nil {
+		// The generation the guest last reported holding stays known.
+		started.Generation = prev.Generation
+	}
+	if err := readiness.Write(sf.statusDir, started); err != nil {
+		return cli.WithCode(cli.ExitIO, err)
+	}
 	ctx, cancel := context.WithTimeout(ctx, sf.timeout)
 	defer cancel()
 	log.Info(fmt.Sprintf("dialing the agent at %s", a))
@@ -181,7 +201,12 @@ func (d deps) session(ctx context.Context, env *cli.Env, vm string, a address.Ad
 		if errors.Is(err, context.DeadlineExceeded) {
 			code = cli.ExitTimeout
 		}
-		return cli.WithCode(code, fmt.Errorf("vm %s: %w from the agent at %s: %w", vm, errNoReport, a, err))
+		err = fmt.Errorf("vm %s: %w from the agent at %s: %w", vm, errNoReport, a, err)
+		// wait reports this at once, rather than a dead writer.
+		if werr := readiness.Write(sf.statusDir, readiness.HostFailed(vm, a.String(), d.now(), err.Error())); werr != nil {
+			log.Warn(werr.Error())
+		}
+		return cli.WithCode(code, err)
 	}
 	st := readiness.FromReport(vm, out.Report, d.now())
 	st.Connect, st.PID = a.String(), os.Getpid()
@@ -199,18 +224,12 @@ func (d deps) session(ctx context.Context, env *cli.Env, vm string, a address.Ad
 		fmt.Fprintln(env.Stdout, st.Summary)
 		return nil
 	}
-	log.Error(st.Summary)
-	for i, f := range st.Failures {
-		if i == maxLoggedFailures {
-			log.Error(fmt.Sprintf("… and %d more failures (all in %s)", len(st.Failures)-i+st.FailuresOmitted, readiness.Path(sf.statusDir, vm)))
-			break
-		}
-		log.Error("failed: " + f)
-	}
 	if werr != nil {
-		return cli.WithCode(cli.ExitIO, werr)
+		log.Warn(werr.Error())
 	}
-	return cli.WithCode(cli.ExitFailure, errors.New(st.StatusLine()))
+	// Said once: the summary and each failure it does not already name
+	// (the status file has them all).
+	return cli.WithCode(cli.ExitFailure, errors.New(st.Message()))
 }
 
 // clip keeps agent-supplied text short for log fields (it is printable
