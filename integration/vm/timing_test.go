@@ -97,7 +97,7 @@ func (s *suite) runTiming(t *testing.T, img sysImage, units map[string][]byte, a
 	a.file(etc+"timing.sh", 0o755, []byte(timingScript))
 	enable(a, "vmcred-test.service", verdictUnit("Wants", "timing.sh", nil))
 	o := s.boot(t, boot{
-		name: name, machine: "q35", initrd: a, memory: 1024, timeout: 240 * time.Second, rootfs: img.path,
+		name: name, machine: "q35", initrd: a, memory: 1024, timeout: 6 * time.Minute, rootfs: img.path, // icount is slow on a loaded host
 		args:    append(append([]string{"-drive", "file=" + img.path + ",if=virtio,format=raw,snapshot=on"}, icountArgs...), firmware...),
 		cmdline: "systemd.show_status=1 SYSTEMD_COLORS=0",
 		abort:   []string{"Freezing execution", "Failed to start vmcred-guest"},
