@@ -223,9 +223,13 @@ func (r *Result) qemu(vals Values) error {
 					it.Name, plan.FwCfgPrefix, it.Name, n, plan.MaxFwCfgPath, plan.ErrFwCfgName)
 			}
 			// fw_cfg file= is read with g_file_get_contents: raw bytes,
-			// binary-safe, the value itself (no base64).
-			raw := credential.NewSecret(append([]byte(nil), v.Reveal()...))
-			path := r.addFile(fmt.Sprintf("fwcfg-%03d", i), it.Name, RoleFwCfg, raw)
+			// binary-safe, the value itself (no base64). The payload is
+			// the caller's value, not a copy: a copy runs through the
+			// CPU's vector registers (memmove), which a signal arriving
+			// then saves on the thread's signal stack, where the bytes
+			// outlive every Wipe (issue 17, finding 6). Wipe clears the
+			// caller's value too, which the caller wipes anyway.
+			path := r.addFile(fmt.Sprintf("fwcfg-%03d", i), it.Name, RoleFwCfg, v)
 			r.Args = append(r.Args, "-fw_cfg", "name="+EscapeComma(plan.FwCfgPrefix+it.Name)+",file="+EscapeComma(path))
 		case it.Delivery == plan.DeliveryChannel:
 		default:

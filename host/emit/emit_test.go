@@ -426,3 +426,23 @@ func TestDocumentRefusesInlineSecrets(t *testing.T) {
 		t.Errorf("NewDocument = %v, want ErrOption", err)
 	}
 }
+
+// TestFwCfgPayloadIsTheValue checks that the fw_cfg payload is the
+// caller's value, not a copy: a copy passes through vector registers that
+// a signal can save where no Wipe reaches (issue 17, finding 6).
+func TestFwCfgPayloadIsTheValue(t *testing.T) {
+	b := bytes.Repeat([]byte{7}, 5000)
+	p := &plan.Plan{Hypervisor: plan.QEMU, Items: []plan.Item{
+		{Name: "big", Size: len(b), Secret: true, Delivery: plan.DeliveryFwCfg, Carrier: plan.CarrierFile}}}
+	r, err := Build(p, Values{"big": credential.NewSecret(b)}, Options{RuntimeDir: "/r"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.payloads) != 1 || &r.payloads[0].Reveal()[0] != &b[0] {
+		t.Fatal("the fw_cfg payload is a copy of the value")
+	}
+	r.Wipe()
+	if !bytes.Equal(b, make([]byte, len(b))) {
+		t.Error("Wipe left the value")
+	}
+}

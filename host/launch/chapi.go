@@ -1,6 +1,7 @@
 package launch
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -81,29 +82,22 @@ func CHBootWith(ctx context.Context, socket string, body credential.Secret, exit
 	if err := waitSocket(ctx, socket, exited, wait); err != nil {
 		return err
 	}
-	client := &http.Client{
-		Timeout: DefaultRequestTimeout,
-		Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				var d net.Dialer
-				c, err := d.DialContext(ctx, "unix", socket)
-				if err != nil {
-					return nil, err
-				}
-				if err := checkPeer(c, socket, opts); err != nil {
-					c.Close()
-					return nil, err
-				}
-				return c, nil
-			},
-			DisableKeepAlives: true,
-		},
+	dial := func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "unix", socket)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkPeer(c, socket, opts); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
 	}
-	defer client.CloseIdleConnections()
-	if err := put(ctx, client, "/api/v1/vm.create", body); err != nil {
+	if err := put(ctx, dial, "/api/v1/vm.create", body); err != nil {
 		return err
 	}
-	return put(ctx, client, "/api/v1/vm.boot", credential.Secret{})
+	return put(ctx, dial, "/api/v1/vm.boot", credential.Secret{})
 }
 
 // ErrUnsafeSocketPath means the API socket's path could be taken by
@@ -168,22 +162,38 @@ func waitSocket(ctx context.Context, socket string, exited <-chan struct{}, wait
 	}
 }
 
-func put(ctx context.Context, client *http.Client, path string, body credential.Secret) error {
-	var r io.Reader = http.NoBody
-	if body.Len() > 0 {
-		r = bytes.NewReader(body.Reveal())
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://localhost"+path, r)
+// put sends one request on a new connection, which it closes. It writes
+// the request itself rather than through net/http's client: the client
+// copies the body through its buffers (a bufio.Writer holding the first
+// 4 KiB, io.Copy's body-sized buffer), which are freed without being
+// cleared and kept the OEM strings in run's memory after the hand-over
+// (issue 17, finding 6). Here the header and the body each go to the
+// socket in one write from buffers the caller clears.
+func put(ctx context.Context, dial func(context.Context) (net.Conn, error), path string, body credential.Secret) error {
+	ctx, cancel := context.WithTimeout(ctx, DefaultRequestTimeout)
+	defer cancel()
+	c, err := dial(ctx)
 	if err != nil {
 		return fmt.Errorf("cloud-hypervisor api PUT %s: %w", path, err)
 	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	hdr := "PUT " + path + " HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nConnection: close\r\n"
 	if body.Len() > 0 {
-		req.Header.Set("Content-Type", "application/json")
+		hdr += "Content-Type: application/json\r\n"
 	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := client.Do(req)
+	hdr += fmt.Sprintf("Content-Length: %d\r\n\r\n", body.Len())
+	_, err = io.WriteString(c, hdr)
+	if err == nil && body.Len() > 0 {
+		_, err = c.Write(body.Reveal())
+	}
 	if err != nil {
-		return fmt.Errorf("cloud-hypervisor api PUT %s: %w", path, err)
+		return fmt.Errorf("cloud-hypervisor api PUT %s: %w", path, ctxErr(ctx, err))
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return fmt.Errorf("cloud-hypervisor api PUT %s: %w", path, ctxErr(ctx, err))
 	}
 	defer resp.Body.Close()
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
@@ -191,6 +201,15 @@ func put(ctx context.Context, client *http.Client, path string, body credential.
 		return fmt.Errorf("cloud-hypervisor api PUT %s: %s: %s", path, resp.Status, redact(msg, body))
 	}
 	return nil
+}
+
+// ctxErr is ctx's error when ctx ended (the deadline set on the
+// connection then caused err), else err.
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w (%w)", ctx.Err(), err)
+	}
+	return err
 }
 
 // redact returns the server's answer for an error message with anything

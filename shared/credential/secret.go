@@ -31,7 +31,7 @@ func (s Secret) Len() int { return len(s.b) }
 
 // SHA256 is the digest of the value, which vmcred treats as public: manifests
 // carry it so the guest can check what arrived.
-func (s Secret) SHA256() [sha256.Size]byte { return sha256.Sum256(s.b) }
+func (s Secret) SHA256() [sha256.Size]byte { return SHA256(s.b) }
 
 // Equal compares two values in constant time (for equal lengths).
 func (s Secret) Equal(o Secret) bool { return subtle.ConstantTimeCompare(s.b, o.b) == 1 }

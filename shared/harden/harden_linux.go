@@ -5,6 +5,7 @@ package harden
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"syscall"
 )
 
@@ -37,4 +38,26 @@ func Dumpable() (int, error) {
 		return 0, fmt.Errorf("prctl(PR_GET_DUMPABLE): %w", errno)
 	}
 	return int(r), nil
+}
+
+// Scrub clears what wiped secrets leave behind in the calling thread, once
+// they are handed over (issue 17, finding 6). Copying a value (memmove)
+// passes it through the CPU's vector registers, and whenever a signal
+// reaches the thread (Go's preemption signal, SIGCHLD, ...) the kernel
+// saves every register in a frame on the thread's signal stack — Go heap
+// memory that stays allocated for the life of the thread and that no Wipe
+// reaches: /proc/PID/mem showed a 20 KiB value's first 16 and last 128
+// bytes laid out as memmove's Y4 and X5-X12 next to the frame's "SXPF"
+// magic. Scrub zeroes the dead stack below its caller and the vector
+// registers, then signals its own thread (SIGURG, which Go's runtime
+// ignores when it has not asked for a preemption): the kernel writes the
+// new, zeroed register state where the last frame was, since every frame
+// starts at the top of the signal stack. Other threads are not reached:
+// do the secret work on one goroutine and call Scrub from it.
+func Scrub() {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	scrubFrame()
+	zeroVectorRegisters()
+	_ = syscall.Tgkill(syscall.Getpid(), syscall.Gettid(), syscall.SIGURG)
 }

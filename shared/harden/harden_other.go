@@ -17,3 +17,10 @@ func Apply() error {
 func Dumpable() (int, error) {
 	return 0, fmt.Errorf("dumpable flag on %s: %w", runtime.GOOS, errors.ErrUnsupported)
 }
+
+// Scrub clears the dead stack and vector registers of the calling thread;
+// see the Linux version.
+func Scrub() {
+	scrubFrame()
+	zeroVectorRegisters()
+}

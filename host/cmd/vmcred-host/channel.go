@@ -47,8 +47,9 @@ func (f *packFlags) notifyCredential(hv plan.Hypervisor, creds []source.Credenti
 // sessionCredentials lists every planned credential for run's session,
 // with its delivery: the session's manifest lists them all, and sends the
 // values of those that go by channel (the rest came by firmware). The
-// values are copies, wiped by wipeSession.
-func sessionCredentials(p *plan.Plan, creds []source.Credential, notifyValue credential.Secret) []push.Credential {
+// values are copies, wiped by wipeSession; with withValues false they are
+// left empty (pack and run without a session need only the deliveries).
+func sessionCredentials(p *plan.Plan, creds []source.Credential, notifyValue credential.Secret, withValues bool) []push.Credential {
 	byName := make(map[string]source.Credential, len(creds))
 	for _, c := range creds {
 		byName[c.Name] = c
@@ -58,16 +59,18 @@ func sessionCredentials(p *plan.Plan, creds []source.Credential, notifyValue cre
 		if it.Name == plan.ManifestName {
 			continue
 		}
-		var v credential.Secret
+		var src credential.Secret
 		var static bool
 		if c, ok := byName[it.Name]; ok {
-			v = credential.NewSecret(append([]byte(nil), c.Value.Reveal()...))
-			static = !c.Secret
+			src, static = c.Value, !c.Secret
 		} else if it.Name == NotifySocketName {
-			v = credential.NewSecret(append([]byte(nil), notifyValue.Reveal()...))
-			static = true
+			src, static = notifyValue, true
 		} else {
 			continue
+		}
+		var v credential.Secret
+		if withValues {
+			v = credential.NewSecret(append([]byte(nil), src.Reveal()...))
 		}
 		out = append(out, push.Credential{Name: it.Name, Value: v, Delivery: sessionDelivery(it.Delivery), Static: static})
 	}

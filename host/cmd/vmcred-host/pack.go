@@ -52,6 +52,11 @@ type packFlags struct {
 	forRun bool
 	// owner is --owner: the user the payload files are for.
 	owner string
+	// sessionValues is set by run with --connect: pack then keeps copies
+	// of the values for the session. Without it no copy is made at all
+	// (a copy passes through vector registers that a signal can spill
+	// where Wipe does not reach; issue 17, finding 6).
+	sessionValues bool
 }
 
 // DefaultLifetime is pack's --lifetime: how long a manifest stays valid
@@ -315,7 +320,7 @@ func (d deps) pack(env *cli.Env, f *packFlags) (*packed, error) {
 		return nil, withCode(err)
 	}
 	pk.result = res
-	pk.session = sessionCredentials(p, creds, notifyValue)
+	pk.session = sessionCredentials(p, creds, notifyValue, f.sessionValues)
 	logPlan(env.Log, p, res)
 	return pk, nil
 }

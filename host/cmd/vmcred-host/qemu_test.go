@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -397,8 +398,17 @@ func TestQEMURun(t *testing.T) {
 	rt := filepath.Join(tmp, "run")
 	h := newHarness(t)
 	args := append([]string{"run"}, goldenSources(t, tmp)...)
+	// QMP tells when QEMU is up: its greeting comes from the main loop, after
+	// QEMU has installed its SIGTERM handler. (A short folder: sun_path.)
+	qmpDir, err := os.MkdirTemp("", "qmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(qmpDir) })
+	qmp := filepath.Join(qmpDir, "q.sock")
 	args = append(args, "--hypervisor", "qemu-microvm", "--runtime-dir", rt, "--",
-		qemu, "-machine", "microvm,accel=tcg", "-S", "-display", "none", "-nodefaults", "-no-user-config")
+		qemu, "-machine", "microvm,accel=tcg", "-S", "-display", "none", "-nodefaults", "-no-user-config",
+		"-qmp", "unix:"+qmp+",server=on,wait=off")
 	done := make(chan int, 1)
 	go func() { done <- h.run(args...) }()
 	// If the test fails below, the forwarder kills QEMU (by its PID).
@@ -408,12 +418,7 @@ func TestQEMURun(t *testing.T) {
 		default:
 		}
 	})
-	// QEMU refuses bad arguments at once: after a second it is up.
-	select {
-	case code := <-done:
-		t.Fatalf("QEMU exited early with %d: %s %s", code, h.stderr.String(), h.log.String())
-	case <-time.After(time.Second):
-	}
+	waitQMPGreeting(t, qmp, done, h)
 	if n := len(listFiles(t, rt)); n != 4 {
 		t.Errorf("%d payload files while QEMU runs, want 4", n)
 	}
@@ -429,4 +434,39 @@ func TestQEMURun(t *testing.T) {
 	if _, err := os.Stat(rt); !os.IsNotExist(err) {
 		t.Errorf("runtime dir left: %v", err)
 	}
+}
+
+// waitQMPGreeting returns once QEMU's QMP socket at path has greeted and
+// answered qmp_capabilities; it fails the test if run exits first or nothing answers
+// within 20 s.
+func waitQMPGreeting(t *testing.T, path string, done <-chan int, h *harness) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case code := <-done:
+			t.Fatalf("QEMU exited early with %d: %s %s", code, h.stderr.String(), h.log.String())
+		default:
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			// The greeting can come before qemu_init has finished; a
+			// command's answer comes from the main loop, after it.
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			r := bufio.NewReader(c)
+			greeting, err := r.ReadString('\n')
+			if err == nil && strings.Contains(greeting, `"QMP"`) {
+				_, err = io.WriteString(c, `{"execute":"qmp_capabilities"}`+"\n")
+			}
+			var answer string
+			if err == nil {
+				answer, err = r.ReadString('\n')
+			}
+			c.Close()
+			if err == nil && strings.Contains(answer, `"return"`) {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("QEMU's QMP socket did not greet within 20 s")
 }

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"github.com/vmcred/vmcred/host/push"
 	"github.com/vmcred/vmcred/shared/address"
 	"github.com/vmcred/vmcred/shared/cli"
+	"github.com/vmcred/vmcred/shared/harden"
 	"github.com/vmcred/vmcred/shared/manifest"
 )
 
@@ -89,6 +91,12 @@ func (d deps) runRun(ctx context.Context, env *cli.Env, args []string) error {
 		return cli.Usagef("run: --exit-on-failure and --policy need --connect ADDR (the session)")
 	}
 
+	f.sessionValues = withSession
+	// The values are read, copied and wiped on this thread only, so that
+	// harden.Scrub (in handedOver) reaches the registers and the signal
+	// stack they passed through.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	pk, err := d.pack(env, &f)
 	if err != nil {
 		return err
@@ -225,6 +233,7 @@ func (d deps) afterStartSession(env *cli.Env, f *packFlags, sf *sessionFlags, a 
 		err := d.session(sctx, env, f.vm, a, sf, req)
 		reported.Store(!errors.Is(err, errNoReport))
 		pk.wipeSession()
+		harden.Scrub()
 		debug.FreeOSMemory()
 		if err != nil {
 			if sf.exitOnFailure {
@@ -243,6 +252,7 @@ func (d deps) afterStartSession(env *cli.Env, f *packFlags, sf *sessionFlags, a 
 // too, not readable in /proc/PID/mem for the life of the VM.
 func handedOver(pk *packed) {
 	pk.result.Wipe()
+	harden.Scrub()
 	debug.FreeOSMemory()
 }
 
