@@ -23,10 +23,9 @@ let
   # Fixed, like the paths in guest/systemd/vmcred-guest.service.
   statusDir = "/run/vmcred";
   trustDir = "/etc/vmcred/trusted.d";
+  # Read directly: the unit has no mount namespace, which in systemd 252
+  # would hide /run/credentials from it (see the unit file).
   systemCredentials = "/run/credentials/@system";
-  # Where the unit binds systemCredentials: systemd 252 hides /run/credentials
-  # from a sandboxed unit even when bound at the same path (see the unit file).
-  boundSystemCredentials = "/run/vmcred-system-credentials";
   publicKeyHeader = "vmcred-ed25519-public ";
   # The VM's name, which every session's manifest must be issued for
   # (vmcred-guest agent --vm-file; debug commands read it too).
@@ -54,7 +53,7 @@ let
   agentArgs =
     [ "agent" "--vm-file" vmNameFile "--listen" "vsock::${toString cfg.port}"
       "--credstore" cfg.credstore "--status-dir" statusDir "--trust-key" trustDir
-      "--system-credentials" boundSystemCredentials ]
+      "--system-credentials" systemCredentials ]
     ++ cfg.extraArgs;
 
 
@@ -282,30 +281,21 @@ in
             NotifyAccess = "main";
             ExecStart = "${cfg.package}/bin/vmcred-guest ${lib.concatStringsSep " " agentArgs}";
             Restart = "on-failure";
-            BindReadOnlyPaths = [ "-${systemCredentials}:${boundSystemCredentials}" ];
             TimeoutStartSec = "180s";
-            # No RuntimeDirectory=: under ProtectSystem=strict systemd
-            # binds it on itself, and a mount point cannot be exchanged by
-            # a rotation; the agent creates its folders (root, 0700).
-            ReadWritePaths = [ "/run" ];
+            # No RuntimeDirectory=: a sandboxed unit gets it bound on
+            # itself, and a mount point cannot be exchanged by a rotation;
+            # the agent creates its folders (root, 0700).
             UMask = "0077";
             StandardOutput = "journal+console";
             StandardError = "journal+console";
 
+            # Kernel-level limits only, no mount namespace: the threat
+            # model and the boot cost are in the unit file's comments.
             CapabilityBoundingSet = "CAP_NET_BIND_SERVICE";
             NoNewPrivileges = true;
             RestrictAddressFamilies = [ "AF_UNIX" "AF_VSOCK" ];
-            ProtectSystem = "strict";
-            ProtectHome = true;
-            PrivateDevices = true;
-            PrivateIPC = true;
-            ProtectHostname = true;
+            DevicePolicy = "closed";
             ProtectClock = true;
-            ProtectKernelTunables = true;
-            ProtectKernelModules = true;
-            ProtectKernelLogs = true;
-            ProtectControlGroups = true;
-            ProtectProc = "invisible";
             RestrictNamespaces = true;
             RestrictRealtime = true;
             RestrictSUIDSGID = true;

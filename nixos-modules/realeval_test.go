@@ -172,6 +172,26 @@ func wantDirectives(t *testing.T, what, text, section, key string, want ...strin
 	}
 }
 
+// noMountNamespace checks that the agent's unit sets none of the options
+// with which systemd builds a mount namespace (as guest/systemd's
+// TestExecStart does for the shipped unit): one costs ~200 ms of every
+// boot (BENCHMARKS.md), hides /run/credentials/@system from the agent in
+// systemd 252, and RuntimeDirectory= would make the store a mount point
+// that a rotation cannot exchange.
+func noMountNamespace(t *testing.T, what, text string) {
+	t.Helper()
+	for _, key := range []string{
+		"ProtectSystem", "ProtectHome", "PrivateDevices", "PrivateTmp", "PrivateIPC", "PrivateMounts",
+		"ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups",
+		"ProtectProc", "ProcSubset", "ReadWritePaths", "ReadOnlyPaths", "InaccessiblePaths",
+		"BindPaths", "BindReadOnlyPaths", "TemporaryFileSystem", "RuntimeDirectory",
+	} {
+		if v := directives(text, "Service", key); len(v) != 0 {
+			t.Errorf("%s: %s=%q gives the agent a mount namespace", what, key, v)
+		}
+	}
+}
+
 // lineWith returns the one line of text that contains sub.
 func lineWith(t *testing.T, what, text, sub string) string {
 	t.Helper()
@@ -301,19 +321,19 @@ func wantPushPath(t *testing.T, r *hostEval, name string, files ...string) {
 
 // wantAgent checks the guest agent's unit in VM NAME: the long-lived
 // `vmcred-guest agent` on its privileged port, with the capability to bind
-// it, /run writable for the rotation's folder swap, and the VM-name file
+// it, no mount namespace (the rotation's folder swap, the boot's time), and the VM-name file
 // (0444) that the host's --vm matches.
 func wantAgent(t *testing.T, name string, vm vmEval, port int) {
 	t.Helper()
 	g := unit(t, vm.Units, "vmcred-guest.service")
 	what := name + " vmcred-guest.service"
 	exec := storeVmcredGuest.ReplaceAllString(strings.TrimPrefix(lineWith(t, what, g, "ExecStart="), "ExecStart="), "vmcred-guest")
-	want := fmt.Sprintf("vmcred-guest agent --vm-file /etc/vmcred/vm-name --listen vsock::%d --credstore /run/credstore --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials", port)
+	want := fmt.Sprintf("vmcred-guest agent --vm-file /etc/vmcred/vm-name --listen vsock::%d --credstore /run/credstore --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/credentials/@system", port)
 	if exec != want {
 		t.Errorf("%s: ExecStart\n got %s\nwant %s", what, exec, want)
 	}
 	wantDirectives(t, what, g, "Service", "CapabilityBoundingSet", "CAP_NET_BIND_SERVICE")
-	wantDirectives(t, what, g, "Service", "ReadWritePaths", "/run")
+	noMountNamespace(t, what, g)
 	wantDirectives(t, what, g, "Service", "Restart", "on-failure")
 	wantDirectives(t, what, g, "Service", "Type", "notify")
 	for _, key := range []string{"RemainAfterExit", "RuntimeDirectory"} {

@@ -144,7 +144,7 @@ func TestGuestModuleOptions(t *testing.T) {
 	key := fmt.Sprintf("trustedKeys = [ %q ];", testKey)
 	t.Run("defaults", func(t *testing.T) {
 		r := mustGuest(t, key, `networking.hostName = "test-vm";`)
-		if got, want := agentExecStart(t, r), "/usr/bin/vmcred-guest agent --vm-file /etc/vmcred/vm-name --listen vsock::730 --credstore /run/credstore --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials"; got != want {
+		if got, want := agentExecStart(t, r), "/usr/bin/vmcred-guest agent --vm-file /etc/vmcred/vm-name --listen vsock::730 --credstore /run/credstore --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/credentials/@system"; got != want {
 			t.Errorf("ExecStart = %q, want %q", got, want)
 		}
 		if len(r.FailedAssertions) > 0 || len(r.Warnings) > 0 {
@@ -160,7 +160,7 @@ func TestGuestModuleOptions(t *testing.T) {
 		u := unit(t, r.Units, "vmcred-guest.service")
 		wantDirectives(t, "agent", u, "Service", "CapabilityBoundingSet", "CAP_NET_BIND_SERVICE")
 		wantDirectives(t, "agent", u, "Service", "Restart", "on-failure")
-		wantDirectives(t, "agent", u, "Service", "ReadWritePaths", "/run")
+		noMountNamespace(t, "agent", u)
 	})
 
 	t.Run("vmName and hostVM", func(t *testing.T) {
@@ -231,7 +231,7 @@ func TestGuestModuleOptions(t *testing.T) {
 
 	t.Run("systemd mode", func(t *testing.T) {
 		r := mustGuest(t, fmt.Sprintf(`mode = "systemd"; trustedKeys = [ %q ];`, testKey), "")
-		if got := agentExecStart(t, r); !strings.HasSuffix(got, " --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials") {
+		if got := agentExecStart(t, r); !strings.HasSuffix(got, " --trust-key /etc/vmcred/trusted.d --system-credentials /run/credentials/@system") {
 			t.Errorf("ExecStart = %q", got)
 		}
 		if diff := cmp.Diff([]string{"dmi-sysfs", "qemu_fw_cfg"}, r.InitrdKernelModules); diff != "" {
@@ -241,17 +241,14 @@ func TestGuestModuleOptions(t *testing.T) {
 
 	t.Run("port and credstore and extra flags", func(t *testing.T) {
 		r := mustGuest(t, key+` port = 731; extraArgs = [ "--peer-cid" "1" ]; credstore = "/run/vmcred-store";`, "")
-		want := "/usr/bin/vmcred-guest agent --vm-file /etc/vmcred/vm-name --listen vsock::731 --credstore /run/vmcred-store --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/vmcred-system-credentials --peer-cid 1"
+		want := "/usr/bin/vmcred-guest agent --vm-file /etc/vmcred/vm-name --listen vsock::731 --credstore /run/vmcred-store --status-dir /run/vmcred --trust-key /etc/vmcred/trusted.d --system-credentials /run/credentials/@system --peer-cid 1"
 		if got := agentExecStart(t, r); got != want {
 			t.Errorf("ExecStart = %q, want %q", got, want)
 		}
 		u := unit(t, r.Units, "vmcred-guest.service")
-		// /run as a whole, no RuntimeDirectory= (a bind mount of the
+		// No mount namespace, no RuntimeDirectory= (a bind mount of the
 		// store on itself): the rotation exchanges the store folder.
-		wantDirectives(t, "agent", u, "Service", "ReadWritePaths", "/run")
-		if v := directives(u, "Service", "RuntimeDirectory"); len(v) != 0 {
-			t.Errorf("RuntimeDirectory=%q", v)
-		}
+		noMountNamespace(t, "agent", u)
 	})
 
 	t.Run("consumers", func(t *testing.T) {

@@ -26,8 +26,8 @@ func Listen(a address.Address) (net.Listener, error) {
 	}
 	if a.IsVsock() {
 		// ListenContextID, not Listen: Listen asks /dev/vsock for the
-		// local CID, and the unit's PrivateDevices=yes hides /dev/vsock
-		// (an AF_VSOCK socket needs no device node).
+		// local CID, and the unit's DevicePolicy=closed refuses to open
+		// /dev/vsock (an AF_VSOCK socket needs no device node).
 		l, err := vsock.ListenContextID(a.CID, a.Port, nil)
 		if err != nil {
 			if errors.Is(err, syscall.EACCES) {

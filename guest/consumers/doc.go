@@ -70,8 +70,9 @@
 // new credentials stay in place (the push is not rolled back: the old
 // secret may be the one being revoked).
 //
-// The agent's unit needs write access to /run itself, not only to
-// /run/credstore: the new directory is made beside the store, and a store
+// The agent's unit must not make /run/credstore a mount point of its own
+// (the shipped unit has no mount namespace at all): the new directory is
+// made beside the store, and a store
 // that is a mount point in the agent's namespace (ReadWritePaths=
 // /run/credstore, RuntimeDirectory=credstore under ProtectSystem=strict)
 // cannot be exchanged (EBUSY). See guest/credstore/ROTATION.md.
