@@ -64,7 +64,7 @@ say "guest: vmcred-guest list (what the firmware carries; disk-key is not there)
 say "guest: vmcred-guest agent (loads the firmware, listens for the host's session)"
 sock="$work/vm/agent.sock"
 "$guest" agent --listen "unix:$sock" --dmi-table "$work/DMI" --trust-key "$work/host.pub" --vm demo \
-  --credstore "$work/credstore" --status-dir "$work/status" --system-credentials "" "${persistent[@]}" 2> "$work/agent.log" &
+  --credstore "$work/credstore" --status-dir "$work/status" --system-credentials "" --consumers none "${persistent[@]}" 2> "$work/agent.log" &
 agent_pid=$!
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
 [ -S "$sock" ] || { echo "demo: the agent did not start" >&2; cat "$work/agent.log" >&2; exit 1; }
@@ -111,4 +111,20 @@ grep -q 'signed by an untrusted key' "$work/refused.log" && echo '  refused: the
 for name in api-key disk-key; do
   [ "$(digest "$work/secrets/$name")" = "$(digest "$work/credstore/$name")" ] || { echo "demo: the refused session changed $name" >&2; exit 1; }
 done
-say "demo passed: the guest holds exactly what the host sent, verified by signature over its own challenge, and the host knows"
+say "host: rotate api-key without a reboot: push --dry-run first (names and sizes only)"
+head -c 48 /dev/urandom | base64 | tr -d '\n' > "$work/secrets/api-key.new"
+chmod 0400 "$work/secrets/api-key.new"
+rot_sources=("${sources[@]/api-key=file:$work\/secrets\/api-key/api-key=file:$work/secrets/api-key.new}")
+ino() { stat -c %i "$work/credstore/$1"; }
+db_ino=$(ino db-password)
+"$host" push --vm demo --connect "unix:$sock" --sign-key "$work/host.key" --status-dir "$work/host-status" --dry-run "${rot_sources[@]}" 2>/dev/null | sed 's/^/  /'
+say "host: vmcred-host push (generation 2: the agent swaps the credstore in one exchange)"
+"$host" push --vm demo --connect "unix:$sock" --sign-key "$work/host.key" --status-dir "$work/host-status" "${rot_sources[@]}" 2>/dev/null | sed 's/^/  /'
+[ "$(digest "$work/credstore/api-key")" = "$(digest "$work/secrets/api-key.new")" ] || { echo "demo: the rotation did not deliver the new api-key" >&2; exit 1; }
+[ "$(ino db-password)" = "$db_ino" ] || { echo "demo: the unchanged db-password got a new file" >&2; exit 1; }
+printf '  api-key      host %.16s…  guest %.16s…  match (new value)\n' "$(digest "$work/secrets/api-key.new")" "$(digest "$work/credstore/api-key")"
+printf '  db-password  inode %s before and after: untouched, its services would not restart\n' "$db_ino"
+say "guest: vmcred-guest status after the rotation (here no systemd is asked: --consumers none;"
+echo "   in a VM the agent restarts the running services that use api-key and lists them here)"
+"$guest" status --status-dir "$work/status" | sed -n '/^Generation/,/^Not after/p' | grep -v '^Not after' | sed 's/^/  /'
+say "demo passed: the guest holds exactly what the host sent, verified by signature over its own challenge, and the host knows; a rotation swapped it without a restart of anything that did not change"

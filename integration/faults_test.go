@@ -188,8 +188,9 @@ func TestFaultPushKilledMidTransfer(t *testing.T) {
 	}
 
 	// A new push (the host restarted) goes through.
-	if code := push("new-again", agentSock, cur).wait(t, 30*time.Second); code != 0 {
-		t.Fatalf("push after the kill: exit %d", code)
+	again := push("new-again", agentSock, cur)
+	if code := again.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("push after the kill: exit %d: %s", code, again.stderr.Bytes())
 	}
 	files, temps = credstoreState(t, store)
 	if !equalMaps(files, valueDigests(cur)) || len(temps) > 0 {

@@ -19,6 +19,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"syscall"
 	"time"
@@ -150,6 +151,9 @@ type Report struct {
 	Skipped     []Skipped          `json:"skipped"`
 	Sources     []firmware.Status  `json:"sources"`
 	Store       *credstore.Result  `json:"store,omitempty"`
+	// Rotation is what this session did as a rotation (it replaced a set
+	// the agent had exposed): nil for a boot load and the first session.
+	Rotation *Rotation `json:"rotation,omitempty"`
 	// Fetch is the host session that brought the manifest, if one did.
 	Fetch     *ChannelStep `json:"fetch,omitempty"`
 	Version   string       `json:"agent_version"`
@@ -265,7 +269,24 @@ func load(cfg Config, now func() time.Time, rep *Report, sess *sessionInput) (ve
 		return v, cli.WithCode(cli.ExitIO, err)
 	}
 	defer store.Close()
-	res, err := store.Replace(v.expose)
+	var res credstore.Result
+	if sess != nil && sess.rotate {
+		// A rotation: all or nothing, one directory exchange; unchanged
+		// files keep their inode (credstore/ROTATION.md).
+		var rot credstore.Rotation
+		rot, err = store.Rotate(v.expose)
+		if err == nil || rot.Changes() != nil || rot.Unchanged != nil {
+			rep.Rotation = &Rotation{To: v.m.Generation, At: now().UTC(), Added: rot.Added, Changed: rot.Changed, Unchanged: rot.Unchanged, Removed: rot.Removed, Units: []UnitOutcome{}}
+			res = credstore.Result{Written: slices.Concat(rot.Added, rot.Changed), Replaced: rot.Changed, Removed: rot.Removed, Kept: rot.Kept}
+			if err != nil {
+				// The new set is in place; only removing the old one failed.
+				rep.Problems = append(rep.Problems, err.Error())
+				err = nil
+			}
+		}
+	} else {
+		res, err = store.Replace(v.expose)
+	}
 	rep.Timings.Write = ms(now().Sub(t2))
 	if err != nil {
 		return v, cli.WithCode(cli.ExitIO, err)

@@ -67,6 +67,9 @@ type Binding struct {
 	Challenge [proto.ChallengeSize]byte
 	// Generation is the one the agent holds; the manifest may not be older.
 	Generation uint64
+	// Rotation: the agent already exposed a set this boot, so the
+	// manifest must bring a higher generation, not the same one.
+	Rotation bool
 }
 
 // Input is what one check looks at. It holds values (for the digests) and
@@ -215,7 +218,7 @@ func Check(pol Policy, now time.Time, in Input) Result {
 
 // sessionRule is the session's part of the policy: a trusted signature,
 // for a named VM, and with a live connection, over its challenge and for
-// a generation not older than the agent's.
+// a generation not older than the agent's (higher, for a rotation).
 func sessionRule(pol Policy, m *manifest.Manifest, ver manifest.Verification, b *Binding) error {
 	switch {
 	case len(pol.TrustKeys) == 0 || !ver.Trusted:
@@ -228,6 +231,8 @@ func sessionRule(pol Policy, m *manifest.Manifest, ver manifest.Verification, b 
 		return ErrNotThisSession
 	case m.Generation < b.Generation:
 		return problem{ErrOlderGeneration, fmt.Sprintf("generation %d is older than the %d this agent holds: refused", m.Generation, b.Generation)}
+	case b.Rotation && m.Generation == b.Generation:
+		return problem{ErrOlderGeneration, fmt.Sprintf("generation %d is the one this agent holds; a rotation must bring a higher one: refused", m.Generation)}
 	}
 	return nil
 }

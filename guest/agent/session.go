@@ -89,6 +89,10 @@ type sessionInput struct {
 	generation uint64
 	step       *ChannelStep
 	took       time.Duration
+	// rotate is true when the agent already exposed a set: the session
+	// replaces it with Store.Rotate (all or nothing, unchanged files keep
+	// their inode) and must bring a higher generation.
+	rotate bool
 }
 
 // Change is one credential a session changed in the credstore: a new or
@@ -102,12 +106,54 @@ type Change struct {
 // Rotator is the seam for what follows a credstore change without a
 // reboot (DESIGN §8 "Rotation"): restarting or reloading, per Policy, the
 // units that consume a changed credential. The agent calls Rotated after a
-// session replaced a set it had exposed before, and before it reports;
-// the error, if any, goes into the report's summary. Implementations live
-// elsewhere (vmcred-guest agent wires guest/consumers); this package knows
-// nothing of D-Bus.
+// session replaced a set it had exposed before, and before it reports,
+// with a context whose deadline is the session's (the host's --timeout,
+// less a moment for the report). It returns one outcome per unit acted
+// on; the error, if any, names each unit that did not come back, and makes
+// the report failed. Implementations live elsewhere (vmcred-guest agent
+// wires guest/consumers); this package knows nothing of D-Bus.
 type Rotator interface {
-	Rotated(ctx context.Context, changes []Change) error
+	Rotated(ctx context.Context, changes []Change) ([]UnitOutcome, error)
+}
+
+// UnitOutcome is what a rotation did to one running service. Names only,
+// never a value.
+type UnitOutcome struct {
+	Unit string `json:"unit"`
+	// Action is the policy applied: restart, reload or none.
+	Action string `json:"action"`
+	// Credentials lists the changed credentials the unit uses.
+	Credentials []string `json:"credentials"`
+	// Result is "active" when it came back, "skipped" for policy none,
+	// else what went wrong ("failed", "inactive", "timeout", ...).
+	Result string `json:"result"`
+	// OK is true when the unit came back or was left alone by policy.
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+}
+
+// Rotation is what a session that replaced an exposed set did: the
+// generations, when, what changed in the credstore and what happened to
+// each consumer. The status file keeps it (`vmcred-guest status`, `list`).
+type Rotation struct {
+	From uint64    `json:"from_generation"`
+	To   uint64    `json:"to_generation"`
+	At   time.Time `json:"at"`
+	// Added, Changed, Unchanged and Removed are the credstore's names
+	// (credstore.Rotation); Unchanged files kept their inode.
+	Added     []string `json:"added,omitempty"`
+	Changed   []string `json:"changed,omitempty"`
+	Unchanged []string `json:"unchanged,omitempty"`
+	Removed   []string `json:"removed,omitempty"`
+	// Units lists what was done to each consumer of a changed credential.
+	Units []UnitOutcome `json:"units"`
+	// BudgetMS is how long the host gave the session (its --timeout, as
+	// it stood when it signed), in milliseconds; the restarts ended before
+	// it ran out. 0 when the manifest carried none.
+	BudgetMS int64 `json:"budget_ms,omitempty"`
+	// Error is why a consumer did not come back, or the consumers could
+	// not be asked; empty when all is well.
+	Error string `json:"error,omitempty"`
 }
 
 // Options tune an Agent. The zero value is usable.
@@ -202,7 +248,24 @@ func (a *Agent) Generation() uint64 {
 // host's session, the outcome is OutcomeWaiting and the error nil: the
 // session completes the credstore. Any other failure is returned (the
 // agent keeps listening: a session can still bring a good set).
+//
+// An agent that restarts (Restart=on-failure) after a session wrote the
+// credstore this boot does not load the firmware again: firmware carries
+// the boot's set, and loading it would put an older generation, possibly
+// a revoked secret, back over the one the session brought. It keeps the
+// store as it is, adopts the session's generation, and is ready.
 func (a *Agent) Boot() (Report, error) {
+	if prev, ok := a.sessionThisBoot(); ok {
+		a.mu.Lock()
+		a.generation = prev.Generation
+		a.mu.Unlock()
+		prev.Summary = fmt.Sprintf("kept generation %d, which a host session wrote this boot before the agent restarted (the firmware's set is not loaded over it)", prev.Generation)
+		prev.Outcome = OutcomeReady
+		if a.opts.OnReport != nil {
+			a.opts.OnReport(prev, nil)
+		}
+		return prev, nil
+	}
 	rep, v, err := run(a.cfg, nil)
 	if err != nil && waitingOnly(a.cfg, rep, v) {
 		rep.Outcome, err = OutcomeWaiting, nil
@@ -226,6 +289,23 @@ func (a *Agent) Boot() (Report, error) {
 		a.opts.OnReport(rep, err)
 	}
 	return rep, err
+}
+
+// sessionThisBoot returns the status of a host session that wrote the
+// credstore this boot (the status folder and the store's state file are
+// on /run): the agent restarted after it.
+func (a *Agent) sessionThisBoot() (Report, bool) {
+	if a.cfg.StatusDir == "" {
+		return Report{}, false
+	}
+	if _, err := os.Stat(filepath.Join(a.cfg.StatusDir, stateFile)); err != nil {
+		return Report{}, false
+	}
+	rep, err := ReadStatus(a.cfg.StatusDir)
+	if err != nil || rep.ManifestSource != ManifestFromSession || rep.Store == nil || rep.Generation == 0 {
+		return Report{}, false
+	}
+	return rep, true
 }
 
 // waitingOnly reports whether a failed boot load failed only because the
@@ -396,7 +476,10 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 	// Check the manifest before reading any value or waiting for another
 	// session: an unauthenticated peer costs one bounded frame. A refusal
 	// is a REPORT (failed), after which the agent closes.
-	if problem := a.preflight(sess); problem != "" {
+	sess.rotate = a.hasExposed()
+	received := time.Now()
+	budget, problem := a.preflight(sess)
+	if problem != "" {
 		step.Error = problem
 		rep := Report{Outcome: OutcomeFailed, Summary: "session refused: " + problem, Problems: []string{problem},
 			Version: a.cfg.Version, Credentials: []CredentialResult{}, Generation: gen, Fetch: step}
@@ -410,6 +493,11 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 		return
 	}
 	deadline := time.Now().Add(a.opts.SessionTimeout)
+	if budget > 0 {
+		// The host's --timeout, as it stood when it signed: end in time
+		// for the REPORT to reach it.
+		deadline = received.Add(budget - reportReserve(budget))
+	}
 	_ = c.SetDeadline(deadline)
 	select {
 	case a.sem <- struct{}{}:
@@ -424,6 +512,7 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 	// waited: its challenge still names the old one, which check allows
 	// only if the manifest is not older than the new one.
 	sess.generation = max(gen, a.Generation())
+	sess.rotate = sess.rotate || a.hasExposed()
 
 	t := time.Now()
 	creds, err := conn.ReadCredentials()
@@ -436,16 +525,27 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 		sess.creds = append(sess.creds, oemstring.Entry{Name: cr.Name, Value: cr.Value, Source: SourceChannel, Index: i})
 	}
 	rep, v, err := run(a.cfg, sess)
+	held := a.Generation()
+	if err == nil && rep.Outcome == OutcomeReady {
+		// Before the wipe: the exposed entries alias the received values.
+		a.commit(v, rep.Generation)
+	}
 	for _, cr := range creds {
 		cr.Value.Wipe()
 	}
-	held := a.Generation()
 	if err == nil && rep.Outcome == OutcomeReady {
-		changes := a.commit(v, rep.Generation)
+		from := held
 		held = rep.Generation
-		if a.opts.Rotator != nil && len(changes) > 0 {
-			if rerr := a.opts.Rotator.Rotated(ctx, changes); rerr != nil {
-				rep.Summary += "; consumers: " + rerr.Error()
+		if rep.Rotation != nil {
+			changes := rotationChanges(rep.Rotation, v.m)
+			rep.Rotation.From = from
+			rep.Rotation.BudgetMS = budget.Milliseconds()
+			err = a.restartConsumers(ctx, deadline, changes, &rep)
+			if a.cfg.StatusDir != "" {
+				// Before the REPORT: once push has it, `status` must show
+				// the rotation whole (generations, units), not run's
+				// earlier write.
+				_ = WriteStatus(a.cfg.StatusDir, rep)
 			}
 		}
 	}
@@ -460,45 +560,107 @@ func (a *Agent) handle(ctx context.Context, c net.Conn) {
 }
 
 // preflight applies the checks that need no values (Check with none):
-// signature, VM, challenge, generation, not-after.
-func (a *Agent) preflight(s *sessionInput) string {
+// signature, VM, challenge, generation, not-after. It returns the
+// manifest's session budget, or a problem.
+func (a *Agent) preflight(s *sessionInput) (time.Duration, string) {
 	now := time.Now
 	if a.cfg.Now != nil {
 		now = a.cfg.Now
 	}
-	res := Check(a.cfg.policy(), now(), Input{Manifest: s.envelope, Session: true, Binding: &Binding{Challenge: s.challenge, Generation: s.generation}})
+	res := Check(a.cfg.policy(), now(), Input{Manifest: s.envelope, Session: true, Binding: &Binding{Challenge: s.challenge, Generation: s.generation, Rotation: s.rotate}})
 	if len(res.ManifestProblems) > 0 {
-		return ManifestName + ": " + res.ManifestProblems[0].Error()
+		return 0, ManifestName + ": " + res.ManifestProblems[0].Error()
 	}
-	return ""
+	if res.Manifest == nil {
+		return 0, ""
+	}
+	return res.Manifest.Budget, ""
 }
 
-// commit records a ready session's generation and digests and returns
-// what changed, with each credential's policy. The first set the agent
-// exposes is no rotation (its consumers wait for READY=1 and start after
-// it), so it changes nothing to report.
-func (a *Agent) commit(v verified, gen uint64) []Change {
+// reportReserve is the part of a session's budget kept for the REPORT to
+// reach the host, and for the time the manifest took to arrive (the
+// budget is counted from when the host signed): a fifth, at least 500 ms
+// and at most 5 s, never more than half.
+func reportReserve(budget time.Duration) time.Duration {
+	return min(max(budget/5, 500*time.Millisecond), 5*time.Second, budget/2)
+}
+
+// hasExposed reports whether a set was exposed this boot: a session then
+// is a rotation. Either this agent exposed one, or an earlier run of it
+// did (the agent restarted): the credstore's state file, in the status
+// folder on /run, records what vmcred wrote this boot.
+func (a *Agent) hasExposed() bool {
+	a.mu.Lock()
+	n := len(a.exposed)
+	a.mu.Unlock()
+	if n > 0 {
+		return true
+	}
+	if a.cfg.StatusDir == "" {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(a.cfg.StatusDir, stateFile))
+	return err == nil
+}
+
+// rotationChanges is what a rotation changed, from the store's own
+// account (which holds even when this agent did not expose the old set
+// itself), with each credential's signed policy.
+func rotationChanges(r *Rotation, m *manifest.Manifest) []Change {
+	var out []Change
+	for _, name := range slices.Concat(r.Added, r.Changed) {
+		out = append(out, Change{Name: name, Policy: policyOf(m, name)})
+	}
+	for _, name := range r.Removed {
+		out = append(out, Change{Name: name, Removed: true})
+	}
+	slices.SortFunc(out, func(x, y Change) int { return strings.Compare(x.Name, y.Name) })
+	return out
+}
+
+// restartConsumers hands a rotation's changes to the Rotator, bounded by
+// the session's deadline, and records the per-unit outcomes in rep. A unit
+// that did not come back makes the report failed, naming it; the new set
+// stays in place (the old secret may be the one being revoked).
+func (a *Agent) restartConsumers(ctx context.Context, deadline time.Time, changes []Change, rep *Report) error {
+	rot := rep.Rotation
+	rot.Units = []UnitOutcome{}
+	if a.opts.Rotator == nil || len(changes) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	units, rerr := a.opts.Rotator.Rotated(ctx, changes)
+	if units != nil {
+		rot.Units = units
+	}
+	if rerr == nil {
+		return nil
+	}
+	rot.Error = rerr.Error()
+	var failed []string
+	for _, u := range units {
+		if !u.OK {
+			failed = append(failed, u.Unit)
+		}
+	}
+	problem := "consumers: " + rerr.Error()
+	if len(failed) > 0 {
+		problem = fmt.Sprintf("generation %d is in place, but %s did not come back: %s", rot.To, strings.Join(failed, ", "), rerr.Error())
+	}
+	rep.Outcome = OutcomeFailed
+	rep.Problems = append(rep.Problems, problem)
+	rep.Summary = "rotation failed: " + problem
+	return cli.WithCode(cli.ExitFailure, &Failure{Problems: []string{problem}})
+}
+
+// commit records a ready session's generation and the digests of what it
+// exposed.
+func (a *Agent) commit(v verified, gen uint64) {
 	now := digests(v.expose)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if len(a.exposed) == 0 {
-		a.generation, a.exposed = gen, now
-		return nil
-	}
-	var changes []Change
-	for name, sum := range now {
-		if old, ok := a.exposed[name]; !ok || old != sum {
-			changes = append(changes, Change{Name: name, Policy: policyOf(v.m, name)})
-		}
-	}
-	for name := range a.exposed {
-		if _, ok := now[name]; !ok {
-			changes = append(changes, Change{Name: name, Removed: true})
-		}
-	}
-	slices.SortFunc(changes, func(x, y Change) int { return strings.Compare(x.Name, y.Name) })
 	a.generation, a.exposed = gen, now
-	return changes
 }
 
 func policyOf(m *manifest.Manifest, name string) manifest.Policy {
@@ -560,6 +722,14 @@ func wireReport(rep *Report) proto.Report {
 	if len(rep.Problems) > 0 && r.Summary == "" {
 		r.Summary = strings.Join(rep.Problems, "; ")
 	}
+	if rep.Rotation != nil {
+		for _, u := range rep.Rotation.Units {
+			if len(r.Units) == proto.MaxReportUnits {
+				break
+			}
+			r.Units = append(r.Units, wireUnit(u))
+		}
+	}
 	for _, c := range rep.Credentials {
 		if len(r.Credentials) == proto.MaxReportEntries {
 			break
@@ -575,6 +745,17 @@ func wireReport(rep *Report) proto.Report {
 		r.Credentials = append(r.Credentials, cr)
 	}
 	return r
+}
+
+// wireUnit is a unit's outcome for the REPORT: a unit name the protocol
+// cannot carry is replaced, and only the first credentials go.
+func wireUnit(u UnitOutcome) proto.UnitReport {
+	w := proto.UnitReport{Unit: u.Unit, Action: token(u.Action), Result: u.Result, OK: u.OK, Error: u.Error}
+	if w.Unit == "" || len(w.Unit) > proto.MaxUnitNameLen || strings.ContainsFunc(w.Unit, func(r rune) bool { return r < 0x20 || r > 0x7e }) {
+		w.Unit = "invalid-unit-name"
+	}
+	w.Credentials = u.Credentials[:min(len(u.Credentials), proto.MaxUnitCredentials)]
+	return w
 }
 
 // token keeps s if it is a valid Delivery/Verification token, else maps it

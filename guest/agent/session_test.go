@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -444,11 +445,11 @@ type recRotator struct {
 	calls [][]Change
 }
 
-func (r *recRotator) Rotated(_ context.Context, ch []Change) error {
+func (r *recRotator) Rotated(_ context.Context, ch []Change) ([]UnitOutcome, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls = append(r.calls, ch)
-	return nil
+	return nil, nil
 }
 
 // TestRotatorSeam: after each session that replaced a set the agent had
@@ -463,7 +464,8 @@ func TestRotatorSeam(t *testing.T) {
 	if r := h.run(t, e.sock); r.err != nil || r.report.Outcome != proto.OutcomeReady {
 		t.Fatal(r.err, r.report.Summary)
 	}
-	h = e.host(map[string][]byte{"a": []byte("1"), "b": []byte("22"), "d": []byte("4")})
+	// b keeps its length: the change is in the value only.
+	h = e.host(map[string][]byte{"a": []byte("1"), "b": []byte("9"), "d": []byte("4")})
 	h.policy = map[string]manifest.Policy{"b": manifest.PolicyReload, "d": manifest.PolicyNone}
 	if r := h.run(t, e.sock); r.err != nil || r.report.Outcome != proto.OutcomeReady {
 		t.Fatal(r.err, r.report.Summary)
@@ -524,12 +526,16 @@ func TestCheckListen(t *testing.T) {
 	}
 }
 
-// TestBusyPeerWaits: two authenticated sessions at once never interleave;
-// both complete, one after the other.
+// TestBusyPeerWaits: authenticated sessions at once never interleave;
+// each completes, one after the other. Sessions that drew the same
+// generation (they read the same challenge generation) are not a higher
+// one for the agent once the first of them is in: they are refused whole,
+// never half-applied.
 func TestBusyPeerWaits(t *testing.T) {
 	e := startAgent(t, nil, Options{})
 	var wg sync.WaitGroup
 	errs := make(chan error, 4)
+	var ready atomic.Int32
 	for i := range 4 {
 		wg.Add(1)
 		go func() {
@@ -538,9 +544,9 @@ func TestBusyPeerWaits(t *testing.T) {
 			switch {
 			case r.err != nil:
 				errs <- r.err
-			case r.report.Outcome != proto.OutcomeReady:
-				// Two sessions can draw the same generation; the later
-				// one is then not older and still accepted.
+			case r.report.Outcome == proto.OutcomeReady:
+				ready.Add(1)
+			case !strings.Contains(r.report.Summary, "a rotation must bring a higher one"):
 				errs <- errors.New(r.report.Summary)
 			}
 		}()
@@ -550,7 +556,91 @@ func TestBusyPeerWaits(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+	if ready.Load() == 0 {
+		t.Error("no session was ready")
+	}
 	if got := readStore(t, e.store); len(got["a"]) != 1<<20 {
 		t.Errorf("credstore a is %d bytes", len(got["a"]))
+	}
+}
+
+// TestRotationAfterAgentRestart: the agent restarted after it exposed a
+// set (Restart=on-failure): its memory is empty, but the store's state
+// file says vmcred wrote this boot's set, so the next session is still a
+// rotation (one exchange, unchanged files keep their inode) and the
+// Rotator hears what changed, from the store's own account.
+func TestRotationAfterAgentRestart(t *testing.T) {
+	e := startAgent(t, nil, Options{})
+	if r := e.host(map[string][]byte{"a": []byte("1"), "b": []byte("2")}).run(t, e.sock); r.err != nil || r.report.Outcome != proto.OutcomeReady {
+		t.Fatal(r.err, r.report.Summary)
+	}
+	fi, err := os.Stat(filepath.Join(e.store, "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rot := &recRotator{}
+	again, err := New(e.cfg, Options{Rotator: rot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "again.sock")
+	l, err := Listen(address.Address{Kind: address.Unix, Path: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); again.Serve(ctx, l) }()
+	defer func() { cancel(); <-done }()
+	if r := e.host(map[string][]byte{"a": []byte("9"), "b": []byte("2")}).run(t, sock); r.err != nil || r.report.Outcome != proto.OutcomeReady {
+		t.Fatal(r.err, r.report.Summary)
+	}
+	if diff := cmp.Diff([][]Change{{{Name: "a", Policy: manifest.PolicyRestart}}}, rot.calls); diff != "" {
+		t.Errorf("Rotated calls after a restart (-want +got):\n%s", diff)
+	}
+	fi2, err := os.Stat(filepath.Join(e.store, "b"))
+	if err != nil || !os.SameFile(fi, fi2) {
+		t.Errorf("the unchanged b got a new file (%v)", err)
+	}
+}
+
+// TestRestartKeepsRotatedSet: firmware brought generation 0 at boot, a
+// session rotated api-key, then the agent restarted: its boot does not
+// load the firmware's (older) set over the rotated one; it keeps the
+// session's generation and is ready.
+func TestRestartKeepsRotatedSet(t *testing.T) {
+	pub, priv := newKey(t)
+	p := pack(t, packOpts{key: priv}, seedValues(t))
+	e := startAgentKey(t, pub, priv, p.strs, Options{})
+	if got := e.reps[0].Outcome; got != OutcomeReady {
+		t.Fatalf("boot outcome %q: %v", got, e.reps[0].Problems)
+	}
+	vals := map[string][]byte{}
+	for n, v := range p.values {
+		vals[n] = v
+	}
+	newKeyValue := randomSecret(t, 32)
+	for n := range vals {
+		vals[n] = newKeyValue
+		break
+	}
+	r := e.host(vals).run(t, e.sock)
+	if r.err != nil || r.report.Outcome != proto.OutcomeReady {
+		t.Fatalf("rotation: %v %s", r.err, r.report.Summary)
+	}
+	before := readStore(t, e.store)
+	again, err := New(e.cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := again.Boot()
+	if err != nil || rep.Outcome != OutcomeReady || !strings.Contains(rep.Summary, "kept generation") {
+		t.Fatalf("boot after a restart: %v %q", err, rep.Summary)
+	}
+	if again.Generation() != r.report.Generation {
+		t.Errorf("generation %d after the restart, want %d", again.Generation(), r.report.Generation)
+	}
+	if diff := cmp.Diff(before, readStore(t, e.store)); diff != "" {
+		t.Errorf("the restart's boot changed the credstore (-before +after):\n%s", diff)
 	}
 }

@@ -68,7 +68,7 @@ func verify(cfg Config, now time.Time, me *oemstring.Entry, delivered []oemstrin
 	}
 	if sess != nil {
 		in.Session, in.Channel = true, sess.creds
-		in.Binding = &Binding{Challenge: sess.challenge, Generation: sess.generation}
+		in.Binding = &Binding{Challenge: sess.challenge, Generation: sess.generation, Rotation: sess.rotate}
 	}
 	res := Check(cfg.policy(), now, in)
 	v := verified{problems: res.Problems, needSession: res.NeedSession}

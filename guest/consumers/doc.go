@@ -16,15 +16,13 @@
 // (for their Exec*= commands), but restarting them is not a rotation's
 // business.
 //
-// The agent's call, once Rotate has returned:
+// The agent calls it through [Rotator] (its agent.Rotator), once Rotate
+// has returned, with a context whose deadline is the session's (the
+// host's --timeout, carried in the signed manifest):
 //
-//	sd, err := consumers.Connect(ctx) // systemd's private socket as root
-//	defer sd.Close()
-//	changes := make([]consumers.Change, 0, len(rot.Changes()))
-//	for _, name := range rot.Changes() {
-//		changes = append(changes, consumers.Change{Name: name, Policy: policyOf[name]})
-//	}
-//	outcomes, err := consumers.Apply(ctx, sd, changes, consumers.Options{Exclude: []string{"vmcred-guest.service"}})
+//	rot := consumers.Rotator{Connect: consumers.ConnectSystemd,
+//		Options: consumers.Options{Exclude: []string{"vmcred-guest.service"}}}
+//	units, err := rot.Rotated(ctx, changes) // changes: the store's Added, Changed, Removed
 //
 // err is nil when every unit came back; otherwise it names each that did
 // not. The outcomes (unit, action, credentials, result, error: names only,

@@ -49,10 +49,13 @@ type Finding struct {
 
 // Finding codes. SCHEMA.md describes each.
 const (
-	CodeStatusMissing        = "status-missing"
-	CodeStatusUnreadable     = "status-unreadable"
-	CodeLoadFailed           = "load-failed"
-	CodeLoadProblem          = "load-problem"
+	CodeStatusMissing    = "status-missing"
+	CodeStatusUnreadable = "status-unreadable"
+	CodeLoadFailed       = "load-failed"
+	CodeLoadProblem      = "load-problem"
+	// CodeRotationConsumer: a rotation's new set is in place, but a
+	// service that uses a changed credential did not come back.
+	CodeRotationConsumer     = "rotation-consumer-failed"
 	CodeManifestMissing      = "manifest-missing"
 	CodeManifestUnknownKey   = "manifest-unknown-key"
 	CodeManifestBadSignature = "manifest-bad-signature"

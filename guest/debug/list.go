@@ -113,7 +113,12 @@ type List struct {
 	Outcome     string            `json:"outcome,omitempty"`
 	Summary     string            `json:"summary,omitempty"`
 	LoadedAt    *time.Time        `json:"loaded_at,omitempty"`
-	Credstore   string            `json:"credstore,omitempty"`
+	// Generation is the credential set's generation the last load
+	// exposed (status mode; 0 when the manifest had none), and Rotation
+	// what the last rotation did (nil when this boot had none).
+	Generation uint64          `json:"generation,omitempty"`
+	Rotation   *agent.Rotation `json:"rotation,omitempty"`
+	Credstore  string          `json:"credstore,omitempty"`
 	// ManifestFrom is ManifestFromSaved when the status folder holds the
 	// copy of the manifest the last load fetched by channel (status mode);
 	// ManifestFile is that file, and Policy and KeyID say how its
@@ -230,6 +235,7 @@ func ListStatus(in Inspector, pol Policy) (List, error) {
 	if sf != nil {
 		rep := sf.rep
 		l.Outcome, l.Summary, l.LoadedAt = rep.Outcome, rep.Summary, ptr(rep.StartedAt.UTC())
+		l.Generation, l.Rotation = rep.Generation, rep.Rotation
 		l.Skipped = fromAgentSkipped(rep.Skipped)
 		l.Sources = rep.Sources
 		l.Findings = append(l.Findings, reportFindings(rep, trustFrom)...)
@@ -594,6 +600,10 @@ func (l List) writeStatusText(w io.Writer) {
 		}
 	}
 	kv(w, "Last load", load)
+	if l.Outcome != "" {
+		kv(w, "Generation", generationText(l.Generation, *l.LoadedAt))
+		writeRotation(w, l.Rotation)
+	}
 	if l.ManifestFrom == ManifestFromSaved {
 		kv(w, "Manifest", describeManifest(l.Policy, l.KeyID))
 		kv(w, "", savedText(l.ManifestFile))

@@ -153,9 +153,26 @@ func reportFindings(rep agent.Report, trustFrom string) []Finding {
 		// A session failed: the agent still listens; the host pushes again.
 		fixLoad = fixPushAgain
 	}
-	switch rep.Outcome {
-	case agent.OutcomeReady:
-	case agent.OutcomeWaiting:
+	rotationFailed := false
+	if r := rep.Rotation; r != nil && r.Error != "" {
+		// The new set is in place; a consumer did not come back.
+		rotationFailed = true
+		for _, u := range r.Units {
+			if !u.OK {
+				out = append(out, Finding{Code: CodeRotationConsumer, Severity: SeverityError,
+					Message: fmt.Sprintf("the rotation to generation %d is in place, but %s (uses %s) did not come back after its %s: %s", r.To, u.Unit, strings.Join(u.Credentials, ", "), u.Action, u.Result),
+					Fix:     fmt.Sprintf("run `systemctl status %s` and `journalctl -b -u %s`; once it starts with the new credentials, push again or restart it", u.Unit, u.Unit)})
+			}
+		}
+		if len(out) == 0 {
+			out = append(out, Finding{Code: CodeRotationConsumer, Severity: SeverityError,
+				Message: fmt.Sprintf("the rotation to generation %d is in place, but its consumers were not restarted: %s", r.To, r.Error),
+				Fix:     "see `journalctl -b -u vmcred-guest`; the agent needs systemd's private socket (/run/systemd/private) to restart services"})
+		}
+	}
+	switch {
+	case rep.Outcome == agent.OutcomeReady, rotationFailed:
+	case rep.Outcome == agent.OutcomeWaiting:
 		// Firmware brought nothing complete (Firecracker has none): the
 		// agent waits for the host's session. Not a failure.
 		out = append(out, Finding{Code: CodeLoadWaiting, Severity: SeverityInfo,
@@ -178,6 +195,14 @@ func reportFindings(rep agent.Report, trustFrom string) []Finding {
 	}
 	if rep.Fetch != nil && rep.Fetch.Error != "" {
 		perCred[rep.Fetch.Error] = true
+	}
+	if r := rep.Rotation; r != nil && r.Error != "" {
+		// Said per unit above.
+		for _, p := range rep.Problems {
+			if strings.Contains(p, r.Error) {
+				perCred[p] = true
+			}
+		}
 	}
 	for _, p := range rep.Problems {
 		if perCred[p] || hasKeyPrefix(perCred, p) || (rep.Fetch != nil && rep.Fetch.Error != "" && strings.Contains(p, rep.Fetch.Error)) {
@@ -349,6 +374,8 @@ func (st Status) WriteText(w io.Writer) error {
 		kv(w, "Manifest", "from the host's session, saved as "+filepath.Join(filepath.Dir(st.StatusFile), agent.ManifestFile))
 	}
 	kv(w, "VM", orNA(rep.VM))
+	kv(w, "Generation", generationText(rep.Generation, rep.StartedAt))
+	writeRotation(w, rep.Rotation)
 	na := "n/a"
 	if rep.NotAfter != nil {
 		na = rep.NotAfter.UTC().Format(time.RFC3339)
@@ -404,6 +431,32 @@ func (st Status) WriteText(w io.Writer) error {
 	}
 	writeFindings(w, st.Findings)
 	return nil
+}
+
+// generationText is the generation and when it arrived.
+func generationText(gen uint64, at time.Time) string {
+	if gen == 0 {
+		return "n/a (the manifest carries none)"
+	}
+	return fmt.Sprintf("%d, arrived %s", gen, at.UTC().Format(time.RFC3339))
+}
+
+// writeRotation writes what the last rotation did: its generations, what
+// changed in the credstore and each unit's outcome.
+func writeRotation(w io.Writer, r *agent.Rotation) {
+	if r == nil {
+		kv(w, "Rotation", "none in this boot")
+		return
+	}
+	kv(w, "Rotation", fmt.Sprintf("generation %d to %d at %s: %d changed, %d added, %d removed, %d unchanged", r.From, r.To, r.At.UTC().Format(time.RFC3339),
+		len(r.Changed), len(r.Added), len(r.Removed), len(r.Unchanged)))
+	if len(r.Units) == 0 {
+		kv(w, "", "no running service uses a changed credential")
+	}
+	for _, u := range r.Units {
+		line := fmt.Sprintf("%s %s (%s): %s", u.Action, printable(u.Unit, 64), strings.Join(u.Credentials, ", "), u.Result)
+		kv(w, "", line)
+	}
 }
 
 // channelText is the channel step in a line.

@@ -41,6 +41,11 @@ type Request struct {
 	Credentials        []Credential
 	// IOTimeout bounds each exchange (DefaultIOTimeout when 0).
 	IOTimeout time.Duration
+	// MinGeneration is the lowest generation to sign: one more than the
+	// host's record of the last one the agent accepted (0: none). The
+	// session signs max(MinGeneration, the agent's generation + 1), so a
+	// lost record starts above what the agent reports.
+	MinGeneration uint64
 }
 
 // Result is what a session brought back.
@@ -99,8 +104,14 @@ func Session(ctx context.Context, c net.Conn, req Request) (Result, error) {
 		return res, err
 	}
 	res.Challenge = ch
-	res.Generation = ch.Generation + 1
-	envelope, send, err := build(req, ch, res.Generation)
+	res.Generation = max(ch.Generation+1, req.MinGeneration)
+	// The agent bounds its write and the consumers' restarts by what is
+	// left of ctx (the whole of push's --timeout), signed in the manifest.
+	var budget time.Duration
+	if dl, ok := ctx.Deadline(); ok {
+		budget = max(time.Until(dl), time.Millisecond)
+	}
+	envelope, send, err := build(req, ch, res.Generation, budget)
 	if err != nil {
 		return res, err
 	}
@@ -136,12 +147,13 @@ func Session(ctx context.Context, c net.Conn, req Request) (Result, error) {
 }
 
 // build signs the session's manifest and lists the values to send.
-func build(req Request, ch proto.Challenge, gen uint64) ([]byte, []proto.Credential, error) {
+func build(req Request, ch proto.Challenge, gen uint64, budget time.Duration) ([]byte, []proto.Credential, error) {
 	b := manifest.NewBuilder(req.VM, req.IssuedAt)
 	if !req.NotAfter.IsZero() {
 		b.SetNotAfter(req.NotAfter)
 	}
 	b.SetSession(ch.Nonce, gen)
+	b.SetBudget(budget)
 	var send []proto.Credential
 	for _, c := range req.Credentials {
 		e := manifest.NewEntry(c.Name, c.Value, c.Delivery, c.Static)
@@ -158,4 +170,30 @@ func build(req Request, ch proto.Challenge, gen uint64) ([]byte, []proto.Credent
 		return nil, nil, fmt.Errorf("manifest: %w", err)
 	}
 	return env, send, nil
+}
+
+// Peek dials cfg.Address (with Push's retries) and reads the agent's
+// CHALLENGE, then hangs up without signing or sending anything: what
+// --dry-run uses to learn the generation the agent holds. The agent sees
+// a connection that sent nothing, which costs it one pending slot until
+// the close.
+func Peek(ctx context.Context, cfg Config) (proto.Challenge, error) {
+	dial := cfg.Dial
+	if dial == nil {
+		dial = DialOnce
+	}
+	c, _, err := Dial(ctx, cfg.Address, dial)
+	if err != nil {
+		return proto.Challenge{}, err
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	if err := proto.ReadMagic(c); err != nil {
+		return proto.Challenge{}, fmt.Errorf("read the agent's greeting: %w", err)
+	}
+	return proto.NewHost(c).ReadChallenge()
 }

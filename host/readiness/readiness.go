@@ -92,6 +92,19 @@ type Status struct {
 	Session *Session `json:"session,omitempty"`
 	// Report is the agent's report on that session.
 	Report *Report `json:"report,omitempty"`
+	// Units is what the session's rotation did to each running service
+	// that uses a changed credential (names only).
+	Units []UnitFinding `json:"units,omitempty"`
+}
+
+// UnitFinding is what a rotation did to one service in the guest.
+type UnitFinding struct {
+	Unit        string   `json:"unit"`
+	Action      string   `json:"action"`
+	Credentials []string `json:"credentials"`
+	Result      string   `json:"result"`
+	OK          bool     `json:"ok"`
+	Error       string   `json:"error,omitempty"`
 }
 
 // Session records a session's delivery.
@@ -150,9 +163,31 @@ func FromReport(vm string, rep proto.Report, at time.Time) Status {
 			verified++
 		}
 	}
+	acted := 0
+	for _, u := range rep.Units {
+		f := UnitFinding{Unit: clean(u.Unit, proto.MaxUnitNameLen), Action: u.Action, Credentials: u.Credentials, Result: clean(u.Result, proto.MaxResultLen), OK: u.OK, Error: clean(u.Error, proto.MaxErrorTextLen)}
+		if f.Credentials == nil {
+			f.Credentials = []string{}
+		}
+		st.Units = append(st.Units, f)
+		if u.OK && u.Action != "none" {
+			acted++
+		}
+		if !u.OK {
+			// First, and named: the unit is what failed.
+			st.Failures = append([]string{fmt.Sprintf("%s: %s %s (%s)", f.Unit, f.Action, f.Result, f.Error)}, st.Failures...)
+			if len(st.Failures) > MaxFailures {
+				st.Failures = st.Failures[:MaxFailures]
+				st.FailuresOmitted++
+			}
+		}
+	}
 	if rep.Outcome == proto.OutcomeReady {
 		st.State = Ready
 		st.Summary = fmt.Sprintf("guest %s: %s verified (generation %d)", vm, cli.Count(verified, "credential"), rep.Generation)
+		if acted > 0 {
+			st.Summary += fmt.Sprintf("; %s restarted or reloaded", cli.Count(acted, "consumer unit"))
+		}
 		return st
 	}
 	st.State = Failed

@@ -522,7 +522,8 @@ func TestDecodeReportErrors(t *testing.T) {
 	good := must(t)(EncodeReport(Report{Outcome: OutcomeReady, Summary: "ok", Credentials: []CredentialReport{{Name: "a", SHA256Prefix: "aa", Delivery: "smbios", Verification: "digest", Error: "e"}}}))
 	// Offsets in good: outcome 0, summary 1–4, agent version 5,
 	// generation 6–13, timings 14–33, count 34–37, name 38–39, size 40–47,
-	// digest 48–49, delivery 50–56, verification 57–63, error 64–66.
+	// digest 48–49, delivery 50–56, verification 57–63, error 64–66,
+	// unit count 67–68.
 	with := func(f func(b []byte) []byte) []byte { return f(append([]byte{}, good...)) }
 	tests := []struct {
 		name string
@@ -536,13 +537,16 @@ func TestDecodeReportErrors(t *testing.T) {
 		{"summary control", with(func(b []byte) []byte { b[4] = 0x1b; return b }), "summary: byte 1 is control character U+001B"},
 		{"summary over limit", with(func(b []byte) []byte { b[1], b[2] = 0x04, 0x01; return b }), "summary: 1025 bytes, over the 1024-byte limit"},
 		{"count over limit", with(func(b []byte) []byte { b[36] = 0x10; b[37] = 0x01; return b }), "count: 4097"},
-		{"count cannot fit", with(func(b []byte) []byte { b[37] = 2; return b }), "2 credentials cannot fit"},
+		{"count cannot fit", with(func(b []byte) []byte { b[37] = 3; return b }), "3 credentials cannot fit"},
 		{"digest over 32", with(func(b []byte) []byte { b[48] = 33; return b }), "digest prefix: 33 bytes, over 32"},
 		{"delivery upper case", with(func(b []byte) []byte { b[51] = 'S'; return b }), `credential "a" delivery: byte 0 is 0x53`},
 		{"verification over 32", with(func(b []byte) []byte { b[57] = 33; return b }), "verification: 33 bytes"},
 		{"error control", with(func(b []byte) []byte { b[66] = '\n'; return b }), "error: byte 0 is control character U+000A"},
 		{"trailing", append(append([]byte{}, good...), 0), "1 trailing bytes"},
-		{"truncated", good[:len(good)-1], `credential "a" error`},
+		{"truncated", good[:len(good)-3], `credential "a" error`},
+		{"no unit count", good[:len(good)-2], "unit count"},
+		{"unit count over limit", with(func(b []byte) []byte { b[67], b[68] = 0x01, 0x01; return b }), "unit count: 257, over the limit of 256"},
+		{"unit count cannot fit", with(func(b []byte) []byte { b[68] = 1; return b }), "1 units cannot fit"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -554,6 +558,44 @@ func TestDecodeReportErrors(t *testing.T) {
 				t.Errorf("error %q does not say %q", err, tt.msg)
 			}
 		})
+	}
+}
+
+// TestReportUnits: a rotation's per-unit outcomes survive the round trip;
+// bad ones are refused when encoded and when decoded.
+func TestReportUnits(t *testing.T) {
+	r := Report{Outcome: OutcomeFailed, Summary: "1 unit did not come back", Generation: 3, Units: []UnitReport{
+		{Unit: "api.service", Action: "restart", Credentials: []string{"API_KEY"}, Result: "active", OK: true},
+		{Unit: "broken.service", Action: "restart", Credentials: []string{"API_KEY", "DB"}, Result: "failed", Error: "restart broken.service (uses API_KEY, DB): did not come back"},
+		{Unit: "quiet.service", Action: "none", Result: "skipped", OK: true},
+	}}
+	b := must(t)(EncodeReport(r))
+	got, err := DecodeReport(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(r.Units, got.Units, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("units differ (-sent +got):\n%s", diff)
+	}
+	for _, bad := range []UnitReport{
+		{Unit: "", Action: "restart"},
+		{Unit: "a\nb.service", Action: "restart"},
+		{Unit: "a.service", Action: "Restart"},
+		{Unit: "a.service", Action: "restart", Credentials: []string{"bad/name"}},
+		{Unit: "a.service", Action: "restart", Credentials: make([]string, MaxUnitCredentials+1)},
+	} {
+		if _, err := EncodeReport(Report{Outcome: OutcomeReady, Units: []UnitReport{bad}}); !errors.Is(err, ErrMalformed) {
+			t.Errorf("EncodeReport(%+v) = %v, want ErrMalformed", bad, err)
+		}
+	}
+	if _, err := EncodeReport(Report{Outcome: OutcomeReady, Units: make([]UnitReport, MaxReportUnits+1)}); !errors.Is(err, ErrMalformed) {
+		t.Errorf("too many units: %v", err)
+	}
+	// A decoded ok byte other than 0 or 1 is refused.
+	one := must(t)(EncodeReport(Report{Outcome: OutcomeReady, Units: []UnitReport{{Unit: "a.service", Action: "none", Result: "skipped", OK: true}}}))
+	one[len(one)-3] = 2
+	if _, err := DecodeReport(one); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "neither 0 nor 1") {
+		t.Errorf("ok byte 2: %v", err)
 	}
 }
 

@@ -405,6 +405,43 @@ type Report struct {
 	Generation  uint64
 	Timings     Timings
 	Credentials []CredentialReport
+	// Units lists what a rotation did to the running services that use a
+	// changed credential (at most MaxReportUnits); empty when the session
+	// changed nothing a service uses, or was not a rotation.
+	Units []UnitReport
+}
+
+// Limits of Report.Units.
+const (
+	// MaxReportUnits bounds the units in one REPORT.
+	MaxReportUnits = 256
+	// MaxUnitCredentials bounds UnitReport.Credentials.
+	MaxUnitCredentials = 16
+	// MaxUnitNameLen bounds UnitReport.Unit (systemd's own limit is 255).
+	MaxUnitNameLen = 255
+	// MaxResultLen bounds UnitReport.Result.
+	MaxResultLen = 64
+)
+
+// UnitReport is what a rotation did to one service: names only, never a
+// value.
+type UnitReport struct {
+	// Unit is the unit's name: printable ASCII, at most MaxUnitNameLen.
+	Unit string
+	// Action is the policy applied: "restart", "reload" or "none" (a
+	// token).
+	Action string
+	// Credentials lists the changed credentials it uses (valid names, at
+	// most MaxUnitCredentials; the agent keeps the first ones).
+	Credentials []string
+	// Result is "active" when the unit came back, "skipped" for policy
+	// none, else what went wrong ("failed", "timeout", ...): free text
+	// made valid when encoded, cut to MaxResultLen.
+	Result string
+	// OK is true when the unit came back or was left alone by policy.
+	OK bool
+	// Error says what went wrong (free text, cut to MaxErrorTextLen).
+	Error string
 }
 
 // DigestPrefix returns the lower-case hex of the first DigestPrefixLen
@@ -465,6 +502,37 @@ func EncodeReport(r Report) ([]byte, error) {
 		e.str8(string(c.Delivery))
 		e.str8(string(c.Verification))
 		e.str16(sanitizeText(c.Error, MaxErrorTextLen))
+	}
+	if len(r.Units) > MaxReportUnits {
+		return fail("units", fmt.Sprintf("%d, over the limit of %d", len(r.Units), MaxReportUnits))
+	}
+	e.u16(uint16(len(r.Units)))
+	for i, u := range r.Units {
+		if reason := checkPrintable(u.Unit, MaxUnitNameLen); reason != "" || u.Unit == "" {
+			return fail(fmt.Sprintf("unit %d", i), cmpOr(reason, "empty"))
+		}
+		if reason := checkToken(u.Action); reason != "" {
+			return fail(fmt.Sprintf("unit %q action", u.Unit), reason)
+		}
+		if len(u.Credentials) > MaxUnitCredentials {
+			return fail(fmt.Sprintf("unit %q credentials", u.Unit), fmt.Sprintf("%d, over the limit of %d", len(u.Credentials), MaxUnitCredentials))
+		}
+		e.str8(u.Unit)
+		e.str8(u.Action)
+		e.u8(uint8(len(u.Credentials)))
+		for _, c := range u.Credentials {
+			if err := credential.ValidateName(c); err != nil {
+				return nil, fmt.Errorf("encode report: unit %q: %w: %w", u.Unit, err, ErrMalformed)
+			}
+			e.str8(c)
+		}
+		e.str8(sanitizeText(u.Result, MaxResultLen))
+		if u.OK {
+			e.u8(1)
+		} else {
+			e.u8(0)
+		}
+		e.str16(sanitizeText(u.Error, MaxErrorTextLen))
 	}
 	if len(e.buf) > MaxReportSize {
 		// Unreachable with the limits above; kept so a future field
@@ -552,10 +620,74 @@ func DecodeReport(p []byte) (Report, error) {
 		}
 		r.Credentials = append(r.Credentials, c)
 	}
+	r.Units = decodeUnits(&d)
 	if err := d.end(); err != nil {
 		return Report{}, err
 	}
 	return r, nil
+}
+
+// decodeUnits decodes the REPORT's units, after its credentials.
+func decodeUnits(d *decoder) []UnitReport {
+	n := int(d.u16("unit count"))
+	if d.err == nil && n > MaxReportUnits {
+		d.failf("unit count", "%d, over the limit of %d", n, MaxReportUnits)
+	}
+	// Each unit takes at least 7 bytes.
+	if d.err != nil || n*7 > len(d.b)-d.off {
+		if d.err == nil {
+			d.failf("unit count", "%d units cannot fit in %d bytes", n, len(d.b)-d.off)
+		}
+		return nil
+	}
+	var units []UnitReport
+	for i := 0; i < n && d.err == nil; i++ {
+		var u UnitReport
+		u.Unit = d.str8(fmt.Sprintf("unit %d", i), MaxUnitNameLen)
+		if reason := checkPrintable(u.Unit, MaxUnitNameLen); d.err == nil && (reason != "" || u.Unit == "") {
+			d.failf(fmt.Sprintf("unit %d", i), "%s", cmpOr(reason, "empty"))
+		}
+		field := fmt.Sprintf("unit %q", u.Unit)
+		u.Action = d.str8(field+" action", MaxTokenLen)
+		if reason := checkToken(u.Action); d.err == nil && reason != "" {
+			d.failf(field+" action", "%s", reason)
+		}
+		k := int(d.u8(field + " credential count"))
+		if d.err == nil && k > MaxUnitCredentials {
+			d.failf(field+" credential count", "%d, over the limit of %d", k, MaxUnitCredentials)
+		}
+		for j := 0; j < k && d.err == nil; j++ {
+			c := d.str8(field+" credential", credential.MaxNameLen)
+			if err := credential.ValidateName(c); d.err == nil && err != nil {
+				d.err = fmt.Errorf("decode report: %s: %w: %w", field, err, ErrMalformed)
+			}
+			u.Credentials = append(u.Credentials, c)
+		}
+		u.Result = d.str8(field+" result", MaxResultLen)
+		if reason := checkText(u.Result, MaxResultLen); d.err == nil && reason != "" {
+			d.failf(field+" result", "%s", reason)
+		}
+		switch ok := d.u8(field + " ok"); {
+		case d.err != nil:
+		case ok > 1:
+			d.failf(field+" ok", "%d is neither 0 nor 1", ok)
+		default:
+			u.OK = ok == 1
+		}
+		u.Error = d.str16(field+" error", MaxErrorTextLen)
+		if reason := checkText(u.Error, MaxErrorTextLen); d.err == nil && reason != "" {
+			d.failf(field+" error", "%s", reason)
+		}
+		units = append(units, u)
+	}
+	return units
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
 
 // EncodeAck returns the ACK payload: status made valid and cut to

@@ -30,6 +30,14 @@ func (b *Builder) SetSession(challenge [ChallengeSize]byte, generation uint64) {
 	b.m.Challenge, b.m.Generation = challenge, generation
 }
 
+// SetBudget sets how long the host waits for the session's report (see
+// Manifest.Budget), cut down to whole milliseconds and to MaxBudget; 0
+// removes it.
+func (b *Builder) SetBudget(d time.Duration) {
+	d = min(d, MaxBudget).Truncate(time.Millisecond)
+	b.m.Budget = max(d, 0)
+}
+
 // SetNotAfter sets the not-after time, cut to whole seconds; the zero time
 // removes it.
 func (b *Builder) SetNotAfter(t time.Time) {

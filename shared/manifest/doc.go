@@ -29,12 +29,15 @@
 //	version    1 byte   2
 //	flags      1 byte   bit 0: not-after present
 //	                    bit 1: session challenge present
-//	                    bits 2-7: zero
+//	                    bit 2: session budget present
+//	                    bits 3-7: zero
 //	vm         str8     1-255 bytes of printable ASCII, no '/' or ':', not "." or ".."
 //	challenge  32 bytes (if bit 1) not all zero
 //	generation uvarint  0 to 2^63
 //	issued-at  8 bytes  Unix seconds, 1 to MaxUnix
 //	not-after  8 bytes  Unix seconds, later than issued-at, at most MaxUnix (if bit 0)
+//	budget     uvarint  milliseconds, 1 to MaxBudget (if bit 2): how long the
+//	                    host waits for the session's report
 //	count      uvarint  0 to MaxEntries
 //	entries    count times, names strictly increasing (bytewise):
 //	  name     str8     a valid systemd credential name (credential.ValidateName)

@@ -17,7 +17,8 @@ const (
 
 	flagNotAfter  = 1 << 0
 	flagChallenge = 1 << 1
-	flagsKnown    = flagNotAfter | flagChallenge
+	flagBudget    = 1 << 2
+	flagsKnown    = flagNotAfter | flagChallenge | flagBudget
 
 	attrDelivery    = 0x0f
 	attrStatic      = 1 << 4
@@ -54,6 +55,9 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 	if m.HasChallenge() {
 		flags |= flagChallenge
 	}
+	if m.Budget > 0 {
+		flags |= flagBudget
+	}
 	b = append(b, flags)
 	b = appendStr8(b, m.VM)
 	if flags&flagChallenge != 0 {
@@ -63,6 +67,9 @@ func (m *Manifest) MarshalBinary() ([]byte, error) {
 	b = binary.BigEndian.AppendUint64(b, uint64(m.IssuedAt.Unix()))
 	if flags&flagNotAfter != 0 {
 		b = binary.BigEndian.AppendUint64(b, uint64(m.NotAfter.Unix()))
+	}
+	if flags&flagBudget != 0 {
+		b = binary.AppendUvarint(b, uint64(m.Budget/time.Millisecond))
 	}
 	b = binary.AppendUvarint(b, uint64(len(entries)))
 	for _, e := range entries {
@@ -298,6 +305,18 @@ func (d *decoder) manifest() (*Manifest, error) {
 		if !m.NotAfter.After(m.IssuedAt) {
 			return nil, d.check(start, invalidf("not-after is not later than issued-at"))
 		}
+	}
+	if flags&flagBudget != 0 {
+		start := d.off
+		ms, err := d.uvarint("session budget", uint64(MaxBudget/time.Millisecond))
+		if err != nil {
+			return nil, err
+		}
+		if ms == 0 {
+			d.off = start
+			return nil, d.fail(fmt.Errorf("%w: session budget flag set but the budget is 0", ErrNotCanonical))
+		}
+		m.Budget = time.Duration(ms) * time.Millisecond
 	}
 	count, err := d.uvarint("entry count", MaxEntries)
 	if err != nil {

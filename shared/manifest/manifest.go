@@ -194,6 +194,12 @@ type Manifest struct {
 	// NotAfter, if not zero, is the last moment the manifest is valid, in
 	// whole seconds, later than IssuedAt.
 	NotAfter time.Time
+	// Budget, if not zero, is how long the host waits for the session's
+	// report from the moment it signed the manifest, in whole
+	// milliseconds, at most MaxBudget: the agent bounds the write and the
+	// restarts of consumers by it, so the host's --timeout covers the
+	// whole session. Clocks need not agree: it is a duration.
+	Budget time.Duration
 	// Entries lists the credentials. MarshalBinary sorts a copy; Unmarshal
 	// returns them sorted by name (bytewise).
 	Entries []Entry
@@ -250,8 +256,14 @@ func (m *Manifest) validateHeader() error {
 			return invalidf("not-after %d is not later than issued-at %d", m.NotAfter.Unix(), m.IssuedAt.Unix())
 		}
 	}
+	if m.Budget < 0 || m.Budget > MaxBudget || m.Budget%time.Millisecond != 0 {
+		return invalidf("session budget %s: want 0 or whole milliseconds up to %s", m.Budget, MaxBudget)
+	}
 	return nil
 }
+
+// MaxBudget bounds Manifest.Budget: a day.
+const MaxBudget = 24 * time.Hour
 
 // HasChallenge reports whether m was signed for a session (its challenge
 // is not all zero).

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -221,7 +222,7 @@ func TestUnmarshalRejects(t *testing.T) {
 		{"bad magic", func(r *raw) { r.magic = "VMCE" }, ErrMalformed, 0, "bad magic"},
 		{"version 0", func(r *raw) { r.version = 0 }, ErrUnsupportedVersion, 4, "version 0 is not supported"},
 		{"version 1", func(r *raw) { r.version = 1 }, ErrUnsupportedVersion, 4, "version 1 is not supported"},
-		{"unknown flag", func(r *raw) { r.flags |= 4 }, ErrMalformed, 5, "flags 0x07"},
+		{"unknown flag", func(r *raw) { r.flags |= 16 }, ErrMalformed, 5, "flags 0x13"},
 		{"version 1 token flag", func(r *raw) { r.flags |= 8 }, ErrMalformed, 5, "flags 0x0b"},
 		{"empty vm name", func(r *raw) { r.vm = "" }, ErrMalformed, 6, "vm name is empty"},
 		{"vm name with slash", func(r *raw) { r.vm = "a/b" }, ErrInvalid, 6, "vm name"},
@@ -390,5 +391,49 @@ func TestChallengeFlagAllZero(t *testing.T) {
 	r.challenge = make([]byte, ChallengeSize)
 	if _, err := Unmarshal(r.encode()); !errors.Is(err, ErrNotCanonical) {
 		t.Fatalf("Unmarshal = %v, want ErrNotCanonical", err)
+	}
+}
+
+// TestBudgetRoundTrip: the session budget survives encoding in whole
+// milliseconds, is absent when zero, and an encoding with the flag but a
+// zero budget is refused as not canonical.
+func TestBudgetRoundTrip(t *testing.T) {
+	b := NewBuilder("vm1", time.Unix(1_700_000_000, 0))
+	b.SetSession([ChallengeSize]byte{1}, 7)
+	b.SetBudget(90*time.Second + 1234*time.Microsecond)
+	if err := b.Add("API_KEY", credential.NewSecret([]byte("v")), DeliveryChannel, false); err != nil {
+		t.Fatal(err)
+	}
+	m := b.m
+	enc, err := m.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Unmarshal(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Budget != 90*time.Second+time.Millisecond {
+		t.Errorf("budget %s, want 1m30.001s", got.Budget)
+	}
+	m.Budget = 0
+	plain, err := m.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Unmarshal(plain); err != nil || got.Budget != 0 {
+		t.Errorf("without a budget: %v", err)
+	}
+	// Set the flag by hand with a zero budget.
+	bad := slices.Clone(plain)
+	bad[5] |= flagBudget
+	i := 4 + 1 + 1 + 1 + len("vm1") + ChallengeSize + 1 + 8
+	bad = slices.Insert(bad, i, 0)
+	if _, err := Unmarshal(bad); !errors.Is(err, ErrNotCanonical) {
+		t.Errorf("zero budget with the flag: %v, want ErrNotCanonical", err)
+	}
+	m.Budget = MaxBudget + time.Millisecond
+	if _, err := m.MarshalBinary(); !errors.Is(err, ErrInvalid) {
+		t.Errorf("budget over MaxBudget: %v, want ErrInvalid", err)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -32,6 +33,7 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 	st.registerVM(fs, false)
 	listen := fs.String("listen", "vsock::"+strconv.Itoa(agent.DefaultPort), "listen for the host's sessions on `ADDR`: vsock:CID:PORT with a privileged PORT (1-1023; only root can bind it, so the host knows who answers), or unix:PATH for a simulated VM")
 	peerCID := fs.Uint32("peer-cid", address.CIDHost, "accept AF_VSOCK sessions only from context ID `N` (2, the host; 1 for a host process inside the guest over vsock loopback)")
+	restarts := fs.String("consumers", "systemd", "after a rotation, restart or reload the running services that use a changed credential through `MANAGER`: systemd (its private socket, /run/systemd/private; nothing when not booted with systemd) or none (a simulated VM, a demo)")
 	once := fs.Bool("once", false, "exit after the first session that leaves the credstore complete (or after the boot load, if firmware completes it)")
 	if err := cli.Parse(env, fs, agentUsage, args); err != nil {
 		return err
@@ -45,6 +47,9 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 	}
 	if err := agent.CheckListen(a); err != nil {
 		return cli.Usagef("--listen: %v", err)
+	}
+	if *restarts != "systemd" && *restarts != "none" {
+		return cli.Usagef("--consumers %q: want systemd or none", *restarts)
 	}
 	cfg, err := config(env, fs, &src, &pol, &st)
 	if err != nil {
@@ -83,8 +88,18 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 			notifySelf(ctx, env, "STATUS="+oneLine(rep.Summary))
 		}
 	}
+	booted := bootedWithSystemd
+	if *restarts == "none" {
+		booted = func() bool { return false }
+	}
 	ag, err := agent.New(cfg, agent.Options{OnReport: onReport, AcceptPeer: agent.PeerCID(*peerCID),
-		Rotator: consumersRotator{store: st.credstore, log: env.Log}})
+		Rotator: consumersRotator{log: env.Log, systemd: booted, Rotator: consumers.Rotator{
+			Connect: consumers.ConnectSystemd,
+			Options: consumers.Options{Store: st.credstore, Exclude: []string{"vmcred-guest.service"}},
+			Log: func(o consumers.Outcome) {
+				env.Log.Info("consumer "+o.Unit+": "+string(o.Action)+" "+o.Result, logging.Strings("credentials", o.Credentials))
+			},
+		}}})
 	if err != nil {
 		return err
 	}
@@ -107,28 +122,29 @@ func runAgent(ctx context.Context, env *cli.Env, args []string) error {
 // consumersRotator restarts or reloads, per policy, the running services
 // that use a credential a session changed (guest/consumers, over D-Bus).
 type consumersRotator struct {
-	store string
-	log   *logging.Logger
+	consumers.Rotator
+	log *logging.Logger
+	// systemd reports whether the guest was booted with systemd
+	// (daemon's sd_booted test).
+	systemd func() bool
 }
 
 // Rotated implements agent.Rotator.
-func (r consumersRotator) Rotated(ctx context.Context, changes []agent.Change) error {
-	sd, err := consumers.Connect(ctx)
-	if err != nil {
-		return fmt.Errorf("restart consumers: %w", err)
+func (r consumersRotator) Rotated(ctx context.Context, changes []agent.Change) ([]agent.UnitOutcome, error) {
+	if !r.systemd() {
+		// No service manager (a simulated VM, a container without
+		// systemd): no unit can hold a credential, so none to restart.
+		r.log.Info("no service manager to ask (--consumers none, or not booted with systemd): no consumer units to restart")
+		return nil, nil
 	}
-	defer sd.Close()
-	cs := make([]consumers.Change, 0, len(changes))
-	for _, c := range changes {
-		cs = append(cs, consumers.Change{Name: c.Name, Policy: consumers.Policy(c.Policy.String())})
-	}
-	ctx, cancel := context.WithTimeout(ctx, agent.DefaultSessionTimeout)
-	defer cancel()
-	outcomes, err := consumers.Apply(ctx, sd, cs, consumers.Options{Store: r.store, Exclude: []string{"vmcred-guest.service"}})
-	for _, o := range outcomes {
-		r.log.Info("consumer "+o.Unit+": "+string(o.Action)+" "+o.Result, logging.Strings("credentials", o.Credentials))
-	}
-	return err
+	return r.Rotator.Rotated(ctx, changes)
+}
+
+// bootedWithSystemd is sd_booted(3): systemd creates /run/systemd/system
+// early at boot, and nothing else does.
+func bootedWithSystemd() bool {
+	fi, err := os.Lstat("/run/systemd/system")
+	return err == nil && fi.IsDir()
 }
 
 // refusalLog lets through at most refusalBurst refused-session lines a

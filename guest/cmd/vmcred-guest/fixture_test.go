@@ -245,12 +245,19 @@ func (tr *tree) fixStatus() {
 // drawn from a fixed reader so the saved manifest is stable.
 func (tr *tree) session(k ed25519.PrivateKey, creds []cred) {
 	tr.t.Helper()
+	tr.sessions(k, nil, creds)
+}
+
+// sessions runs one host session per set, in order, against one agent
+// (the second and later are rotations, whose consumers rot restarts).
+func (tr *tree) sessions(k ed25519.PrivateKey, rot agent.Rotator, sets ...[]cred) {
+	tr.t.Helper()
 	if err := os.RemoveAll(tr.path("sys/firmware")); err != nil {
 		tr.t.Fatal(err)
 	}
 	cfg := tr.loadConfig([]ed25519.PublicKey{k.Public().(ed25519.PublicKey)})
 	done := make(chan struct{}, 2)
-	ag, err := agent.New(cfg, agent.Options{Rand: bytes.NewReader(bytes.Repeat([]byte{7}, 64)),
+	ag, err := agent.New(cfg, agent.Options{Rand: bytes.NewReader(bytes.Repeat([]byte{7}, 64*len(sets))), Rotator: rot,
 		OnReport: func(r agent.Report, _ error) { done <- struct{}{} }})
 	if err != nil {
 		tr.t.Fatal(err)
@@ -266,7 +273,15 @@ func (tr *tree) session(k ed25519.PrivateKey, creds []cred) {
 	served := make(chan struct{})
 	go func() { _ = ag.Serve(ctx, l); close(served) }()
 	defer func() { cancel(); <-served }()
+	for _, creds := range sets {
+		tr.oneSession(k, sock, creds)
+		<-done
+	}
+	tr.fixStatus()
+}
 
+func (tr *tree) oneSession(k ed25519.PrivateKey, sock string, creds []cred) {
+	tr.t.Helper()
 	c, err := net.Dial("unix", sock)
 	if err != nil {
 		tr.t.Fatal(err)
@@ -306,8 +321,21 @@ func (tr *tree) session(k ed25519.PrivateKey, creds []cred) {
 		tr.t.Fatal(err)
 	}
 	_ = h.WriteAck("host recorded: " + r.Outcome.String())
-	<-done
-	tr.fixStatus()
+}
+
+// fixedRotator stands for guest/consumers over systemd in the golden
+// fixtures: app.service uses api-key and is restarted, audit.service's
+// credential has policy none.
+type fixedRotator struct{}
+
+func (fixedRotator) Rotated(_ context.Context, ch []agent.Change) ([]agent.UnitOutcome, error) {
+	var out []agent.UnitOutcome
+	for _, c := range ch {
+		if c.Name == "api-key" {
+			out = append(out, agent.UnitOutcome{Unit: "app.service", Action: "restart", Credentials: []string{"api-key"}, Result: "active", OK: true})
+		}
+	}
+	return out, nil
 }
 
 // defaults are the production ones with the tree as --root. Files are
@@ -445,6 +473,14 @@ func scenarios() []scenario {
 			creds := []cred{{name: "api-key", value: tr.value("api-key", 32)}, {name: "db-password", value: tr.value("db-password", 24)}, {name: "ENVIRONMENT", value: tr.value("ENVIRONMENT", 12), static: true}}
 			tr.trust(k.Public().(ed25519.PublicKey))
 			tr.session(k, creds)
+		}},
+		{"rotated", func(tr *tree) {
+			k := key(1)
+			db := tr.value("db-password", 24)
+			first := []cred{{name: "api-key", value: tr.value("api-key-old", 32)}, {name: "db-password", value: db}, {name: "old-token", value: tr.value("old-token", 16)}}
+			second := []cred{{name: "api-key", value: tr.value("api-key", 32)}, {name: "db-password", value: db}}
+			tr.trust(k.Public().(ed25519.PublicKey))
+			tr.sessions(k, fixedRotator{}, first, second)
 		}},
 		{"no-status", func(tr *tree) {
 			k := key(1)

@@ -58,6 +58,9 @@ func goldenCases() []goldenCase {
 		{"session", "verify", []string{"verify"}, 0},
 		{"session", "status", []string{"status"}, 0},
 
+		{"rotated", "list", []string{"list"}, 0},
+		{"rotated", "status", []string{"status"}, 0},
+
 		{"no-status", "list", []string{"list"}, 3},
 		{"no-status", "show-api-key", []string{"show", "api-key"}, 0},
 		{"no-status", "verify", []string{"verify"}, 1},

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -21,7 +23,7 @@ import (
 	"github.com/vmcred/vmcred/shared/manifest"
 )
 
-const pushUsage = "vmcred-host push --vm NAME --connect ADDR --sign-key FILE [source flags] [--timeout D] [--status-dir DIR]"
+const pushUsage = "vmcred-host push --vm NAME --connect ADDR --sign-key FILE [source flags] [--timeout D] [--status-dir DIR] [--state-dir DIR] [--dry-run]"
 
 // DefaultPushTimeout bounds push (dials and session) when --timeout is not
 // given: long enough for a guest to boot.
@@ -32,6 +34,7 @@ const DefaultPushTimeout = 2 * time.Minute
 type sessionFlags struct {
 	connect       string
 	statusDir     string
+	stateDir      string
 	timeout       time.Duration
 	policies      []string
 	exitOnFailure bool
@@ -40,8 +43,17 @@ type sessionFlags struct {
 func (s *sessionFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&s.connect, "connect", "", "dial the guest agent at `ADDR`: vsock:CID:PORT (QEMU vhost-vsock), hybrid:SOCKETPATH:PORT (the VM's cloud-hypervisor or Firecracker vsock socket), or unix:PATH (a simulated VM); PORT is the agent's privileged port (default 730)")
 	fs.StringVar(&s.statusDir, "status-dir", readiness.DefaultStatusDir, "record the guest's report in `DIR`/NAME.json (mode 0600, no values), where vmcred-host wait reads it")
-	fs.DurationVar(&s.timeout, "timeout", DefaultPushTimeout, "give up dialing and the session after `DURATION` (exit 4)")
+	fs.StringVar(&s.stateDir, "state-dir", "", "keep the generation last pushed to each VM, with the names, sizes and keyed MACs (never values or digests) of its credentials, in `DIR`/NAME.json (folder 0700, files 0600; default: STATUS-DIR/pushed); after a lost state folder the next push starts above the generation the agent reports")
+	fs.DurationVar(&s.timeout, "timeout", DefaultPushTimeout, "give up after `DURATION` (exit 4): dialing, the session, and the guest's restarts of the services that use a changed credential (the agent is told what is left)")
 	fs.StringArrayVar(&s.policies, "policy", nil, "`NAME=restart|reload|none`: what the agent does with the units that use credential NAME when its value changes (default restart); repeatable")
+}
+
+// state is the push state folder: --state-dir, or STATUS-DIR/pushed.
+func (s *sessionFlags) state() string {
+	if s.stateDir != "" {
+		return s.stateDir
+	}
+	return filepath.Join(s.statusDir, "pushed")
 }
 
 func (s *sessionFlags) address() (address.Address, error) {
@@ -82,12 +94,14 @@ func (s *sessionFlags) policyMap() (map[string]manifest.Policy, error) {
 
 func (d deps) runPush(ctx context.Context, env *cli.Env, args []string) error {
 	var vm, signKey string
+	var dryRun bool
 	var sf sessionFlags
 	var src source.Flags
 	fs := cli.NewFlagSet("push")
 	fs.StringVar(&vm, "vm", "", "the VM's `NAME` (required)")
 	fs.StringVar(&signKey, "sign-key", "", "sign the session's manifest with the Ed25519 key in `FILE` (required: the agent accepts only a manifest signed by a key it trusts)")
 	sf.register(fs)
+	fs.BoolVar(&dryRun, "dry-run", false, "sign and send nothing: print which credentials would be added, changed or removed (names and sizes, never values or digests), compared with this host's record of the last set the agent accepted, and the generation the agent holds")
 	src.Register(fs)
 	if err := cli.Parse(env, fs, pushUsage, args); err != nil {
 		return err
@@ -143,7 +157,72 @@ func (d deps) runPush(ctx context.Context, env *cli.Env, args []string) error {
 			return cli.Usagef("--policy %s: no such credential among the sources", name)
 		}
 	}
+	if dryRun {
+		return d.dryRun(ctx, env, vm, a, &sf, list, key)
+	}
 	return d.session(ctx, env, vm, a, &sf, push.Request{VM: vm, Key: key, IssuedAt: d.now(), Credentials: list})
+}
+
+// dryRun prints what a push of list would change, by name and size.
+//
+// What the guest holds is judged from this host's record of the last set
+// the agent accepted (the state folder), not by asking the agent for its
+// manifest: the set only changes through sessions signed by this host's
+// key, which is what the record follows, and a protocol message that hands
+// out the guest's manifest (its digests) would be one more thing to
+// authenticate. The agent is asked only for its generation (its CHALLENGE,
+// after which push hangs up): when it is not the recorded one, the guest's
+// set is not the recorded one either (it rebooted, or another key signed),
+// and dry-run says so.
+func (d deps) dryRun(ctx context.Context, env *cli.Env, vm string, a address.Address, sf *sessionFlags, list []push.Credential, key ed25519.PrivateKey) error {
+	rec, err := push.ReadRecord(sf.state(), vm)
+	if err != nil {
+		return cli.WithCode(cli.ExitIO, err)
+	}
+	mk := push.RecordKey(key)
+	defer clear(mk)
+	diff := push.Compare(rec, list, mk)
+	w := env.Stdout
+	if rec == nil {
+		fmt.Fprintf(w, "vm %s: no record of an earlier push in %s: every credential would be sent as new\n", vm, sf.state())
+	} else {
+		fmt.Fprintf(w, "vm %s: compared with generation %d, pushed %s\n", vm, rec.Generation, rec.At.Format(time.RFC3339))
+	}
+	ctx, cancel := context.WithTimeout(ctx, sf.timeout)
+	defer cancel()
+	ch, perr := push.Peek(ctx, push.Config{Address: a})
+	switch {
+	case perr != nil:
+		env.Log.Warn(fmt.Sprintf("vm %s: could not ask the agent at %s for its generation: %v", vm, a, perr))
+	case rec != nil && ch.Generation != rec.Generation:
+		fmt.Fprintf(w, "the agent holds generation %d, not the recorded %d: its set may differ from the record (it rebooted, or another key signed); a push sends every credential and the agent restarts the consumers of those that differ\n", ch.Generation, rec.Generation)
+	default:
+		fmt.Fprintf(w, "the agent holds generation %d; a push would sign generation %d\n", ch.Generation, max(ch.Generation+1, nextGeneration(rec)))
+	}
+	for _, c := range diff.Changed {
+		fmt.Fprintf(w, "would change: %s (%d bytes, was %d)\n", c.Name, c.Size, c.Was)
+	}
+	for _, c := range diff.Added {
+		fmt.Fprintf(w, "would add:    %s (%d bytes)\n", c.Name, c.Size)
+	}
+	for _, c := range diff.Removed {
+		fmt.Fprintf(w, "would remove: %s (was %d bytes)\n", c.Name, c.Size)
+	}
+	if diff.Empty() {
+		fmt.Fprintf(w, "nothing would change (%d credentials unchanged)\n", len(diff.Unchanged))
+	} else {
+		fmt.Fprintf(w, "%d unchanged\n", len(diff.Unchanged))
+	}
+	return nil
+}
+
+// nextGeneration is the lowest generation the next push may sign after
+// rec: one above it (1 without a record).
+func nextGeneration(rec *push.Record) uint64 {
+	if rec == nil {
+		return 1
+	}
+	return rec.Generation + 1
 }
 
 func hasCredential(list []push.Credential, name string) bool {
@@ -181,6 +260,11 @@ func (d deps) session(ctx context.Context, env *cli.Env, vm string, a address.Ad
 	if err := readiness.CheckDirIfExists(sf.statusDir); err != nil {
 		return cli.WithCode(cli.ExitIO, err)
 	}
+	rec, err := push.ReadRecord(sf.state(), vm)
+	if err != nil {
+		return cli.WithCode(cli.ExitIO, err)
+	}
+	req.MinGeneration = nextGeneration(rec)
 	// Recorded before the first dial: wait then knows a session is under
 	// way, and, from the PID and its start time, when this process has
 	// ended without a report.
@@ -215,6 +299,16 @@ func (d deps) session(ctx context.Context, env *cli.Env, vm string, a address.Ad
 		st.Session.Credentials = []string{}
 	}
 	werr := readiness.Write(sf.statusDir, st)
+	if out.Report.Generation == out.Generation && out.Generation > 0 {
+		// The agent holds the set this session signed (ready, or in
+		// place with a consumer that did not come back): record it.
+		mk := push.RecordKey(req.Key)
+		werr = errors.Join(werr, push.WriteRecord(sf.state(), push.NewRecord(vm, out.Generation, d.now(), req.Credentials, mk)))
+		clear(mk)
+	}
+	for _, u := range st.Units {
+		fmt.Fprintf(env.Stdout, "%s %s (%s): %s\n", u.Action, u.Unit, strings.Join(u.Credentials, ", "), u.Result)
+	}
 	_, _ = daemon.SdNotify(false, "STATUS="+st.StatusLine())
 	if out.Report.Outcome == proto.OutcomeReady {
 		log.Info(st.Summary, logging.String("agent", clip(out.Report.AgentVersion)), logging.String("session", describeSession(out.Result)), logging.Int("attempts", out.Attempts))

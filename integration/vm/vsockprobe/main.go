@@ -4,6 +4,7 @@
 //
 //	vsockprobe bind PORT UID       bind AF_VSOCK PORT as UID; print "bind PORT uid UID: ok|EACCES|EADDRINUSE|<error>"
 //	vsockprobe replay CID PORT FILE  dial the agent, send FILE (a manifest recorded from an earlier session) as this session's, print the REPORT
+//	vsockprobe older CID PORT KEY VM  dial the agent, sign a manifest for VM with KEY for this session but the generation below the agent's, print the REPORT
 package main
 
 import (
@@ -16,6 +17,8 @@ import (
 
 	"github.com/mdlayher/vsock"
 	proto "github.com/vmcred/vmcred/shared/channel"
+	"github.com/vmcred/vmcred/shared/credential"
+	"github.com/vmcred/vmcred/shared/manifest"
 )
 
 func main() {
@@ -28,6 +31,8 @@ func main() {
 		bind(num(os.Args[2]), num(os.Args[3]))
 	case "replay":
 		replay(num(os.Args[2]), num(os.Args[3]), os.Args[4])
+	case "older":
+		older(num(os.Args[2]), num(os.Args[3]), os.Args[4], os.Args[5])
 	default:
 		os.Exit(2)
 	}
@@ -107,4 +112,61 @@ func replay(cid, port uint32, file string) {
 		os.Exit(1)
 	}
 	fmt.Printf("replay: outcome %s: %s\n", rep.Outcome, rep.Summary)
+}
+
+// older plays a host whose state is behind the agent's: a manifest signed
+// by the trusted KEY, for this session's challenge and this VM, but for
+// the generation below the one the agent holds. The agent must refuse it
+// before reading any value.
+func older(cid, port uint32, keyFile, vm string) {
+	b, err := os.ReadFile(keyFile)
+	if err != nil {
+		fmt.Println("older:", err)
+		os.Exit(1)
+	}
+	key, err := manifest.ParsePrivateKey(b)
+	if err != nil {
+		fmt.Println("older:", err)
+		os.Exit(1)
+	}
+	c, err := vsock.Dial(cid, port, nil)
+	if err != nil {
+		fmt.Println("older: dial:", err)
+		os.Exit(1)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	if err := proto.ReadMagic(c); err != nil {
+		fmt.Println("older:", err)
+		os.Exit(1)
+	}
+	h := proto.NewHost(c)
+	ch, err := h.ReadChallenge()
+	if err != nil || ch.Generation == 0 {
+		fmt.Println("older: challenge:", err, "generation", ch.Generation)
+		os.Exit(1)
+	}
+	mb := manifest.NewBuilder(vm, time.Now())
+	mb.SetSession(ch.Nonce, ch.Generation-1)
+	v := credential.NewSecret([]byte("older-generation-value"))
+	if err := mb.Add("API_KEY", v, manifest.DeliveryChannel, false); err != nil {
+		fmt.Println("older:", err)
+		os.Exit(1)
+	}
+	env, err := mb.Envelope(key)
+	if err != nil {
+		fmt.Println("older:", err)
+		os.Exit(1)
+	}
+	if err := h.WriteManifest(env); err != nil {
+		fmt.Println("older:", err)
+		os.Exit(1)
+	}
+	_ = h.WriteCredentials([]proto.Credential{{Name: "API_KEY", Value: v}})
+	rep, err := h.ReadReport()
+	if err != nil {
+		fmt.Println("older:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("older: generation %d against %d: outcome %s: %s\n", ch.Generation-1, ch.Generation, rep.Outcome, rep.Summary)
 }
