@@ -202,12 +202,11 @@ let
       ++ lib.concatMap (n: [ "--policy" "${n}=${vm.credentials.${n}.policy}" ])
         (lib.filter (n: vm.credentials.${n}.policy != "restart") credNames)
       ++ [ "--status-dir" runtimeDir "--timeout" "${toString pushSeconds}s" ];
-    # TODO(f1, issue 15 item 1): push's --state-dir (the generation last
-    # pushed) defaults on f1's branch to STATUS-DIR/pushed, here
-    # /run/vmcred-<name>/pushed: kept while the VM runs, gone when it stops
-    # (the next boot's push starts above the generation the agent reports).
-    # For a state that outlives the VM, pass --state-dir with a
-    # StateDirectory= owned by the push's user.
+    # push's --state-dir (the generation last pushed, names, sizes and keyed
+    # HMACs; no values) defaults to STATUS-DIR/pushed, here
+    # /run/vmcred-<name>/pushed: kept while the VM runs, gone when it stops.
+    # That is enough: a new boot's agent starts at generation 0, and push
+    # always signs above the generation the agent's challenge reports.
 
     # The files push watches for pushOnChange: exactly the credentials'
     # sources (not the signing key: a new key needs the guest's trust too).
