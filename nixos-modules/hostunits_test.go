@@ -2,7 +2,6 @@ package nixosmodules
 
 import (
 	"context"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -66,7 +65,7 @@ func TestHostUnitsVerify(t *testing.T) {
 func verifyHostUnits(t *testing.T, sa string, r *hostEval, units []string, mutate func(map[string]string)) (string, error) {
 	t.Helper()
 	root := t.TempDir()
-	copyMachineUnits(t, root)
+	testenv.CopySystemUnits(t, root)
 	files := map[string]string{}
 	for name, text := range r.Units {
 		files[name] = text
@@ -110,51 +109,6 @@ func verifyHostUnits(t *testing.T, sa string, r *hostEval, units []string, mutat
 	cmd.Env = append(os.Environ(), "SYSTEMD_LOG_COLOR=0", "SYSTEMD_PAGER=")
 	out, err := cmd.CombinedOutput()
 	return string(out), err
-}
-
-// copyMachineUnits copies this machine's system units into root, so that
-// the targets the units name resolve as on a real system.
-func copyMachineUnits(t *testing.T, root string) {
-	t.Helper()
-	var src string
-	for _, d := range []string{"/usr/lib/systemd/system", "/lib/systemd/system"} {
-		if fi, err := os.Stat(d); err == nil && fi.IsDir() {
-			src = d
-			break
-		}
-	}
-	if src == "" {
-		t.Log("no system unit folder on this machine; verifying without it")
-		return
-	}
-	dst := filepath.Join(root, "usr/lib/systemd/system")
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		to := filepath.Join(dst, rel)
-		switch {
-		case d.IsDir():
-			return os.MkdirAll(to, 0o755)
-		case d.Type()&fs.ModeSymlink != 0:
-			target, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			return os.Symlink(target, to)
-		case d.Type().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			return os.WriteFile(to, b, 0o644)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("copy system units: %v", err)
-	}
 }
 
 func writeTestFile(t *testing.T, p, content string, mode os.FileMode) {

@@ -153,7 +153,7 @@ func TestSystemdAnalyzeVerifyCatchesProblems(t *testing.T) {
 func verify(t *testing.T, sa string, mutate func(root string)) (string, error) {
 	t.Helper()
 	root := t.TempDir()
-	copySystemUnits(t, root)
+	testenv.CopySystemUnits(t, root)
 	var units [][]byte
 	for _, f := range installed {
 		b, err := os.ReadFile(f.src)
@@ -193,51 +193,6 @@ func verify(t *testing.T, sa string, mutate func(root string)) (string, error) {
 	cmd.Env = append(os.Environ(), "SYSTEMD_LOG_COLOR=0", "SYSTEMD_PAGER=")
 	out, err := cmd.CombinedOutput()
 	return string(out), err
-}
-
-// copySystemUnits copies this machine's system units into root, so that
-// sysinit.target, local-fs.target and the rest resolve as on a real system.
-func copySystemUnits(t *testing.T, root string) {
-	t.Helper()
-	var src string
-	for _, d := range []string{"/usr/lib/systemd/system", "/lib/systemd/system"} {
-		if fi, err := os.Stat(d); err == nil && fi.IsDir() {
-			src = d
-			break
-		}
-	}
-	if src == "" {
-		t.Log("no system unit folder on this machine; verifying without it")
-		return
-	}
-	dst := filepath.Join(root, "usr/lib/systemd/system")
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		to := filepath.Join(dst, rel)
-		switch {
-		case d.IsDir():
-			return os.MkdirAll(to, 0o755)
-		case d.Type()&fs.ModeSymlink != 0:
-			target, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			return os.Symlink(target, to)
-		case d.Type().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			return os.WriteFile(to, b, 0o644)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("copy system units: %v", err)
-	}
 }
 
 func mentionsOurs(line string) bool {

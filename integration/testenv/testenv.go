@@ -6,8 +6,10 @@
 package testenv
 
 import (
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 )
 
@@ -29,4 +31,52 @@ func NeedTool(t testing.TB, name, hint string) string {
 		SkipOrFail(t, "%s not found: %s", name, hint)
 	}
 	return p
+}
+
+// CopySystemUnits copies this machine's system unit folder into
+// root/usr/lib/systemd/system, so that `systemd-analyze verify --root=root`
+// resolves the targets and units the tested units name (sysinit.target,
+// local-fs.target, …) as on a real system. Without such a folder it logs
+// that and copies nothing.
+func CopySystemUnits(t testing.TB, root string) {
+	t.Helper()
+	var src string
+	for _, d := range []string{"/usr/lib/systemd/system", "/lib/systemd/system"} {
+		if fi, err := os.Stat(d); err == nil && fi.IsDir() {
+			src = d
+			break
+		}
+	}
+	if src == "" {
+		t.Log("no system unit folder on this machine; verifying without it")
+		return
+	}
+	dst := filepath.Join(root, "usr/lib/systemd/system")
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		to := filepath.Join(dst, rel)
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(to, 0o755)
+		case d.Type()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(target, to)
+		case d.Type().IsRegular():
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(to, b, 0o644)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("copy system units: %v", err)
+	}
 }
