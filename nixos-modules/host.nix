@@ -72,6 +72,21 @@ let
   hybridVsock = h: builtins.elem h [ "cloud-hypervisor" "firecracker" ];
   # microvm.nix runs every hypervisor as this user and group.
   microvmUser = "microvm";
+  # The sandbox the push and ready units share (each adds its own
+  # ProtectSystem=, address families and user).
+  hostUnitSandbox = {
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectControlGroups = true;
+    RestrictNamespaces = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [ "@system-service" ];
+  };
   microvmGroup = "kvm";
 
   # One ExecStart= argument: plain words as they are, anything else in
@@ -811,18 +826,7 @@ in
                 # against microvm@${name}), and must be writable then; file
                 # permissions keep the rest of /run out of reach.
                 ProtectSystem = "full";
-                ProtectHome = true;
-                PrivateTmp = true;
-                PrivateDevices = true;
-                ProtectKernelTunables = true;
-                ProtectKernelModules = true;
-                ProtectControlGroups = true;
-                RestrictNamespaces = true;
-                LockPersonality = true;
-                MemoryDenyWriteExecute = true;
-                SystemCallArchitectures = "native";
-                SystemCallFilter = [ "@system-service" ];
-              };
+              } // hostUnitSandbox;
             };
           }
           // lib.optionalAttrs (i.waitSeconds != null) {
@@ -848,18 +852,7 @@ in
                 PrivateNetwork = true;
                 RestrictAddressFamilies = [ "AF_UNIX" ];
                 ProtectSystem = "strict";
-                ProtectHome = true;
-                PrivateTmp = true;
-                PrivateDevices = true;
-                ProtectKernelTunables = true;
-                ProtectKernelModules = true;
-                ProtectControlGroups = true;
-                RestrictNamespaces = true;
-                LockPersonality = true;
-                MemoryDenyWriteExecute = true;
-                SystemCallArchitectures = "native";
-                SystemCallFilter = [ "@system-service" ];
-              };
+              } // hostUnitSandbox;
             };
           })
         cfg.vms);
